@@ -1,0 +1,113 @@
+"""Training throughput of jaxseed's loop against a plain JAX reference, in one run.
+
+    python benchmarks/throughput.py [--data-dir ../shared/data/mnist] [--steps 200]
+
+Reference: the same CNN, loss, optimiser and batch size, one ``jax.jit`` step per
+Python call, fed numpy batches gathered on the host (no augmentation).
+jaxseed: data resident on the device, batches gathered inside the jitted call,
+steps grouped per call as ``train.execution_plan`` chooses for this backend;
+measured with augmentation off (same work as the reference) and on (default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxseed import data, streams, train
+from jaxseed.config import Config
+
+
+def timed(fn, repeats: int) -> float:
+    """Seconds per call of ``fn`` (which must block), after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
+    """(images/s, compile seconds) of a plain one-step-per-call loop on numpy batches."""
+    tx = train.make_optimizer(config, dataset.num_train)
+    graphdef, state = train.init_state(config, keys, tx)
+
+    @jax.jit
+    def step(params, opt_state, images, labels, dropout_key):
+        def loss_fn(params):
+            logits = nnx.merge(graphdef, params)(images, train=True, dropout_key=dropout_key)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    images = dataset.train_images.astype(np.float32) / 255.0
+    order = np.asarray(streams.epoch_permutation(keys.shuffle, 0, dataset.num_train))
+    batch = config.batch_size
+    params, opt_state = state.params, state.opt_state
+    start = time.perf_counter()
+    step.lower(params, opt_state, images[:batch], dataset.train_labels[:batch], keys.dropout).compile()
+    compile_seconds = time.perf_counter() - start
+
+    def run():
+        nonlocal params, opt_state
+        for i in range(steps):
+            index = order[(i * batch) % (len(order) - batch):][:batch]
+            params, opt_state, loss = step(params, opt_state, images[index], dataset.train_labels[index],
+                                           streams.dropout_key(keys.dropout, i))
+        loss.block_until_ready()
+
+    return steps * batch / timed(run, 1), compile_seconds
+
+
+def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
+    """(images/s, compile seconds, plan) of train.py's loop for ``steps`` steps."""
+    device_data = data.to_device(dataset)
+    tx = train.make_optimizer(config, dataset.num_train)
+    graphdef, state = train.init_state(config, keys, tx)
+    loop, per_call = train.execution_plan(config, jax.default_backend(), steps)
+    step_fn = functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config)
+    runner = train.make_run_steps(step_fn, config.batch_size, per_call, loop)
+    permutation = streams.epoch_permutation(keys.shuffle, 0, dataset.num_train)
+    args = (device_data.train_images, device_data.train_labels, permutation, keys, 0)
+    start = time.perf_counter()
+    runner.lower(state, *args, 0).compile()
+    compile_seconds = time.perf_counter() - start
+    per_epoch = train.steps_per_epoch(config, dataset.num_train)
+
+    def run():
+        nonlocal state
+        for first in range(0, steps - per_call + 1, per_call):
+            state, metrics = runner(state, *args, first % (per_epoch - per_call + 1))
+        jax.block_until_ready(metrics)
+
+    return (steps // per_call) * per_call * config.batch_size / timed(run, 1), compile_seconds, (loop, per_call)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="raw MNIST IDX folder (default: the synthetic set)")
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+    dataset = data.load("mnist", args.data_dir) if args.data_dir else data.load("synthetic")
+    keys = streams.root_keys({name: 0 for name in streams.STREAMS})
+    config = Config()
+    print(f"backend {jax.default_backend()}, devices {jax.devices()}, batch {config.batch_size}, "
+          f"{args.steps} steps, {dataset.num_train} training images")
+    ref_speed, ref_compile = reference(config, dataset, keys, args.steps)
+    print(f"reference (jit step per call, numpy batches): {ref_speed:8.0f} images/s, compile {ref_compile:.1f}s")
+    for augment in ("none", "affine"):
+        speed, compile_seconds, plan = jaxseed_loop(config.replace(augment=augment), dataset, keys, args.steps)
+        print(f"jaxseed {plan[0]} x{plan[1]}, augment={augment:6s}:     {speed:8.0f} images/s, "
+              f"compile {compile_seconds:.1f}s, ratio {speed / ref_speed:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Command-line flags shared by jaxseed's entry points; turns them into a Config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from jaxseed import streams
+from jaxseed.config import AUGMENTATIONS, DATASETS, LOOPS, MODELS, Config
+from jaxseed.errors import UserError
+from jaxseed.models import MODELS as MODEL_CLASSES
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def _stream_override(text: str) -> tuple[str, str]:
+    name, sep, seed = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=SEED, got {text!r}")
+    return name.strip(), seed.strip()
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentParser:
+    """Flags of a training run. Defaults live in Config; a flag left out keeps it."""
+    d = Config()
+    p = OneLineParser(prog=prog, description="Train on MNIST with named, separately seeded key streams.")
+    p.add_argument("--seed", type=str, default=None,
+                   help=f"seed of every stream, an integer in [0, {streams.MAX_SEED}] (default 0)")
+    p.add_argument("--stream", action="append", default=[], type=_stream_override, metavar="NAME=SEED",
+                   help=f"override one stream's seed; repeatable. Streams: {', '.join(streams.STREAMS)}")
+    p.add_argument("--model", choices=MODELS, help=f"model (default {d.model})")
+    p.add_argument("--epochs", type=_int_at_least(1), help=f"training epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=_int_at_least(1), help=f"examples per step (default {d.batch_size})")
+    p.add_argument("--lr", type=_positive_float, help=f"peak learning rate of AdamW (default {d.learning_rate})")
+    p.add_argument("--data", choices=DATASETS, help=f"data set (default {d.data})")
+    p.add_argument("--data-dir", help="read raw IDX files (train-images-idx3-ubyte[.gz], ...) from this folder "
+                                      "instead of tensorflow-datasets; needs no network")
+    p.add_argument("--train-limit", type=_int_at_least(1), help="train on the first N training examples")
+    p.add_argument("--augment", choices=AUGMENTATIONS,
+                   help=f"on-device augmentation from the 'augment' stream (default {d.augment})")
+    p.add_argument("--loop", choices=LOOPS, help="how steps are compiled: unrolled in one jit or lax.scan "
+                                                 "(default auto: per backend)")
+    p.add_argument("--steps-per-call", type=_int_at_least(1), help="training steps per jitted call "
+                                                                   "(default: per backend)")
+    p.add_argument("--workdir", help="output folder (default: a new folder under ./runs/)")
+    p.add_argument("--overwrite", action="store_true", help="allow a workdir that already holds a run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+_FLAG_TO_FIELD = {"model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
+                  "data": "data", "data_dir": "data_dir", "train_limit": "train_limit", "augment": "augment",
+                  "loop": "loop", "steps_per_call": "steps_per_call"}
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
+    """(config, base seed, seed of every stream) from parsed flags; UserError on bad input."""
+    changes = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
+    config = Config().replace(**changes)
+    overrides = {}
+    for name, seed in args.stream:
+        if name in overrides:
+            raise UserError(f"stream {name!r} is given twice with --stream")
+        overrides[name] = seed
+    seed = streams.check_seed(args.seed if args.seed is not None else 0, "--seed")
+    return config, seed, streams.resolve_seeds(seed, overrides, MODEL_CLASSES[config.model].STREAMS)
+
+
+def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: bool = False) -> str:
+    """Create the run's folder; refuse one that holds a run unless ``overwrite``."""
+    if workdir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        workdir = os.path.join("runs", f"{config.model}-{config.data}-seed{seed}-{stamp}")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"workdir {workdir} exists and is not a folder")
+    if os.path.exists(os.path.join(workdir, "manifest.json")) and not overwrite:
+        raise UserError(f"workdir {workdir} already holds a run; pass --overwrite or choose another --workdir")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create workdir {workdir}: {error.strerror}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UserError(f"workdir {workdir} is not writable")
+    return workdir

@@ -1,0 +1,161 @@
+"""Input pipeline: MNIST-like data sets, loaded once, then kept on the device.
+
+Sources:
+  * tensorflow-datasets ``data_source`` (ArrayRecord; reading needs no TensorFlow),
+  * a folder of raw IDX files (``--data-dir``), read with no network,
+  * a small generated set (``synthetic``) for smoke runs.
+
+Batches are never built on the host: the training step gathers its examples
+from the device-resident arrays by index (see ``train.py``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseed import streams
+from jaxseed.errors import UserError
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_UBYTE = 0x08
+NUM_CLASSES = 10
+
+
+class Dataset(NamedTuple):
+    """Images uint8[N, 28, 28, 1], labels int32[N], host or device arrays."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_images.shape[0])
+
+
+def read_idx(path: str, expected_ndim: int) -> np.ndarray:
+    """Parse one IDX file (optionally gzipped) of unsigned bytes.
+
+    Layout: two zero bytes, the type code 0x08, the number of dimensions d, then
+    d big-endian uint32 sizes, then the data. Anything else raises UserError.
+    """
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"cannot read IDX file {path}: {error}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] != expected_ndim:
+        raise UserError(
+            f"{path} is not an IDX file of unsigned bytes with {expected_ndim} dimension(s) (bad magic number)"
+        )
+    header = 4 + 4 * expected_ndim
+    if len(raw) < header:
+        raise UserError(f"{path} is truncated: its header is incomplete")
+    shape = struct.unpack(f">{expected_ndim}I", raw[4:header])
+    size = int(np.prod(shape))
+    if len(raw) - header != size:
+        state = "truncated" if len(raw) - header < size else "longer than its header says"
+        raise UserError(f"{path} is {state}: header gives shape {shape} ({size} bytes), file has {len(raw) - header}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(data_dir: str, stem: str) -> str:
+    for name in (stem, stem + ".gz"):
+        if os.path.isfile(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    raise UserError(f"{data_dir} has no {stem} or {stem}.gz (expected the four raw MNIST IDX files)")
+
+
+def load_idx_dir(data_dir: str) -> Dataset:
+    """The four IDX files of MNIST or Fashion-MNIST from ``data_dir``."""
+    if not os.path.isdir(data_dir):
+        raise UserError(f"data dir {data_dir} does not exist or is not a folder")
+    arrays = []
+    for split, (images_stem, labels_stem) in IDX_FILES.items():
+        images = read_idx(_find_idx(data_dir, images_stem), 3)
+        labels = read_idx(_find_idx(data_dir, labels_stem), 1)
+        if images.shape[0] != labels.shape[0]:
+            raise UserError(
+                f"{data_dir}: {split} split has {images.shape[0]} images but {labels.shape[0]} labels"
+            )
+        if images.shape[1:] != (28, 28):
+            raise UserError(f"{data_dir}: {split} images are {images.shape[1:]}, expected 28x28")
+        if labels.size and labels.max() >= NUM_CLASSES:
+            raise UserError(f"{data_dir}: {split} labels go up to {labels.max()}, expected 0..9")
+        arrays += [images[..., None], labels.astype(np.int32)]
+    return Dataset(*arrays)
+
+
+def load_tfds(name: str) -> Dataset:
+    """``name`` through tensorflow-datasets' random-access ``data_source``."""
+    try:
+        import tensorflow_datasets as tfds
+
+        arrays = []
+        for split in ("train", "test"):
+            source = tfds.data_source(name, split=split)
+            examples = [source[i] for i in range(len(source))]
+            arrays.append(np.stack([example["image"] for example in examples]).astype(np.uint8))
+            arrays.append(np.array([example["label"] for example in examples], np.int32))
+    except Exception as error:  # any failure to fetch or prepare: offline, missing package, ...
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"could not load {name!r} through tensorflow-datasets ({type(error).__name__}: {reason}); "
+            "to train offline, pass --data-dir DIR with its raw IDX files "
+            "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)"
+        ) from None
+    return Dataset(*arrays)
+
+
+def synthetic(num_train: int = 2048, num_test: int = 512) -> Dataset:
+    """A small learnable set: one fixed 7x7 pattern per class, upscaled, plus noise.
+
+    Drawn from a fixed key, so every run sees the same data whatever its seeds.
+    """
+    pattern_key, noise_key, label_key = (
+        jax.random.fold_in(streams.synthetic_data_key(), i) for i in range(3)
+    )
+    patterns = jax.random.uniform(pattern_key, (NUM_CLASSES, 7, 7)).repeat(4, 1).repeat(4, 2)
+    total = num_train + num_test
+    labels = jax.random.randint(label_key, (total,), 0, NUM_CLASSES)
+    noise = jax.random.normal(noise_key, (total, 28, 28)) * 0.3
+    images = jnp.clip(patterns[labels] + noise, 0.0, 1.0) * 255
+    images = np.asarray(images, np.uint8)[..., None]
+    labels = np.asarray(labels, np.int32)
+    return Dataset(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:])
+
+
+def load(name: str, data_dir: str | None = None, train_limit: int | None = None) -> Dataset:
+    """Load a data set on the host and keep the first ``train_limit`` training examples."""
+    if name == "synthetic":
+        if data_dir:
+            raise UserError("--data-dir reads IDX files; it does not combine with --data synthetic")
+        dataset = synthetic()
+    elif data_dir:
+        dataset = load_idx_dir(data_dir)
+    else:
+        dataset = load_tfds(name)
+    if train_limit is not None:
+        if not 0 < train_limit <= dataset.num_train:
+            raise UserError(f"--train-limit must be in [1, {dataset.num_train}], got {train_limit}")
+        dataset = dataset._replace(
+            train_images=dataset.train_images[:train_limit], train_labels=dataset.train_labels[:train_limit]
+        )
+    return dataset
+
+
+def to_device(dataset: Dataset) -> Dataset:
+    """Copy the whole data set to the default device, once."""
+    return Dataset(*jax.device_put(tuple(dataset)))

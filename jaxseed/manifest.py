@@ -1,0 +1,78 @@
+"""Provenance of a run: hashes of what it computed and drew, and where it ran."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "dm-pix", "tensorflow-datasets")
+
+
+def tree_hash(tree: Any) -> str:
+    """sha256 over a pytree's leaves in canonical order (sorted by path).
+
+    Each leaf contributes its path, dtype, shape and raw bytes, so the hash
+    changes with any bit of any parameter and with nothing else.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    digest = hashlib.sha256()
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def arrays_hash(arrays: Iterable[Any]) -> str:
+    """sha256 over a sequence of arrays, in order (e.g. one per epoch)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(np.asarray(array)).tobytes())
+    return digest.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """Versions, backend and compiler settings that can change a result."""
+    versions = {"python": platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "versions": versions,
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "devices": [str(device) for device in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "platform": platform.platform(),
+        "command": [os.path.basename(sys.executable), *sys.argv],
+        "git_commit": _git_commit(),
+    }
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write atomically: a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)

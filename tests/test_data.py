@@ -1,0 +1,100 @@
+"""Data sources: raw IDX files (real and corrupted), TFDS offline, synthetic."""
+
+import gzip
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import MNIST_DIR
+from jaxseed import data
+from jaxseed.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load_idx_dir(MNIST_DIR)
+
+
+def test_real_mnist_idx(mnist):
+    assert mnist.train_images.shape == (60000, 28, 28, 1) and mnist.train_images.dtype == np.uint8
+    assert mnist.test_images.shape == (10000, 28, 28, 1)
+    assert mnist.train_labels.shape == (60000,) and set(np.unique(mnist.train_labels)) == set(range(10))
+    assert mnist.train_labels[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first labels
+    assert 30 < mnist.train_images.mean() < 40
+
+
+@pytest.fixture
+def mnist_copy(tmp_path):
+    """Uncompressed copies of the four real files, to corrupt."""
+    for name in os.listdir(MNIST_DIR):
+        if name.endswith(".gz"):
+            with gzip.open(os.path.join(MNIST_DIR, name)) as src, open(tmp_path / name[:-3], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return tmp_path
+
+
+def _rewrite(path, transform):
+    raw = path.read_bytes()
+    path.write_bytes(transform(raw))
+
+
+@pytest.mark.parametrize("target, transform, message", [
+    ("train-images-idx3-ubyte", lambda raw: b"\x00\x00\x09\x03" + raw[4:], "bad magic"),
+    ("t10k-labels-idx1-ubyte", lambda raw: b"\x00\x00\x08\x03" + raw[4:], "bad magic"),
+    ("train-images-idx3-ubyte", lambda raw: raw[:-100], "truncated"),
+    ("train-labels-idx1-ubyte", lambda raw: raw[:6], "header is incomplete"),
+    ("t10k-images-idx3-ubyte", lambda raw: raw + b"\x00", "longer than its header says"),
+    ("t10k-labels-idx1-ubyte",
+     lambda raw: raw[:4] + (9999).to_bytes(4, "big") + raw[8:-1], "10000 images but 9999 labels"),
+])
+def test_corrupt_idx_is_a_clear_error(mnist_copy, target, transform, message):
+    _rewrite(mnist_copy / target, transform)
+    with pytest.raises(UserError, match=message):
+        data.load_idx_dir(str(mnist_copy))
+
+
+def test_corrupt_gzip_is_a_clear_error(mnist_copy):
+    (mnist_copy / "train-labels-idx1-ubyte").unlink()
+    (mnist_copy / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    with pytest.raises(UserError, match="cannot read IDX file"):
+        data.load_idx_dir(str(mnist_copy))
+
+
+def test_missing_dir_and_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_idx_dir(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="has no train-images-idx3-ubyte"):
+        data.load_idx_dir(str(tmp_path))
+
+
+def test_train_limit(mnist_copy):
+    dataset = data.load("mnist", str(mnist_copy), train_limit=100)
+    assert dataset.num_train == 100 and dataset.test_images.shape[0] == 10000
+    with pytest.raises(UserError, match=r"--train-limit must be in \[1, 60000\]"):
+        data.load("mnist", str(mnist_copy), train_limit=60001)
+
+
+def test_tfds_data_source_offline():
+    with tfds.testing.mock_data(num_examples=24):
+        dataset = data.load("mnist")
+    assert dataset.train_images.shape == (24, 28, 28, 1) and dataset.train_images.dtype == np.uint8
+    assert dataset.test_labels.shape == (24,) and dataset.test_labels.dtype == np.int32
+
+
+def test_tfds_failure_points_to_data_dir(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to establish a new connection\nmore detail")
+
+    monkeypatch.setattr(tfds, "data_source", offline)
+    with pytest.raises(UserError, match="could not load 'fashion_mnist'.*ConnectionError.*--data-dir"):
+        data.load("fashion_mnist")
+
+
+def test_synthetic_is_fixed_and_learnable_shape():
+    a, b = data.synthetic(), data.synthetic()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert a.train_images.shape == (2048, 28, 28, 1) and a.test_labels.shape == (512,)

@@ -1,0 +1,136 @@
+"""Training: determinism, per-stream effects end to end, loop strategies, key reuse, compilation."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import PROJECT_ROOT
+from jaxseed import streams, train
+
+SEEDS = {name: 42 for name in streams.STREAMS}
+
+
+def run(config, seeds, workdir):
+    os.makedirs(workdir, exist_ok=True)
+    return train.train_and_evaluate(config, seeds, str(workdir), progress=False)
+
+
+def test_same_seed_twice_gives_identical_params(tiny_config, tmp_path):
+    first = run(tiny_config, SEEDS, tmp_path / "a")
+    second = run(tiny_config, SEEDS, tmp_path / "b")
+    assert first["param_hash"] == second["param_hash"]
+    assert first["init_param_hash"] != first["param_hash"]  # it did train
+    assert np.isfinite(first["final"]["train_loss"])
+
+
+@pytest.mark.parametrize("varied", ["init", "shuffle", "dropout", "augment"])
+def test_varying_one_stream_end_to_end(tiny_config, tmp_path, varied):
+    """Fingerprints of the other streams stay, its own and the trained params change."""
+    base = run(tiny_config, SEEDS, tmp_path / "base")
+    other = run(tiny_config, {**SEEDS, varied: 7}, tmp_path / varied)
+    for name, value in base["fingerprints"].items():
+        assert (other["fingerprints"][name] == value) == (name != varied), name
+    assert other["param_hash"] != base["param_hash"]
+
+
+def test_loop_strategies_agree(tiny_config, tmp_path):
+    """Unrolled calls of 4, of 3+1, single steps and lax.scan compute the same run."""
+    hashes, params = {}, {}
+    for loop, per_call in [("unroll", 4), ("unroll", 3), ("unroll", 1), ("scan", 4)]:
+        config = tiny_config.replace(loop=loop, steps_per_call=per_call)
+        keys = streams.root_keys(SEEDS)
+        tx = train.make_optimizer(config, 256)
+        graphdef, state = train.init_state(config, keys, tx)
+        dataset = train.data.to_device(train.data.load("synthetic", train_limit=256))
+        step_fn = functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config)
+        perm = streams.epoch_permutation(keys.shuffle, 0, 256)
+        first = 0
+        while first < 4:
+            n = min(per_call, 4 - first)
+            runner = train.make_run_steps(step_fn, 64, n, loop)
+            state, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, 0, first)
+            first += n
+        params[(loop, per_call)] = jax.tree.leaves(state.params)
+    reference = params[("unroll", 4)]
+    for name, leaves in params.items():
+        for a, b in zip(reference, leaves):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(name))
+
+
+def test_train_step_compiles_once(tiny_config):
+    keys = streams.root_keys(SEEDS)
+    tx = train.make_optimizer(tiny_config, 256)
+    graphdef, state = train.init_state(tiny_config, keys, tx)
+    dataset = train.data.to_device(train.data.load("synthetic", train_limit=256))
+    step_fn = functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=tiny_config)
+    runner = train.make_run_steps(step_fn, 64, 1, "unroll")
+    for epoch in range(2):
+        perm = streams.epoch_permutation(keys.shuffle, epoch, 256)
+        for first in range(4):
+            state, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, epoch, first)
+    assert runner._cache_size() == 1
+    assert int(state.step) == 8
+
+
+def test_no_key_is_reused(tiny_config, tmp_path):
+    with jax.debug_key_reuse(True):
+        info = run(tiny_config.replace(epochs=1), SEEDS, tmp_path)
+    assert np.isfinite(info["final"]["test_loss"])
+
+
+def test_tfds_mock_end_to_end(tiny_config, tmp_path):
+    with tfds.testing.mock_data(num_examples=128):
+        info = run(tiny_config.replace(data="mnist", train_limit=None, batch_size=32, epochs=1), SEEDS, tmp_path)
+    assert info["final"]["step"] == 4 and 0.0 <= info["final"]["test_accuracy"] <= 1.0
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "jaxseed.train", *args], capture_output=True, text=True,
+                          cwd=cwd or PROJECT_ROOT, timeout=600)
+
+
+def test_cli_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    result = cli("--seed", "3", "--stream", "dropout=9", "--data", "synthetic", "--train-limit", "256",
+                 "--batch-size", "64", "--epochs", "2", "--steps-per-call", "4", "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr
+    assert f"workdir {workdir}" in result.stdout and "test_accuracy" in result.stdout
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+    info = json.loads((workdir / "manifest.json").read_text())
+    assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3, "latent": 3}
+    assert info["config"]["epochs"] == 2 and info["final"] == rows[-1]
+    for field in ("versions", "backend", "device_count", "xla_flags", "init_param_hash", "param_hash"):
+        assert field in info
+    assert set(info["fingerprints"]) >= {"shuffle", "augment"}
+    assert (workdir / "curves.png").stat().st_size > 1000
+    again = cli("--data", "synthetic", "--workdir", str(workdir))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stream", "dropuot=1"], "valid streams: init, shuffle, dropout, augment, latent"),
+    (["--stream", "latent=1"], "does not use the 'latent' stream; it uses: init, shuffle, dropout, augment"),
+    (["--stream", "dropout"], "expected NAME=SEED"),
+    (["--stream", "dropout=1.5"], f"[0, {streams.MAX_SEED}]"),
+    (["--stream", "dropout=1", "--stream", "dropout=2"], "given twice"),
+    (["--seed", "-3"], f"[0, {streams.MAX_SEED}]"),
+    (["--seed", str(2**32)], f"[0, {streams.MAX_SEED}]"),
+    (["--epochs", "0"], "must be >= 1"),
+    (["--model", "resnet"], "invalid choice"),
+    (["--data-dir", "/nonexistent/dir"], "does not exist"),
+    (["--batch-size", "5000", "--data", "synthetic"], "--batch-size must be in [1, 2048]"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    result = cli(*args, "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
