@@ -8,9 +8,9 @@ import sys
 import time
 
 from jaxseed import streams
-from jaxseed.config import AUGMENTATIONS, DATASETS, LOOPS, MODELS, Config
+from jaxseed.config import AUGMENTATIONS, BINARIZATIONS, DATASETS, LOOPS, MODELS, Config
 from jaxseed.errors import UserError
-from jaxseed.models import MODELS as MODEL_CLASSES
+from jaxseed.objectives import OBJECTIVES
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -69,6 +69,10 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
     p.add_argument("--train-limit", type=_int_at_least(1), help="train on the first N training examples")
     p.add_argument("--augment", choices=AUGMENTATIONS,
                    help=f"on-device augmentation from the 'augment' stream (default {d.augment})")
+    p.add_argument("--binarize", choices=BINARIZATIONS,
+                   help=f"VAE inputs: Bernoulli draws from the 'augment' stream, or a fixed 0.5 threshold "
+                        f"(default {d.binarize})")
+    p.add_argument("--latents", type=_int_at_least(1), help=f"VAE latent dimensions (default {d.latents})")
     p.add_argument("--loop", choices=LOOPS, help="how steps are compiled: unrolled in one jit or lax.scan "
                                                  "(default auto: per backend)")
     p.add_argument("--steps-per-call", type=_int_at_least(1), help="training steps per jitted call "
@@ -81,7 +85,8 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
 
 _FLAG_TO_FIELD = {"model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
                   "data": "data", "data_dir": "data_dir", "train_limit": "train_limit", "augment": "augment",
-                  "loop": "loop", "steps_per_call": "steps_per_call"}
+                  "loop": "loop", "steps_per_call": "steps_per_call",
+                  "binarize": "binarize", "latents": "latents"}
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
@@ -94,11 +99,14 @@ def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
             raise UserError(f"stream {name!r} is given twice with --stream")
         overrides[name] = seed
     seed = streams.check_seed(args.seed if args.seed is not None else 0, "--seed")
-    return config, seed, streams.resolve_seeds(seed, overrides, MODEL_CLASSES[config.model].STREAMS)
+    return config, seed, streams.resolve_seeds(seed, overrides, OBJECTIVES[config.model].streams)
 
 
-def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: bool = False) -> str:
-    """Create the run's folder; refuse one that holds a run unless ``overwrite``."""
+def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: bool = False) -> tuple[str, bool]:
+    """Create the run's folder; refuse one that holds a run unless ``overwrite``.
+
+    Returns (path, whether this call created it).
+    """
     if workdir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         workdir = os.path.join("runs", f"{config.model}-{config.data}-seed{seed}-{stamp}")
@@ -106,10 +114,11 @@ def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: b
         raise UserError(f"workdir {workdir} exists and is not a folder")
     if os.path.exists(os.path.join(workdir, "manifest.json")) and not overwrite:
         raise UserError(f"workdir {workdir} already holds a run; pass --overwrite or choose another --workdir")
+    created = not os.path.exists(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create workdir {workdir}: {error.strerror}") from None
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise UserError(f"workdir {workdir} is not writable")
-    return workdir
+    return workdir, created

@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-MODELS = ("cnn",)
+MODELS = ("cnn", "vae")
 DATASETS = ("mnist", "fashion_mnist", "synthetic")
 AUGMENTATIONS = ("affine", "none")
+BINARIZATIONS = ("dynamic", "threshold")
 LOOPS = ("auto", "unroll", "scan")
 
 
@@ -18,7 +19,8 @@ LOOPS = ("auto", "unroll", "scan")
 class Config:
     # What is trained.
     model: str = "cnn"
-    dropout_rate: float = 0.5
+    dropout_rate: float = 0.5  # CNN
+    latents: int = 20  # VAE: dimensions of the Gaussian latent
     # Data.
     data: str = "mnist"
     data_dir: Optional[str] = None  # folder of raw IDX files; None: tensorflow-datasets
@@ -27,6 +29,8 @@ class Config:
     augment: str = "affine"
     max_translation: float = 2.0  # pixels, uniform in [-max, max] on each axis
     max_rotation: float = 10.0  # degrees, uniform in [-max, max]
+    # VAE inputs: "dynamic" draws each pixel ~ Bernoulli(grey) from the `augment` stream.
+    binarize: str = "dynamic"
     # Optimisation: AdamW, linear warm-up then cosine decay to zero.
     epochs: int = 10
     batch_size: int = 128
@@ -37,6 +41,7 @@ class Config:
     loop: str = "auto"  # unroll steps in one jit (XLA CPU) or lax.scan them (GPU/TPU)
     steps_per_call: int = 0  # 0: per backend (see train.execution_plan)
     eval_batch_size: int = 1000
+    importance_samples: int = 100  # VAE: samples per test image for the final log-likelihood
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

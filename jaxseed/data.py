@@ -11,10 +11,13 @@ from the device-resident arrays by index (see ``train.py``).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
 import struct
 import zlib
+from unittest import mock
 from typing import NamedTuple
 
 import jax
@@ -98,19 +101,34 @@ def load_idx_dir(data_dir: str) -> Dataset:
     return Dataset(*arrays)
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_tfds(name: str) -> Dataset:
     """``name`` through tensorflow-datasets' random-access ``data_source``."""
     try:
         import tensorflow_datasets as tfds
+        from tensorflow_datasets.core.download import downloader
 
-        arrays = []
-        for split in ("train", "test"):
-            source = tfds.data_source(name, split=split)
-            examples = [source[i] for i in range(len(source))]
-            arrays.append(np.stack([example["image"] for example in examples]).astype(np.uint8))
-            arrays.append(np.array([example["label"] for example in examples], np.int32))
+        # Offline, tfds retries each download 10 times with exponential backoff
+        # (minutes of warnings); try twice, quietly, then point to --data-dir.
+        with mock.patch.object(downloader, "MAX_RETRIES", 1), _quiet("urllib3"):
+            arrays = []
+            for split in ("train", "test"):
+                source = tfds.data_source(name, split=split)
+                examples = [source[i] for i in range(len(source))]
+                arrays.append(np.stack([example["image"] for example in examples]).astype(np.uint8))
+                arrays.append(np.array([example["label"] for example in examples], np.int32))
     except Exception as error:  # any failure to fetch or prepare: offline, missing package, ...
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = (str(error).strip().splitlines() or [""])[0][:120]
         raise UserError(
             f"could not load {name!r} through tensorflow-datasets ({type(error).__name__}: {reason}); "
             "to train offline, pass --data-dir DIR with its raw IDX files "

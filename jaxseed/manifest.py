@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "dm-pix", "tensorflow-datasets")
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "tensorflow-datasets")
 
 
 def tree_hash(tree: Any) -> str:

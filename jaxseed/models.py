@@ -41,4 +41,34 @@ class CNN(nnx.Module):
         return self.head(x)
 
 
-MODELS = {"cnn": CNN}
+class VAE(nnx.Module):
+    """MLP variational autoencoder for 28x28 images (Kingma & Welling, 2014).
+
+    Encoder: 784 -> 512 -> 256 -> (mean, log-variance) of a diagonal Gaussian q(z|x)
+    over ``latents`` dimensions. Decoder: z -> 256 -> 512 -> 784 Bernoulli logits.
+    """
+
+    STREAMS = ("init", "shuffle", "augment", "latent")
+
+    def __init__(self, *, init_key: jax.Array, latents: int = 20, hidden: tuple[int, int] = (512, 256)):
+        rngs = nnx.Rngs(params=init_key)
+        wide, narrow = hidden
+        self.enc1 = nnx.Linear(28 * 28, wide, rngs=rngs)
+        self.enc2 = nnx.Linear(wide, narrow, rngs=rngs)
+        self.mean = nnx.Linear(narrow, latents, rngs=rngs)
+        self.logvar = nnx.Linear(narrow, latents, rngs=rngs)
+        self.dec1 = nnx.Linear(latents, narrow, rngs=rngs)
+        self.dec2 = nnx.Linear(narrow, wide, rngs=rngs)
+        self.out = nnx.Linear(wide, 28 * 28, rngs=rngs)
+        self.latents = latents
+
+    def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """images float[B, 28, 28, 1] -> (mean, log-variance), each float[B, latents]."""
+        h = nnx.relu(self.enc2(nnx.relu(self.enc1(images.reshape(images.shape[0], -1)))))
+        return self.mean(h), self.logvar(h)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z float[..., latents] -> Bernoulli logits float[..., 28, 28, 1]."""
+        logits = self.out(nnx.relu(self.dec2(nnx.relu(self.dec1(z)))))
+        return logits.reshape(*z.shape[:-1], 28, 28, 1)
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,3 +23,15 @@ def plot_curves(metrics: list[dict], path: str, panels: dict[str, tuple[str, ...
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_grid(images, path: str, columns: int) -> None:
+    """Tile images float[N, H, W, 1] in [0, 1] into one grayscale PNG."""
+    images = np.asarray(images)[..., 0]
+    rows = -(-len(images) // columns)
+    height, width = images.shape[1:]
+    canvas = np.ones((rows * (height + 2) + 2, columns * (width + 2) + 2))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[2 + r * (height + 2):2 + r * (height + 2) + height, 2 + c * (width + 2):2 + c * (width + 2) + width] = image
+    plt.imsave(path, canvas, cmap="gray", vmin=0.0, vmax=1.0)

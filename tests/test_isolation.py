@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseed import manifest, streams, train
+from jaxseed import manifest, objectives, streams, train
 from jaxseed.config import Config
 
 CONFIG = Config(train_limit=512, batch_size=64, epochs=2)
@@ -27,7 +27,7 @@ def draws(seeds: dict) -> dict:
         "init": manifest.tree_hash(state.params),
         "shuffle": manifest.arrays_hash(streams.epoch_permutation(keys.shuffle, e, NUM_TRAIN) for e in (0, 1)),
         "augment": manifest.arrays_hash(
-            np.stack(train.augment_params(CONFIG, keys.augment, e, jnp.arange(NUM_TRAIN))) for e in (0, 1)),
+            np.stack(objectives.affine_draws(CONFIG, keys, e, jnp.arange(NUM_TRAIN))) for e in (0, 1)),
         "dropout": manifest.arrays_hash(dropout_masks),
         "latent": manifest.arrays_hash(
             jax.random.normal(k, (4,)) for k in streams.per_example_keys(keys.latent, 3, jnp.arange(8))),

@@ -41,7 +41,9 @@ def test_varying_one_stream_end_to_end(tiny_config, tmp_path, varied):
 
 
 def test_loop_strategies_agree(tiny_config, tmp_path):
-    """Unrolled calls of 4, of 3+1, single steps and lax.scan compute the same run."""
+    """Unrolled calls of 4, of 3+1, single steps and lax.scan compute the same run.
+
+    Not bitwise: XLA fuses differently per loop form (seen: 7e-6 after four steps)."""
     hashes, params = {}, {}
     for loop, per_call in [("unroll", 4), ("unroll", 3), ("unroll", 1), ("scan", 4)]:
         config = tiny_config.replace(loop=loop, steps_per_call=per_call)
@@ -61,7 +63,7 @@ def test_loop_strategies_agree(tiny_config, tmp_path):
     reference = params[("unroll", 4)]
     for name, leaves in params.items():
         for a, b in zip(reference, leaves):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(name))
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=str(name))
 
 
 def test_train_step_compiles_once(tiny_config):
@@ -106,7 +108,7 @@ def test_cli_end_to_end(tmp_path):
     assert [row["epoch"] for row in rows] == [1, 2]
     assert set(rows[0]) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
     info = json.loads((workdir / "manifest.json").read_text())
-    assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3, "latent": 3}
+    assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3}  # the CNN's streams
     assert info["config"]["epochs"] == 2 and info["final"] == rows[-1]
     for field in ("versions", "backend", "device_count", "xla_flags", "init_param_hash", "param_hash"):
         assert field in info

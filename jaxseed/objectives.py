@@ -1,0 +1,187 @@
+"""What each model is trained and scored on, and which streams it draws from.
+
+An ``Objective`` bundles, for one model: how to build it from the ``init`` key,
+the training loss (with the draws it makes), the evaluation sums, and the
+augmentation draws to fingerprint. ``train.py`` runs any of them the same way.
+
+Metrics are returned as sums over a batch plus ``count``; the loop divides.
+Evaluation draws come from ``streams.evaluation_key()`` at fixed positions, so
+every run, whatever its seeds, is scored on the same test draws.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxseed import augment, streams
+from jaxseed.config import Config
+from jaxseed.models import CNN, VAE
+
+# Positions under the evaluation key; fixed forever, like the stream ids.
+EVAL_BINARIZE, EVAL_LATENT, EVAL_IMPORTANCE, EVAL_SAMPLES = range(4)
+
+
+class Batch(NamedTuple):
+    images: jax.Array  # uint8[B, 28, 28, 1]
+    labels: jax.Array  # int32[B]
+    index: jax.Array  # int32[B], each example's index in its split
+
+
+class Objective(NamedTuple):
+    streams: tuple[str, ...]
+    build: Callable[[Config, jax.Array], nnx.Module]
+    # (model, batch, stream keys, epoch, global step, config) -> (mean loss, metric sums)
+    train_loss: Callable
+    # (model, batch of the test split, config) -> per-example metrics dict, float[B] each
+    eval_metrics: Callable
+    # (config, stream keys, epoch, example index) -> what the augment stream draws, or None
+    augment_draws: Callable
+    panels: dict[str, tuple[str, ...]]
+
+
+def to_unit(images: jax.Array) -> jax.Array:
+    """uint8 pixels -> float32 in [0, 1]."""
+    return images.astype(jnp.float32) / 255.0
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def affine_draws(config: Config, keys: streams.StreamKeys, epoch, index) -> augment.AffineParams:
+    """Rotation and shift of each example in ``epoch``, from the ``augment`` stream."""
+    per_example = streams.per_example_keys(keys.augment, epoch, index)
+    return augment.sample_affine(per_example, config.max_translation, config.max_rotation)
+
+
+def classifier_train_loss(model: CNN, batch: Batch, keys: streams.StreamKeys, epoch, step, config: Config):
+    """Cross-entropy on augmented images; dropout masks from ``dropout`` at ``step``."""
+    images = to_unit(batch.images)
+    if config.augment == "affine":
+        images = augment.apply_affine(images, affine_draws(config, keys, epoch, batch.index))
+    logits = model(images, train=True, dropout_key=streams.dropout_key(keys.dropout, step))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+    correct = jnp.argmax(logits, -1) == batch.labels
+    return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.labels.shape[0]}
+
+
+def classifier_eval_metrics(model: CNN, batch: Batch, config: Config) -> dict:
+    logits = model(to_unit(batch.images), train=False)
+    return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels),
+            "accuracy": (jnp.argmax(logits, -1) == batch.labels).astype(jnp.float32)}
+
+
+CLASSIFIER = Objective(
+    streams=CNN.STREAMS,
+    build=lambda config, key: CNN(init_key=key, dropout_rate=config.dropout_rate),
+    train_loss=classifier_train_loss,
+    eval_metrics=classifier_eval_metrics,
+    augment_draws=lambda config, keys, epoch, index: (
+        jnp.stack(affine_draws(config, keys, epoch, index)) if config.augment == "affine" else None),
+    panels={"loss": ("train_loss", "test_loss"), "accuracy": ("train_accuracy", "test_accuracy")},
+)
+
+
+# ---------------------------------------------------------------- VAE
+
+
+def binarize(images: jax.Array, keys: jax.Array, config: Config) -> jax.Array:
+    """uint8 images -> float {0, 1}: pixel ~ Bernoulli(grey level), one key per example,
+    or a fixed threshold at 0.5 when ``config.binarize == "threshold"``."""
+    grey = to_unit(images)
+    if config.binarize == "threshold":
+        return (grey > 0.5).astype(jnp.float32)
+    return jax.vmap(lambda key, p: jax.random.bernoulli(key, p).astype(jnp.float32))(keys, grey)
+
+
+def gaussian_log_density(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(z; mean, exp(logvar)), summed over the last axis."""
+    return -0.5 * jnp.sum(math.log(2 * math.pi) + logvar + (z - mean) ** 2 / jnp.exp(logvar), -1)
+
+
+def negative_elbo(model: VAE, x: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example reconstruction and KL terms of -ELBO, in nats (Kingma & Welling, 2014).
+
+        -ELBO(x) = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I))
+        z = mean + exp(logvar / 2) * eps,  eps ~ N(0, I)      (reparameterisation)
+        KL = -1/2 * sum(1 + logvar - mean^2 - exp(logvar))
+
+    Args:
+      x: binary images float[B, 28, 28, 1]; eps: standard normal noise float[B, latents].
+    Returns:
+      (reconstruction, kl), each float[B].
+    """
+    mean, logvar = model.encode(x)
+    z = mean + jnp.exp(0.5 * logvar) * eps
+    logits = model.decode(z)
+    reconstruction = optax.sigmoid_binary_cross_entropy(logits, x).reshape(x.shape[0], -1).sum(-1)
+    kl = -0.5 * jnp.sum(1 + logvar - mean**2 - jnp.exp(logvar), -1)
+    return reconstruction, kl
+
+
+def latent_noise(keys: jax.Array, latents: int, samples: tuple[int, ...] = ()) -> jax.Array:
+    """Standard normal noise float[B, *samples, latents], one key per example."""
+    return jax.vmap(lambda key: jax.random.normal(key, (*samples, latents)))(keys)
+
+
+def vae_train_loss(model: VAE, batch: Batch, keys: streams.StreamKeys, epoch, step, config: Config):
+    """-ELBO on dynamically binarised images (``augment`` at epoch, example index),
+    with reparameterisation noise from ``latent`` at (global step, example index)."""
+    x = binarize(batch.images, streams.per_example_keys(keys.augment, epoch, batch.index), config)
+    eps = latent_noise(streams.per_example_keys(keys.latent, step, batch.index), model.latents)
+    reconstruction, kl = negative_elbo(model, x, eps)
+    loss = reconstruction + kl
+    return loss.mean(), {"loss": loss.sum(), "reconstruction": reconstruction.sum(), "kl": kl.sum(),
+                         "count": batch.labels.shape[0]}
+
+
+def eval_keys(position: int, index: jax.Array) -> jax.Array:
+    """Per-example keys of the fixed evaluation draws at ``position``."""
+    return streams.per_example_keys(streams.evaluation_key(), position, index)
+
+
+def vae_eval_metrics(model: VAE, batch: Batch, config: Config) -> dict:
+    """-ELBO and its parts on the test set, from fixed evaluation draws."""
+    x = binarize(batch.images, eval_keys(EVAL_BINARIZE, batch.index), config)
+    reconstruction, kl = negative_elbo(model, x, latent_noise(eval_keys(EVAL_LATENT, batch.index), model.latents))
+    return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
+
+
+def importance_nll(model: VAE, batch: Batch, config: Config, samples: int) -> jax.Array:
+    """-log p(x) estimated with ``samples`` importance samples from q (Burda et al., 2016).
+
+        log p(x) ~= logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K
+
+    Returns float[B], nats per image; a tighter bound than -ELBO.
+    """
+    x = binarize(batch.images, eval_keys(EVAL_BINARIZE, batch.index), config)
+    mean, logvar = model.encode(x)
+    eps = latent_noise(eval_keys(EVAL_IMPORTANCE, batch.index), model.latents, (samples,))  # [B, K, L]
+    z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps
+    logits = model.decode(z)  # [B, K, 28, 28, 1]
+    log_likelihood = -optax.sigmoid_binary_cross_entropy(logits, x[:, None]).reshape(*z.shape[:2], -1).sum(-1)
+    log_prior = gaussian_log_density(z, 0.0, jnp.zeros_like(z))
+    log_posterior = gaussian_log_density(z, mean[:, None], logvar[:, None])
+    log_weights = log_likelihood + log_prior - log_posterior
+    return -(jax.nn.logsumexp(log_weights, axis=1) - math.log(samples))
+
+
+VAE_OBJECTIVE = Objective(
+    streams=VAE.STREAMS,
+    build=lambda config, key: VAE(init_key=key, latents=config.latents),
+    train_loss=vae_train_loss,
+    eval_metrics=vae_eval_metrics,
+    # Binarisation depends on the pixels too; its per-example keys are what the stream draws.
+    augment_draws=lambda config, keys, epoch, index: (
+        jax.random.key_data(streams.per_example_keys(keys.augment, epoch, index))
+        if config.binarize == "dynamic" else None),
+    panels={"negative ELBO (nats)": ("train_loss", "test_loss"),
+            "parts (nats)": ("train_reconstruction", "test_reconstruction", "train_kl", "test_kl")},
+)
+
+OBJECTIVES = {"cnn": CLASSIFIER, "vae": VAE_OBJECTIVE}

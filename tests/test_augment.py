@@ -1,0 +1,47 @@
+"""Augmentation: exact on known transforms, bounded parameters, keyed per example."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseed import augment, streams
+
+
+def single_pixel(y, x):
+    return jnp.zeros((1, 28, 28, 1)).at[0, y, x, 0].set(1.0)
+
+
+def params(shift_y=0.0, shift_x=0.0, angle=0.0):
+    return augment.AffineParams(jnp.array([shift_y]), jnp.array([shift_x]), jnp.array([angle]))
+
+
+def test_identity_leaves_the_image():
+    image = jax.random.uniform(jax.random.key(0), (1, 28, 28, 1))
+    np.testing.assert_allclose(augment.apply_affine(image, params()), image, atol=1e-6)
+
+
+def test_integer_shift_moves_a_pixel():
+    out = augment.apply_affine(single_pixel(10, 14), params(2.0, -1.0))
+    np.testing.assert_allclose(out[0, 12, 13, 0], 1.0, atol=1e-6)
+    assert float(out.sum()) == 1.0
+
+
+def test_quarter_turn_about_the_centre():
+    out = augment.apply_affine(single_pixel(10, 14), params(angle=np.pi / 2))
+    # (10, 14) is (-3.5, +0.5) from the centre (13.5, 13.5); a quarter turn maps it to (13, 10).
+    assert np.argwhere(np.asarray(out[0, ..., 0]) > 0.99).tolist() == [[13, 10]]
+
+
+def test_half_pixel_shift_interpolates():
+    out = augment.apply_affine(single_pixel(10, 14), params(0.5, 0.0))
+    np.testing.assert_allclose([out[0, 10, 14, 0], out[0, 11, 14, 0]], [0.5, 0.5], atol=1e-6)
+
+
+def test_parameters_within_bounds_and_keyed_per_example():
+    keys = streams.per_example_keys(jax.random.key(3), 0, jnp.arange(1000))
+    drawn = augment.sample_affine(keys, 2.0, 10.0)
+    assert float(jnp.abs(drawn.shift_y).max()) <= 2.0 and float(jnp.abs(drawn.shift_x).max()) <= 2.0
+    assert float(jnp.abs(drawn.angle).max()) <= np.deg2rad(10.0) + 1e-7
+    assert float(jnp.abs(drawn.angle).max()) > np.deg2rad(9.0)  # the range is used
+    subset = augment.sample_affine(keys[jnp.array([5, 900])], 2.0, 10.0)
+    np.testing.assert_array_equal(subset.angle, drawn.angle[jnp.array([5, 900])])
