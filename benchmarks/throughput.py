@@ -1,18 +1,20 @@
 """Training throughput of jaxseed's loop against a plain JAX reference, in one run.
 
-    python benchmarks/throughput.py [--data-dir ../shared/data/mnist] [--steps 200]
+    python benchmarks/throughput.py [--data-dir ../shared/data/mnist] [--steps 200] [--rounds 3]
 
 Reference: the same CNN, loss, optimiser and batch size, one ``jax.jit`` step per
 Python call, fed numpy batches gathered on the host (no augmentation).
 jaxseed: data resident on the device, batches gathered inside the jitted call,
 steps grouped per call as ``train.execution_plan`` chooses for this backend;
 measured with augmentation off (same work as the reference) and on (default).
+The three are timed in turn for several rounds; each figure is the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import time
 
 import jax
@@ -24,17 +26,15 @@ from jaxseed import data, streams, train
 from jaxseed.config import Config
 
 
-def timed(fn, repeats: int) -> float:
-    """Seconds per call of ``fn`` (which must block), after one warm-up call."""
-    fn()
+def seconds(fn) -> float:
+    """Wall time of one call of ``fn`` (which must block)."""
     start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+    fn()
+    return time.perf_counter() - start
 
 
 def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
-    """(images/s, compile seconds) of a plain one-step-per-call loop on numpy batches."""
+    """(run, images per run, compile seconds) of a plain one-step-per-call loop on numpy batches."""
     tx = train.make_optimizer(config, dataset.num_train)
     graphdef, state = train.init_state(config, keys, tx)
 
@@ -64,11 +64,12 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
                                            streams.dropout_key(keys.dropout, i))
         loss.block_until_ready()
 
-    return steps * batch / timed(run, 1), compile_seconds
+    run()  # warm-up
+    return run, steps * batch, compile_seconds
 
 
 def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
-    """(images/s, compile seconds, plan) of train.py's loop for ``steps`` steps."""
+    """(run, images per run, compile seconds, plan) of train.py's loop for ``steps`` steps."""
     device_data = data.to_device(dataset)
     tx = train.make_optimizer(config, dataset.num_train)
     graphdef, state = train.init_state(config, keys, tx)
@@ -88,23 +89,33 @@ def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys
             state, metrics = runner(state, *args, first % (per_epoch - per_call + 1))
         jax.block_until_ready(metrics)
 
-    return (steps // per_call) * per_call * config.batch_size / timed(run, 1), compile_seconds, (loop, per_call)
+    run()  # warm-up
+    return run, (steps // per_call) * per_call * config.batch_size, compile_seconds, (loop, per_call)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="raw MNIST IDX folder (default: the synthetic set)")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per timed run")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each loop, interleaved")
     args = parser.parse_args()
     dataset = data.load("mnist", args.data_dir) if args.data_dir else data.load("synthetic")
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
     config = Config()
     print(f"backend {jax.default_backend()}, devices {jax.devices()}, batch {config.batch_size}, "
-          f"{args.steps} steps, {dataset.num_train} training images")
-    ref_speed, ref_compile = reference(config, dataset, keys, args.steps)
+          f"{args.steps} steps x {args.rounds} rounds, {dataset.num_train} training images")
+    ref_run, ref_images, ref_compile = reference(config, dataset, keys, args.steps)
+    loops = {augment: jaxseed_loop(config.replace(augment=augment), dataset, keys, args.steps)
+             for augment in ("none", "affine")}
+    times = {name: [] for name in ("reference", *loops)}
+    for _ in range(args.rounds):
+        times["reference"].append(seconds(ref_run))
+        for augment, (run, *_) in loops.items():
+            times[augment].append(seconds(run))
+    ref_speed = ref_images / statistics.median(times["reference"])
     print(f"reference (jit step per call, numpy batches): {ref_speed:8.0f} images/s, compile {ref_compile:.1f}s")
-    for augment in ("none", "affine"):
-        speed, compile_seconds, plan = jaxseed_loop(config.replace(augment=augment), dataset, keys, args.steps)
+    for augment, (_, images, compile_seconds, plan) in loops.items():
+        speed = images / statistics.median(times[augment])
         print(f"jaxseed {plan[0]} x{plan[1]}, augment={augment:6s}:     {speed:8.0f} images/s, "
               f"compile {compile_seconds:.1f}s, ratio {speed / ref_speed:.2f}x")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 import time
 
@@ -77,8 +79,13 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
                                                  "(default auto: per backend)")
     p.add_argument("--steps-per-call", type=_int_at_least(1), help="training steps per jitted call "
                                                                    "(default: per backend)")
+    p.add_argument("--checkpoint-every", type=_int_at_least(1),
+                   help="also checkpoint every N steps (default: at the end of each epoch only)")
     p.add_argument("--workdir", help="output folder (default: a new folder under ./runs/)")
-    p.add_argument("--overwrite", action="store_true", help="allow a workdir that already holds a run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --workdir from its latest checkpoint, bit for bit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a workdir that already holds a run (its checkpoints are deleted)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -86,20 +93,52 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
 _FLAG_TO_FIELD = {"model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
                   "data": "data", "data_dir": "data_dir", "train_limit": "train_limit", "augment": "augment",
                   "loop": "loop", "steps_per_call": "steps_per_call",
-                  "binarize": "binarize", "latents": "latents"}
+                  "binarize": "binarize", "latents": "latents", "checkpoint_every": "checkpoint_every"}
 
 
-def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
-    """(config, base seed, seed of every stream) from parsed flags; UserError on bad input."""
+def _changes(args: argparse.Namespace) -> dict:
+    """Config fields set explicitly on the command line."""
     changes = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
-    config = Config().replace(**changes)
+    if changes.get("data_dir"):
+        changes["data_dir"] = os.path.abspath(changes["data_dir"])  # the manifest must work from anywhere
+    return changes
+
+
+def _seeds(args: argparse.Namespace, config: Config) -> tuple[int, dict[str, int]]:
     overrides = {}
     for name, seed in args.stream:
         if name in overrides:
             raise UserError(f"stream {name!r} is given twice with --stream")
         overrides[name] = seed
     seed = streams.check_seed(args.seed if args.seed is not None else 0, "--seed")
-    return config, seed, streams.resolve_seeds(seed, overrides, OBJECTIVES[config.model].streams)
+    return seed, streams.resolve_seeds(seed, overrides, OBJECTIVES[config.model].streams)
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
+    """(config, base seed, seed of every stream) from parsed flags; UserError on bad input."""
+    config = Config().replace(**_changes(args))
+    return (config, *_seeds(args, config))
+
+
+def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, dict[str, int]]:
+    """The config and seeds recorded in ``workdir``; UserError if a given flag differs."""
+    try:
+        with open(os.path.join(workdir, "manifest.json")) as f:
+            recorded = json.load(f)
+        config, seeds = Config(**recorded["config"]), {k: int(v) for k, v in recorded["streams"].items()}
+    except FileNotFoundError:
+        raise UserError(f"{workdir} holds no run to resume (no manifest.json)") from None
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise UserError(f"cannot read the manifest in {workdir}: {error}") from None
+    differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
+                   for field, value in _changes(args).items() if getattr(config, field) != value]
+    if args.seed is not None or args.stream:
+        given = _seeds(args, config)[1]
+        differences += [f"seed of stream {name!r} is {seeds.get(name)} in the run, {given[name]} given"
+                        for name in given if seeds.get(name) != given[name]]
+    if differences:
+        raise UserError(f"cannot resume {workdir} with other settings: " + "; ".join(differences))
+    return config, seeds
 
 
 def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: bool = False) -> tuple[str, bool]:
@@ -117,6 +156,8 @@ def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: b
     created = not os.path.exists(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
+        if overwrite:
+            shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     except OSError as error:
         raise UserError(f"cannot create workdir {workdir}: {error.strerror}") from None
     if not os.access(workdir, os.W_OK | os.X_OK):

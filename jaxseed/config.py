@@ -41,6 +41,10 @@ class Config:
     loop: str = "auto"  # unroll steps in one jit (XLA CPU) or lax.scan them (GPU/TPU)
     steps_per_call: int = 0  # 0: per backend (see train.execution_plan)
     eval_batch_size: int = 1000
+    # Checkpoints (orbax): at each epoch's end, and at the first call boundary past
+    # every `checkpoint_every` steps when > 0.
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
     importance_samples: int = 100  # VAE: samples per test image for the final log-likelihood
 
     def replace(self, **changes) -> "Config":

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import time
 from typing import Callable, NamedTuple
@@ -24,7 +25,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxseed import cli, data, manifest, objectives, plots, streams
+from jaxseed import checkpoint, cli, data, manifest, objectives, plots, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES, Batch
@@ -238,9 +239,32 @@ def vae_final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.Sta
             "evaluation_fingerprint": manifest.arrays_hash([np.packbits(np.asarray(test_inputs, bool)), test_noise])}
 
 
-def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, progress: bool = True) -> dict:
+class Interrupted(Exception):
+    """Training stopped on request after a checkpoint; ``args[0]`` is the global step."""
+
+
+def _read_history(path: str, completed_epochs: int) -> list[dict]:
+    """Metrics lines of the epochs a checkpoint has completed (later ones are redone)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [row for row in rows if row["epoch"] <= completed_epochs]
+
+
+def _write_history(path: str, history: list[dict]) -> None:
+    with open(f"{path}.tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in history)
+    os.replace(f"{path}.tmp", path)
+
+
+def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, progress: bool = True,
+                       resume: bool = False, should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Train, evaluate after each epoch, write metrics.jsonl, manifest.json, curves.png.
 
+    With ``resume``, continue from the newest readable checkpoint in ``workdir``;
+    the result is bitwise the uninterrupted run's. ``should_stop`` is polled after
+    each jitted call: when true, a checkpoint is saved and Interrupted raised.
     Returns the manifest.
     """
     objective = OBJECTIVES[config.model]
@@ -257,49 +281,79 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
     num_steps = steps_per_epoch(config, num_train)
     loop, per_call = execution_plan(config, jax.default_backend(), num_steps)
     step_fn = functools.partial(train_step, graphdef=graphdef, tx=tx, config=config)
-    runners = {n: make_run_steps(step_fn, config.batch_size, n, loop) for n in {per_call, num_steps % per_call} if n}
+    runners = {}  # steps per call -> compiled call; usually two sizes (full, epoch remainder)
     evaluate = make_evaluate(config, graphdef, dataset.test_images, dataset.test_labels)
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
 
-    info = {"streams": {name: seeds[name] for name in objective.streams}, "config": config.to_dict(),
+    epoch, first, sums = 0, 0, {}
+    restored = checkpointer.restore_latest(state) if resume else None
+    if restored:
+        state, position = restored
+        epoch, first, sums = position["epoch"], position["first"], position["sums"]
+        if progress:
+            print(f"resuming at epoch {epoch + 1}, step {position['global_step']}", file=sys.stderr)
+    history = _read_history(metrics_path, epoch)
+    _write_history(metrics_path, history)
+
+    info = {"streams": seeds, "streams_used": list(objective.streams), "config": config.to_dict(),
             "execution": {"loop": loop, "steps_per_call": per_call}, **manifest.environment(),
             "init_param_hash": init_param_hash, "status": "running"}
     manifest.write_json(os.path.join(workdir, "manifest.json"), info)
     fingerprints = Fingerprints(config, keys)
-    history = []
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
+    for done in range(epoch):  # draws are pure functions of position: recompute, don't store
+        fingerprints.add_epoch(done, _permutation(keys.shuffle, done, num_train), done * num_steps, num_steps)
 
-    for epoch in range(config.epochs):
-        start = time.perf_counter()
-        permutation = _permutation(keys.shuffle, epoch, num_train)
-        fingerprints.add_epoch(epoch, permutation, epoch * num_steps, num_steps)
-        sums = {}
-        bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-                   disable=not progress, dynamic_ncols=True)
-        first = 0
-        while first < num_steps:
-            n = min(per_call, num_steps - first)
-            state, metrics = runners[n](state, dataset.train_images, dataset.train_labels, permutation,
-                                        keys, epoch, first)
-            metrics = jax.device_get(metrics)
-            if not math.isfinite(metrics["loss"]):
-                raise FloatingPointError(
-                    f"non-finite loss in steps {epoch * num_steps + first}..{epoch * num_steps + first + n - 1} "
-                    f"(epoch {epoch + 1}); these stream seeds reproduce it: {seeds}")
-            sums = {name: sums.get(name, 0) + value for name, value in metrics.items()}
-            first += n
-            bar.update(n)
-            bar.set_postfix({name: f"{value / sums['count']:.4f}" for name, value in sums.items() if name != "count"})
-        bar.close()
-        row = {"epoch": epoch + 1, "step": int(state.step),
-               **{f"train_{name}": float(value) / sums["count"] for name, value in sums.items() if name != "count"},
-               **evaluate(state.params), "seconds": time.perf_counter() - start}
-        history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if progress:
-            print(f"epoch {row['epoch']}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("test_"))
-                  + f" ({row['seconds']:.1f}s)", file=sys.stderr)
+    def save(epoch, first, sums):
+        checkpointer.save(state, {"epoch": epoch, "first": first, "sums": sums,
+                                  "global_step": epoch * num_steps + first})
+
+    try:
+        while epoch < config.epochs:
+            start = time.perf_counter()
+            permutation = _permutation(keys.shuffle, epoch, num_train)
+            fingerprints.add_epoch(epoch, permutation, epoch * num_steps, num_steps)
+            bar = tqdm(total=num_steps, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+                       disable=not progress, dynamic_ncols=True)
+            while first < num_steps:
+                # Calls start at multiples of per_call, so a resumed run replays the same programs.
+                n = min(per_call - first % per_call, num_steps - first)
+                if n not in runners:
+                    runners[n] = make_run_steps(step_fn, config.batch_size, n, loop)
+                state, metrics = runners[n](state, dataset.train_images, dataset.train_labels, permutation,
+                                            keys, epoch, first)
+                metrics = jax.device_get(metrics)
+                global_step = epoch * num_steps + first
+                if not math.isfinite(metrics["loss"]):
+                    raise FloatingPointError(
+                        f"non-finite loss in steps {global_step}..{global_step + n - 1} (epoch {epoch + 1}); "
+                        f"these stream seeds reproduce it: {seeds}; the last good checkpoint is kept")
+                sums = {name: sums.get(name, 0.0) + float(value) for name, value in metrics.items()}
+                first += n
+                bar.update(n)
+                bar.set_postfix({k: f"{v / sums['count']:.4f}" for k, v in sums.items() if k != "count"})
+                every = config.checkpoint_every
+                passed_multiple = every and (global_step + n) // every > global_step // every
+                if first < num_steps and (passed_multiple or should_stop()):
+                    save(epoch, first, sums)
+                    if should_stop():
+                        raise Interrupted(global_step + n)
+            bar.close()
+            row = {"epoch": epoch + 1, "step": int(state.step),
+                   **{f"train_{k}": v / sums["count"] for k, v in sums.items() if k != "count"},
+                   **evaluate(state.params), "seconds": time.perf_counter() - start}
+            history.append(row)
+            _write_history(metrics_path, history)
+            if progress:
+                print(f"epoch {row['epoch']}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                          if k.startswith("test_")) + f" ({row['seconds']:.1f}s)",
+                      file=sys.stderr)
+            epoch, first, sums = epoch + 1, 0, {}
+            save(epoch, first, sums)
+            if should_stop() and epoch < config.epochs:
+                raise Interrupted(epoch * num_steps)
+    finally:
+        checkpointer.close()
 
     plots.plot_curves(history, os.path.join(workdir, "curves.png"), objective.panels)
     if config.model == "vae":
@@ -313,16 +367,29 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
 def main(argv: list[str] | None = None) -> int:
     args = cli.train_parser().parse_args(argv)
     workdir = created = None
+    stop_signal = []
+    for signum in (signal.SIGINT, signal.SIGTERM):  # finish the current call, save, then stop
+        signal.signal(signum, lambda signum, frame: stop_signal.append(signal.Signals(signum).name))
     try:
-        config, seed, seeds = cli.resolve(args)
-        workdir, created = cli.prepare_workdir(args.workdir, config, seed, overwrite=args.overwrite)
-        info = train_and_evaluate(config, seeds, workdir, progress=not args.quiet)
-    except (UserError, FloatingPointError, KeyboardInterrupt) as error:
+        if args.resume:
+            if not args.workdir:
+                raise UserError("--resume needs the --workdir of the run to continue")
+            config, seeds = cli.resolve_resume(args, args.workdir)
+            workdir = args.workdir
+        else:
+            config, seed, seeds = cli.resolve(args)
+            workdir, created = cli.prepare_workdir(args.workdir, config, seed, overwrite=args.overwrite)
+        info = train_and_evaluate(config, seeds, workdir, progress=not args.quiet, resume=args.resume,
+                                  should_stop=lambda: bool(stop_signal))
+    except Interrupted as stopped:
+        print(f"jaxseed.train: stopped by {stop_signal[0]} after step {stopped.args[0]}, checkpoint saved; "
+              f"resume with: python -m jaxseed.train --resume --workdir {workdir}", file=sys.stderr)
+        return 130
+    except (UserError, FloatingPointError) as error:
         if created and not os.listdir(workdir):
             os.rmdir(workdir)  # leave no empty folder behind a run that never started
-        message = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
-        print(f"jaxseed.train: error: {message}", file=sys.stderr)
-        return {UserError: 2, FloatingPointError: 3}.get(type(error), 130)
+        print(f"jaxseed.train: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, UserError) else 3
     scores = {k: v for k, v in {**info["final"], **info}.items() if k.startswith("test_")}
     print(" ".join(f"{name} {value:.4f}" for name, value in sorted(scores.items(), key=lambda kv: kv[0] != "test_loss"))
           + f" after {info['final']['epoch']} epochs; workdir {workdir}")

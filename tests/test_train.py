@@ -108,7 +108,8 @@ def test_cli_end_to_end(tmp_path):
     assert [row["epoch"] for row in rows] == [1, 2]
     assert set(rows[0]) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
     info = json.loads((workdir / "manifest.json").read_text())
-    assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3}  # the CNN's streams
+    assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3, "latent": 3}
+    assert info["streams_used"] == ["init", "shuffle", "dropout", "augment"]
     assert info["config"]["epochs"] == 2 and info["final"] == rows[-1]
     for field in ("versions", "backend", "device_count", "xla_flags", "init_param_hash", "param_hash"):
         assert field in info
@@ -130,9 +131,27 @@ def test_cli_end_to_end(tmp_path):
     (["--model", "resnet"], "invalid choice"),
     (["--data-dir", "/nonexistent/dir"], "does not exist"),
     (["--batch-size", "5000", "--data", "synthetic"], "--batch-size must be in [1, 2048]"),
+    (["--batch-size", "0"], "must be >= 1"),
+    (["--epochs", "-2"], "must be >= 1"),
+    (["--train-limit", "0"], "must be >= 1"),
+    (["--train-limit", "3000", "--data", "synthetic"], "--train-limit must be in [1, 2048]"),
+    (["--data", "cifar10"], "invalid choice"),
+    (["--lr", "fast"], "expected a number"),
+    (["--data-dir", "{tmp}"], "has no train-images-idx3-ubyte"),
+    (["--data", "synthetic", "--data-dir", "{tmp}"], "does not combine with --data synthetic"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, message):
-    result = cli(*args, "--workdir", str(tmp_path / "w"))
+    result = cli(*[arg.replace("{tmp}", str(tmp_path)) for arg in args], "--workdir", str(tmp_path / "w"))
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()  # nothing left behind
+
+
+def test_cli_bad_workdir(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    result = cli("--data", "synthetic", "--workdir", str(tmp_path / "file"))
+    assert result.returncode == 2 and "exists and is not a folder" in result.stderr
+    result = cli("--data", "synthetic", "--workdir", str(tmp_path / "file" / "run"))
+    assert result.returncode == 2 and "cannot create workdir" in result.stderr
+    assert (tmp_path / "file").read_text() == "mine"

@@ -1,0 +1,77 @@
+"""Re-run a recorded run on this machine and check it computes the same model.
+
+    python -m jaxseed.verify WORKDIR
+
+Prints MATCH (exit 0) or MISMATCH (exit 1) of ``param_hash``; on a mismatch,
+what differs between the two environments, which streams drew differently,
+and the first epoch whose metrics differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from jaxseed import cli, train
+from jaxseed.errors import UserError
+
+_ENVIRONMENT = ("versions", "backend", "device_count", "xla_flags")
+
+
+def _metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_metrics: list[dict]) -> list[str]:
+    """Lines explaining how two manifests (and their metrics) differ."""
+    lines = [f"{field}: recorded {recorded.get(field)!r}, here {rerun.get(field)!r}"
+             for field in _ENVIRONMENT if recorded.get(field) != rerun.get(field)]
+    drawn = [name for name, value in (recorded.get("fingerprints") or {}).items()
+             if rerun["fingerprints"].get(name) != value]
+    lines.append(f"streams that drew differently: {', '.join(drawn)}" if drawn
+                 else "every stream drew the same values")
+    ignored = {"seconds"}
+    for old, new in zip(recorded_metrics, rerun_metrics):
+        changed = [k for k in old if k not in ignored and old[k] != new.get(k)]
+        if changed:
+            lines.append(f"first epoch whose metrics differ: {old['epoch']} ({', '.join(changed)})")
+            break
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.OneLineParser(prog="python -m jaxseed.verify", description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", help="folder of a finished run (holds manifest.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        no_flags = cli.train_parser().parse_args([])  # everything comes from the manifest
+        config, seeds = cli.resolve_resume(no_flags, args.workdir)
+        with open(os.path.join(args.workdir, "manifest.json")) as f:
+            recorded = json.load(f)
+        if recorded.get("status") != "finished":
+            raise UserError(f"the run in {args.workdir} has not finished; nothing to compare")
+        with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as rerun_dir:
+            rerun = train.train_and_evaluate(config, seeds, rerun_dir, progress=not args.quiet)
+            rerun_metrics = _metrics(rerun_dir)
+    except UserError as error:
+        print(f"jaxseed.verify: error: {error}", file=sys.stderr)
+        return 2
+    if rerun["param_hash"] == recorded["param_hash"]:
+        print(f"MATCH param_hash {rerun['param_hash']}")
+        return 0
+    print(f"MISMATCH param_hash recorded {recorded['param_hash']}, here {rerun['param_hash']}")
+    for line in compare(recorded, rerun, _metrics(args.workdir), rerun_metrics):
+        print(f"  {line}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Checkpoints, resume bit for bit, signals, kills, verify, non-finite losses."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PROJECT_ROOT
+from jaxseed import streams, train, verify
+
+SEEDS = {name: 8 for name in streams.STREAMS}
+
+
+@pytest.fixture
+def config(tiny_config):
+    """Two epochs of four steps, two steps per call, a checkpoint past every third step."""
+    return tiny_config.replace(steps_per_call=2, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from jaxseed.config import Config
+
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    config = Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2, checkpoint_every=3)
+    info = train.train_and_evaluate(config, SEEDS, str(workdir), progress=False)
+    return info, read_metrics(workdir)
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in f]
+
+
+def stop_after(polls_before_stop):
+    """A should_stop that answers True from its n-th poll on (polled after each call and epoch)."""
+    polls = []
+    return lambda: polls.append(1) or len(polls) >= polls_before_stop
+
+
+@pytest.mark.parametrize("calls", [1, 2, 3])  # mid-epoch 1, at the epoch boundary, mid-epoch 2
+def test_resume_equals_uninterrupted(config, tmp_path, uninterrupted, calls):
+    with pytest.raises(train.Interrupted):
+        train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(calls))
+    info = train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
+    assert info["param_hash"] == uninterrupted[0]["param_hash"]
+    assert info["fingerprints"] == uninterrupted[0]["fingerprints"]
+    assert read_metrics(tmp_path) == uninterrupted[1]  # no lost, no duplicated line, same values
+
+
+def test_corrupt_latest_checkpoint_falls_back(config, tmp_path, uninterrupted, capfd):
+    with pytest.raises(train.Interrupted):
+        train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(3))
+    checkpoints = tmp_path / "checkpoints"
+    latest = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    for path in (checkpoints / str(latest)).rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    info = train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
+    assert f"checkpoint at step {latest} is unreadable" in capfd.readouterr().err
+    assert info["param_hash"] == uninterrupted[0]["param_hash"]
+    assert (tmp_path / "checkpoints-unreadable" / str(latest)).is_dir()  # kept, out of the way
+
+
+def test_non_finite_loss_names_step_and_seeds(config, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss in steps \d+\.\.\d+ \(epoch 1\).*'init': 8"):
+        train.train_and_evaluate(config.replace(learning_rate=1e20), SEEDS, str(tmp_path), progress=False)
+
+
+def cli(*args, module="jaxseed.train"):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, timeout=600)
+
+
+# Long enough to be killed part way: 40 steps of one step per call, a checkpoint every 5.
+KILL_RUN = ["--data", "synthetic", "--train-limit", "1280", "--batch-size", "64", "--epochs", "2",
+            "--steps-per-call", "1", "--checkpoint-every", "5", "--quiet", "--seed", "4"]
+
+
+def start_and_wait_for_checkpoint(workdir):
+    process = subprocess.Popen([sys.executable, "-m", "jaxseed.train", *KILL_RUN, "--workdir", str(workdir)],
+                               cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        folder = workdir / "checkpoints"
+        steps = [int(p) for p in os.listdir(folder) if p.isdigit()] if folder.is_dir() else []
+        if any(0 < step < 20 for step in steps):  # inside the first epoch
+            return process
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("no mid-epoch checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def kill_reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    result = cli(*KILL_RUN, "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr
+    return json.loads((workdir / "manifest.json").read_text())["param_hash"], read_metrics(workdir)
+
+
+def test_sigkill_mid_epoch_then_resume(tmp_path, kill_reference):
+    process = start_and_wait_for_checkpoint(tmp_path)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = cli("--resume", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "manifest.json").read_text())["param_hash"] == kill_reference[0]
+    assert read_metrics(tmp_path) == kill_reference[1]
+
+
+def test_sigterm_saves_and_says_how_to_resume(tmp_path, kill_reference):
+    process = start_and_wait_for_checkpoint(tmp_path)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert f"resume with: python -m jaxseed.train --resume --workdir {tmp_path}" in stderr
+    result = cli("--resume", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "manifest.json").read_text())["param_hash"] == kill_reference[0]
+
+
+def snapshot(folder):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_other_settings_and_touches_nothing(config, tmp_path):
+    with pytest.raises(train.Interrupted):
+        train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
+    before = snapshot(tmp_path)
+    result = cli("--resume", "--workdir", str(tmp_path), "--epochs", "3", "--stream", "shuffle=1")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "epochs is 2 in the run, 3 given" in result.stderr
+    assert "seed of stream 'shuffle' is 8 in the run, 1 given" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_needs_a_run(tmp_path):
+    result = cli("--resume", "--workdir", str(tmp_path))
+    assert result.returncode == 2 and "holds no run to resume" in result.stderr
+
+
+def test_verify_matches_a_fresh_run(tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    result = cli("--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1",
+                 "--steps-per-call", "4", "--quiet", "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr
+    result = cli(str(workdir), "--quiet", module="jaxseed.verify")
+    assert result.returncode == 0 and result.stdout.startswith("MATCH"), result.stdout + result.stderr
+
+
+def test_verify_explains_a_mismatch():
+    recorded = {"backend": "gpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
+                "fingerprints": {"init": "a", "shuffle": "b"}}
+    rerun = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
+             "fingerprints": {"init": "a", "shuffle": "c"}}
+    lines = verify.compare(recorded, rerun, [{"epoch": 1, "test_loss": 1.0}, {"epoch": 2, "test_loss": 0.5}],
+                           [{"epoch": 1, "test_loss": 1.0}, {"epoch": 2, "test_loss": 0.6}])
+    assert lines == ["backend: recorded 'gpu', here 'cpu'", "streams that drew differently: shuffle",
+                     "first epoch whose metrics differ: 2 (test_loss)"]
