@@ -155,7 +155,7 @@ def run_group(config: Config, group_seeds: list[dict], paths: list[str], strateg
         return
     for path, seeds in zip(paths, group_seeds):
         os.makedirs(path, exist_ok=True)
-        info = train.train_and_evaluate(config, seeds, path, progress=False)
+        info = train.train_and_evaluate(config, seeds, path, progress=False, resume=True)  # after a kill
         probabilities = os.path.join(path, "test_probabilities.npy")
         save_result(path, seeds, info, np.load(probabilities) if os.path.exists(probabilities) else None)
 
@@ -220,7 +220,7 @@ def plot_stds(rows: list[dict], metric: str, path: str) -> None:
 def ablate_parser():
     parser = cli.train_parser(prog="python -m jaxseed.ablate")
     parser.description = "Vary one key stream at a time and report the spread each causes."
-    parser.add_argument("--seeds", type=cli._int_at_least(2), default=5, help="runs per group, K (default 5)")
+    parser.add_argument("--seeds", type=cli.int_at_least(2), default=5, help="runs per group, K (default 5)")
     parser.add_argument("--streams", help="comma-separated streams to vary (default: every stream the model uses)")
     parser.add_argument("--base-seed", type=str, default="0", help="seed of every stream not varied (default 0)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",

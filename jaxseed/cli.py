@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -30,7 +29,7 @@ def _stream_override(text: str) -> tuple[str, str]:
     return name.strip(), seed.strip()
 
 
-def _int_at_least(low: int):
+def int_at_least(low: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -62,25 +61,27 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
     p.add_argument("--stream", action="append", default=[], type=_stream_override, metavar="NAME=SEED",
                    help=f"override one stream's seed; repeatable. Streams: {', '.join(streams.STREAMS)}")
     p.add_argument("--model", choices=MODELS, help=f"model (default {d.model})")
-    p.add_argument("--epochs", type=_int_at_least(1), help=f"training epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=_int_at_least(1), help=f"examples per step (default {d.batch_size})")
+    p.add_argument("--epochs", type=int_at_least(1), help=f"training epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=int_at_least(1), help=f"examples per step (default {d.batch_size})")
     p.add_argument("--lr", type=_positive_float, help=f"peak learning rate of AdamW (default {d.learning_rate})")
     p.add_argument("--data", choices=DATASETS, help=f"data set (default {d.data})")
     p.add_argument("--data-dir", help="read raw IDX files (train-images-idx3-ubyte[.gz], ...) from this folder "
                                       "instead of tensorflow-datasets; needs no network")
-    p.add_argument("--train-limit", type=_int_at_least(1), help="train on the first N training examples")
+    p.add_argument("--train-limit", type=int_at_least(1), help="train on the first N training examples")
     p.add_argument("--augment", choices=AUGMENTATIONS,
                    help=f"on-device augmentation from the 'augment' stream (default {d.augment})")
     p.add_argument("--binarize", choices=BINARIZATIONS,
                    help=f"VAE inputs: Bernoulli draws from the 'augment' stream, or a fixed 0.5 threshold "
                         f"(default {d.binarize})")
-    p.add_argument("--latents", type=_int_at_least(1), help=f"VAE latent dimensions (default {d.latents})")
+    p.add_argument("--latents", type=int_at_least(1), help=f"VAE latent dimensions (default {d.latents})")
     p.add_argument("--loop", choices=LOOPS, help="how steps are compiled: unrolled in one jit or lax.scan "
                                                  "(default auto: per backend)")
-    p.add_argument("--steps-per-call", type=_int_at_least(1), help="training steps per jitted call "
+    p.add_argument("--steps-per-call", type=int_at_least(1), help="training steps per jitted call "
                                                                    "(default: per backend)")
-    p.add_argument("--checkpoint-every", type=_int_at_least(1),
+    p.add_argument("--checkpoint-every", type=int_at_least(1),
                    help="also checkpoint every N steps (default: at the end of each epoch only)")
+    p.add_argument("--trace", action="store_const", const=True,
+                   help="write trace.jsonl: each step's loss and parameter checksum (for jaxseed.diff)")
     p.add_argument("--workdir", help="output folder (default: a new folder under ./runs/)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --workdir from its latest checkpoint, bit for bit")
@@ -93,7 +94,7 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
 _FLAG_TO_FIELD = {"model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
                   "data": "data", "data_dir": "data_dir", "train_limit": "train_limit", "augment": "augment",
                   "loop": "loop", "steps_per_call": "steps_per_call",
-                  "binarize": "binarize", "latents": "latents", "checkpoint_every": "checkpoint_every"}
+                  "binarize": "binarize", "latents": "latents", "checkpoint_every": "checkpoint_every", "trace": "trace"}
 
 
 def _changes(args: argparse.Namespace) -> dict:
@@ -156,8 +157,6 @@ def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: b
     created = not os.path.exists(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
-        if overwrite:
-            shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     except OSError as error:
         raise UserError(f"cannot create workdir {workdir}: {error.strerror}") from None
     if not os.access(workdir, os.W_OK | os.X_OK):

@@ -45,6 +45,8 @@ class Config:
     # every `checkpoint_every` steps when > 0.
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    # Write trace.jsonl: every step's loss and a checksum of the parameters (jaxseed.diff reads it).
+    trace: bool = False
     importance_samples: int = 100  # VAE: samples per test image for the final log-likelihood
 
     def replace(self, **changes) -> "Config":

@@ -38,7 +38,8 @@ class Objective(NamedTuple):
     build: Callable[[Config, jax.Array], nnx.Module]
     # (model, batch, stream keys, epoch, global step, config) -> (mean loss, metric sums)
     train_loss: Callable
-    # (model, batch of the test split, config) -> per-example metrics dict, float[B] each
+    # (model, batch of the test split, config) -> (per-example metrics, float[B] each;
+    #                                             class probabilities float[B, C] or None)
     eval_metrics: Callable
     # (config, stream keys, epoch, example index) -> what the augment stream draws, or None
     augment_draws: Callable
@@ -70,10 +71,11 @@ def classifier_train_loss(model: CNN, batch: Batch, keys: streams.StreamKeys, ep
     return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.labels.shape[0]}
 
 
-def classifier_eval_metrics(model: CNN, batch: Batch, config: Config) -> dict:
+def classifier_eval_metrics(model: CNN, batch: Batch, config: Config):
     logits = model(to_unit(batch.images), train=False)
-    return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels),
-            "accuracy": (jnp.argmax(logits, -1) == batch.labels).astype(jnp.float32)}
+    metrics = {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels),
+               "accuracy": (jnp.argmax(logits, -1) == batch.labels).astype(jnp.float32)}
+    return metrics, jax.nn.softmax(logits)
 
 
 CLASSIFIER = Objective(
@@ -145,11 +147,11 @@ def eval_keys(position: int, index: jax.Array) -> jax.Array:
     return streams.per_example_keys(streams.evaluation_key(), position, index)
 
 
-def vae_eval_metrics(model: VAE, batch: Batch, config: Config) -> dict:
+def vae_eval_metrics(model: VAE, batch: Batch, config: Config):
     """-ELBO and its parts on the test set, from fixed evaluation draws."""
     x = binarize(batch.images, eval_keys(EVAL_BINARIZE, batch.index), config)
     reconstruction, kl = negative_elbo(model, x, latent_noise(eval_keys(EVAL_LATENT, batch.index), model.latents))
-    return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
+    return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}, None
 
 
 def importance_nll(model: VAE, batch: Batch, config: Config, samples: int) -> jax.Array:

@@ -97,6 +97,11 @@ def synthetic_data_key() -> jax.Array:
     return jax.random.fold_in(jax.random.key(0), len(STREAMS) + 1)
 
 
+def bootstrap_key() -> jax.Array:
+    """A fixed key for the resampling of reports (analysis, not training)."""
+    return jax.random.fold_in(jax.random.key(0), len(STREAMS) + 2)
+
+
 def epoch_permutation(shuffle_root: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
     """Order of the training examples in ``epoch``: int32[num_examples]."""
     return jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), num_examples)

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -97,30 +98,50 @@ def execution_plan(config: Config, backend: str, num_steps: int) -> tuple[str, i
     return loop, max(1, min(per_call, num_steps))
 
 
-def make_run_steps(step_fn: Callable, batch_size: int, num_steps: int, loop: str) -> Callable:
+def param_checksum(params: nnx.State) -> jax.Array:
+    """uint32 hash of every bit of the parameters: sum_i bits_i * (2654435761 * i + leaf), mod 2^32.
+
+    Cheap enough to take after every step on the device (for --trace); any
+    changed bit changes it with overwhelming probability.
+    """
+    total = jnp.uint32(0)
+    for number, leaf in enumerate(jax.tree.leaves(params)):
+        bits = jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()
+        weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(number)
+        total = total + jnp.sum(bits * weights, dtype=jnp.uint32)
+    return total
+
+
+def make_run_steps(step_fn: Callable, batch_size: int, num_steps: int, loop: str, trace: bool = False) -> Callable:
     """Jit ``num_steps`` consecutive steps of one epoch into one call.
 
     The call takes (state, images, labels, permutation, keys, epoch, first) and
-    gathers batch j from the device-resident data at permutation[(first + j) * B:].
+    gathers batch j from the device-resident data at permutation[..., (first + j) * B:]
+    (a leading replica axis on permutation, state and keys is carried through).
+    It returns (state, metric sums, per-step trace of loss and param checksum, or None).
     """
 
     def one(state, images, labels, permutation, keys, epoch, position):
-        index = jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size)
-        return step_fn(state, Batch(images[index], labels[index], index), keys, epoch)
+        index = jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size, axis=-1)
+        state, metrics = step_fn(state, Batch(images[index], labels[index], index), keys, epoch)
+        if trace:
+            return state, (metrics, {"loss": metrics["loss"] / metrics["count"],
+                                     "param_checksum": param_checksum(state.params)})
+        return state, (metrics, None)
 
     def run(state, images, labels, permutation, keys, epoch, first):
         if loop == "scan":
             def body(state, position):
                 return one(state, images, labels, permutation, keys, epoch, position)
 
-            state, metrics = jax.lax.scan(body, state, first + jnp.arange(num_steps))
+            state, (metrics, steps) = jax.lax.scan(body, state, first + jnp.arange(num_steps))
         else:
-            per_step = []
+            outputs = []
             for j in range(num_steps):
-                state, metrics = one(state, images, labels, permutation, keys, epoch, first + j)
-                per_step.append(metrics)
-            metrics = jax.tree.map(lambda *m: jnp.stack(m), *per_step)
-        return state, jax.tree.map(jnp.sum, metrics)
+                state, output = one(state, images, labels, permutation, keys, epoch, first + j)
+                outputs.append(output)
+            metrics, steps = jax.tree.map(lambda *m: jnp.stack(m), *outputs)
+        return state, jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics), steps
 
     return jax.jit(run, donate_argnums=0)
 
@@ -128,8 +149,13 @@ def make_run_steps(step_fn: Callable, batch_size: int, num_steps: int, loop: str
 # ---------------------------------------------------------------- evaluation
 
 
-def make_evaluate(config: Config, graphdef: nnx.GraphDef, images: jax.Array, labels: jax.Array) -> Callable:
-    """params -> {test_<metric>: mean over the test set}, in fixed-size chunks."""
+def make_evaluate(config: Config, graphdef: nnx.GraphDef, images: jax.Array, labels: jax.Array,
+                  replicas: bool = False) -> Callable:
+    """params -> ({test_<metric>: mean over the test set}, class probabilities [N, C] or None).
+
+    Runs in fixed-size chunks. With ``replicas``, params carry a leading replica
+    axis and so does every output.
+    """
     objective = OBJECTIVES[config.model]
     num = int(images.shape[0])
     batch_size = min(config.eval_batch_size, num)
@@ -137,17 +163,22 @@ def make_evaluate(config: Config, graphdef: nnx.GraphDef, images: jax.Array, lab
     images = jnp.pad(images, ((0, padded - num), (0, 0), (0, 0), (0, 0)))
     labels = jnp.pad(labels, (0, padded - num))
 
-    @jax.jit
     def chunk(params, start):
         index = start + jnp.arange(batch_size)
         batch = Batch(jax.lax.dynamic_slice_in_dim(images, start, batch_size),
                       jax.lax.dynamic_slice_in_dim(labels, start, batch_size), index)
-        metrics = objective.eval_metrics(nnx.merge(graphdef, params), batch, config)
-        return {name: jnp.sum(jnp.where(index < num, value, 0.0)) for name, value in metrics.items()}
+        metrics, probabilities = objective.eval_metrics(nnx.merge(graphdef, params), batch, config)
+        return {name: jnp.sum(jnp.where(index < num, value, 0.0)) for name, value in metrics.items()}, probabilities
 
-    def evaluate(params) -> dict:
-        sums = jax.device_get([chunk(params, start) for start in range(0, padded, batch_size)])
-        return {f"test_{name}": float(sum(s[name] for s in sums)) / num for name in sums[0]}
+    chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)) if replicas else chunk)
+
+    def evaluate(params):
+        outputs = jax.device_get([chunk(params, start) for start in range(0, padded, batch_size)])
+        metrics = {f"test_{name}": np.sum([sums[name] for sums, _ in outputs], axis=0, dtype=np.float64) / num
+                   for name in outputs[0][0]}
+        if outputs[0][1] is None:
+            return metrics, None
+        return metrics, np.concatenate([p for _, p in outputs], axis=-2)[..., :num, :]
 
     return evaluate
 
@@ -243,36 +274,43 @@ class Interrupted(Exception):
     """Training stopped on request after a checkpoint; ``args[0]`` is the global step."""
 
 
-def _read_history(path: str, completed_epochs: int) -> list[dict]:
-    """Metrics lines of the epochs a checkpoint has completed (later ones are redone)."""
+def _kept_lines(path: str, keep: Callable[[dict], bool]) -> list[dict]:
+    """The JSON lines of ``path`` that ``keep`` accepts (a resumed run redoes the others)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [row for row in rows if row["epoch"] <= completed_epochs]
+        return [row for row in map(json.loads, filter(str.strip, f)) if keep(row)]
 
 
-def _write_history(path: str, history: list[dict]) -> None:
+def _write_lines(path: str, rows: list[dict]) -> None:
     with open(f"{path}.tmp", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in history)
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     os.replace(f"{path}.tmp", path)
 
 
+def load_data(config: Config) -> data.Dataset:
+    """The config's data set on the device, checked against the batch size."""
+    dataset = data.load(config.data, config.data_dir, config.train_limit)
+    if not 0 < config.batch_size <= dataset.num_train:
+        raise UserError(f"--batch-size must be in [1, {dataset.num_train}] (the training set size), "
+                        f"got {config.batch_size}")
+    return data.to_device(dataset)
+
+
 def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, progress: bool = True,
-                       resume: bool = False, should_stop: Callable[[], bool] = lambda: False) -> dict:
+                       resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
+                       dataset: data.Dataset | None = None) -> dict:
     """Train, evaluate after each epoch, write metrics.jsonl, manifest.json, curves.png.
 
     With ``resume``, continue from the newest readable checkpoint in ``workdir``;
     the result is bitwise the uninterrupted run's. ``should_stop`` is polled after
     each jitted call: when true, a checkpoint is saved and Interrupted raised.
+    ``dataset`` replaces the config's data (experiments that alter the data).
     Returns the manifest.
     """
     objective = OBJECTIVES[config.model]
-    dataset = data.load(config.data, config.data_dir, config.train_limit)
+    dataset = load_data(config) if dataset is None else data.to_device(dataset)
     num_train = dataset.num_train
-    if not 0 < config.batch_size <= num_train:
-        raise UserError(f"--batch-size must be in [1, {num_train}] (the training set size), got {config.batch_size}")
-    dataset = data.to_device(dataset)
     keys = streams.root_keys(seeds)
     tx = make_optimizer(config, num_train)
     graphdef, state = init_state(config, keys, tx)
@@ -283,18 +321,23 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
     step_fn = functools.partial(train_step, graphdef=graphdef, tx=tx, config=config)
     runners = {}  # steps per call -> compiled call; usually two sizes (full, epoch remainder)
     evaluate = make_evaluate(config, graphdef, dataset.test_images, dataset.test_labels)
+    if not resume:  # a fresh start: checkpoints of an earlier run here would collide with ours
+        shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path, trace_path = os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "trace.jsonl")
 
-    epoch, first, sums = 0, 0, {}
+    epoch, first, sums, probabilities = 0, 0, {}, None
     restored = checkpointer.restore_latest(state) if resume else None
     if restored:
         state, position = restored
         epoch, first, sums = position["epoch"], position["first"], position["sums"]
         if progress:
             print(f"resuming at epoch {epoch + 1}, step {position['global_step']}", file=sys.stderr)
-    history = _read_history(metrics_path, epoch)
-    _write_history(metrics_path, history)
+    history = _kept_lines(metrics_path, lambda row: row["epoch"] <= epoch)
+    _write_lines(metrics_path, history)
+    if config.trace:
+        trace = _kept_lines(trace_path, lambda row: row["step"] < epoch * num_steps + first)
+        _write_lines(trace_path, trace)
 
     info = {"streams": seeds, "streams_used": list(objective.streams), "config": config.to_dict(),
             "execution": {"loop": loop, "steps_per_call": per_call}, **manifest.environment(),
@@ -319,11 +362,15 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
                 # Calls start at multiples of per_call, so a resumed run replays the same programs.
                 n = min(per_call - first % per_call, num_steps - first)
                 if n not in runners:
-                    runners[n] = make_run_steps(step_fn, config.batch_size, n, loop)
-                state, metrics = runners[n](state, dataset.train_images, dataset.train_labels, permutation,
-                                            keys, epoch, first)
-                metrics = jax.device_get(metrics)
+                    runners[n] = make_run_steps(step_fn, config.batch_size, n, loop, config.trace)
+                state, metrics, steps = runners[n](state, dataset.train_images, dataset.train_labels, permutation,
+                                                   keys, epoch, first)
+                metrics, steps = jax.device_get((metrics, steps))
                 global_step = epoch * num_steps + first
+                if config.trace:
+                    trace += [{"step": global_step + j, "epoch": epoch + 1, "loss": float(steps["loss"][j]),
+                               "param_checksum": int(steps["param_checksum"][j])} for j in range(n)]
+                    _write_lines(trace_path, trace)
                 if not math.isfinite(metrics["loss"]):
                     raise FloatingPointError(
                         f"non-finite loss in steps {global_step}..{global_step + n - 1} (epoch {epoch + 1}); "
@@ -339,11 +386,12 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
                     if should_stop():
                         raise Interrupted(global_step + n)
             bar.close()
+            test_metrics, probabilities = evaluate(state.params)
             row = {"epoch": epoch + 1, "step": int(state.step),
                    **{f"train_{k}": v / sums["count"] for k, v in sums.items() if k != "count"},
-                   **evaluate(state.params), "seconds": time.perf_counter() - start}
+                   **test_metrics, "seconds": time.perf_counter() - start}
             history.append(row)
-            _write_history(metrics_path, history)
+            _write_lines(metrics_path, history)
             if progress:
                 print(f"epoch {row['epoch']}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                           if k.startswith("test_")) + f" ({row['seconds']:.1f}s)",
@@ -356,12 +404,59 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
         checkpointer.close()
 
     plots.plot_curves(history, os.path.join(workdir, "curves.png"), objective.panels)
+    if probabilities is None and history:  # resumed after the last epoch
+        probabilities = evaluate(state.params)[1]
+    if probabilities is not None:  # for comparing runs' predictions (ablate's disagreement, ensembles)
+        np.save(os.path.join(workdir, "test_probabilities.npy"), probabilities)
     if config.model == "vae":
         info.update(vae_final_evaluation(config, graphdef, state.params, dataset, workdir))
     info.update(status="finished", param_hash=manifest.tree_hash(state.params),
                 fingerprints=fingerprints.summary(init_param_hash), final=history[-1] if history else None)
     manifest.write_json(os.path.join(workdir, "manifest.json"), info)
     return info
+
+
+def train_replicas(config: Config, seeds: list[dict[str, int]]) -> list[tuple[dict, np.ndarray | None]]:
+    """Train one run per entry of ``seeds`` together, in one jitted program.
+
+    Parameters, optimiser states, stream keys and permutations are stacked on a
+    leading replica axis and the step is vmapped, so each replica draws exactly
+    what its own ``train_and_evaluate`` would. Results agree with sequential runs
+    up to floating-point noise (vmapped kernels may sum in another order).
+    Writes no files. Returns, per replica, ({"param_hash", "final"}, test
+    class probabilities or None).
+    """
+    dataset = load_data(config)
+    num_train = dataset.num_train
+    keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))
+    tx = make_optimizer(config, num_train)
+    graphdef, _ = init_state(config, streams.root_keys(seeds[0]), tx)
+    state = jax.vmap(lambda replica_keys: init_state(config, replica_keys, tx)[1])(keys)
+    num_steps = steps_per_epoch(config, num_train)
+    loop, per_call = execution_plan(config, jax.default_backend(), num_steps)
+    step_fn = jax.vmap(functools.partial(train_step, graphdef=graphdef, tx=tx, config=config),
+                       in_axes=(0, 0, 0, None))
+    permute = jax.jit(jax.vmap(streams.epoch_permutation, in_axes=(0, None, None)), static_argnums=2)
+    evaluate = make_evaluate(config, graphdef, dataset.test_images, dataset.test_labels, replicas=True)
+    runners, finals = {}, None
+    for epoch in range(config.epochs):
+        permutation, sums = permute(keys.shuffle, epoch, num_train), {}
+        for first in range(0, num_steps, per_call):
+            n = min(per_call, num_steps - first)
+            if n not in runners:
+                runners[n] = make_run_steps(step_fn, config.batch_size, n, loop)
+            state, metrics, _ = runners[n](state, dataset.train_images, dataset.train_labels, permutation,
+                                           keys, epoch, first)
+            sums = {k: sums.get(k, 0.0) + np.asarray(v, np.float64) for k, v in jax.device_get(metrics).items()}
+        if not np.all(np.isfinite(sums["loss"])):
+            bad = [seeds[r] for r in np.flatnonzero(~np.isfinite(sums["loss"]))]
+            raise FloatingPointError(f"non-finite loss in epoch {epoch + 1} of the replicas with seeds {bad}")
+        test_metrics, probabilities = evaluate(state.params)
+        finals = [{"epoch": epoch + 1, "step": int(state.step[r]),
+                   **{f"train_{k}": float(v[r] / sums["count"][r]) for k, v in sums.items() if k != "count"},
+                   **{k: float(v[r]) for k, v in test_metrics.items()}} for r in range(len(seeds))]
+    return [({"param_hash": manifest.tree_hash(jax.tree.map(lambda leaf: leaf[r], state.params)), "final": finals[r]},
+             None if probabilities is None else probabilities[r]) for r in range(len(seeds))]
 
 
 def main(argv: list[str] | None = None) -> int:
