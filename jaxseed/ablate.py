@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxseed import cli, manifest, streams, train
+from jaxseed import cli, manifest, plots, streams, train
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES
@@ -193,25 +193,11 @@ def write_report(workdir: str, rows: list[dict], header: dict) -> str:
     markdown = "\n".join(lines) + "\n"
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(markdown)
-    plot_stds(rows, "test_accuracy" if classifier else "test_loss", os.path.join(workdir, "ablation.png"))
+    metric = "test_accuracy" if classifier else "test_loss"
+    plots.plot_spread([row["group"] for row in rows], [row[f"{metric}_std"] for row in rows],
+                      [row[f"{metric}_std_ci"] for row in rows], f"std of final {metric.replace('_', ' ')}",
+                      os.path.join(workdir, "ablation.png"))
     return markdown
-
-
-def plot_stds(rows: list[dict], metric: str, path: str) -> None:
-    """Bar chart of each group's standard deviation of ``metric`` with its 95% bootstrap CI."""
-    from jaxseed.plots import plt
-
-    names = [row["group"] for row in rows]
-    stds = np.array([row[f"{metric}_std"] for row in rows])
-    cis = np.array([row[f"{metric}_std_ci"] for row in rows])
-    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
-    ax.bar(names, stds, yerr=[stds - cis[:, 0], cis[:, 1] - stds], capsize=4, color="tab:blue")
-    ax.set_ylabel(f"std of final {metric.replace('_', ' ')}")
-    ax.set_title("spread due to each random source (95% bootstrap CI)")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- CLI

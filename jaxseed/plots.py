@@ -35,3 +35,17 @@ def save_grid(images, path: str, columns: int) -> None:
         r, c = divmod(i, columns)
         canvas[2 + r * (height + 2):2 + r * (height + 2) + height, 2 + c * (width + 2):2 + c * (width + 2) + width] = image
     plt.imsave(path, canvas, cmap="gray", vmin=0.0, vmax=1.0)
+
+
+def plot_spread(groups: list[str], stds: list[float], intervals: list[tuple[float, float]], label: str,
+                path: str) -> None:
+    """Bar chart of each group's standard deviation with its confidence interval as error bars."""
+    stds, intervals = np.asarray(stds), np.asarray(intervals)
+    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 2, 3.5))
+    ax.bar(groups, stds, yerr=[stds - intervals[:, 0], intervals[:, 1] - stds], capsize=4, color="tab:blue")
+    ax.set_ylabel(label)
+    ax.set_title("spread due to each random source (95% bootstrap CI)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

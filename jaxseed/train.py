@@ -374,7 +374,7 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
                 if not math.isfinite(metrics["loss"]):
                     raise FloatingPointError(
                         f"non-finite loss in steps {global_step}..{global_step + n - 1} (epoch {epoch + 1}); "
-                        f"these stream seeds reproduce it: {seeds}; the last good checkpoint is kept")
+                        f"these stream seeds reproduce it: {seeds}; checkpoints saved before it are kept")
                 sums = {name: sums.get(name, 0.0) + float(value) for name, value in metrics.items()}
                 first += n
                 bar.update(n)
