@@ -72,6 +72,9 @@ def main():
               "keys, and removes from the difference whatever variance the two share: the variance of the "
               "paired difference is var(A) + var(B) - 2 cov(A, B). How much that saves depends on the "
               "correlation r measured here:", "", *findings, "",
+              f"With K = {k}, each standard deviation above is itself uncertain (relative standard error "
+              f"about 1/sqrt(2(K-1)) = {1 / math.sqrt(2 * (k - 1)):.0%}), so compare spreads with that in mind; "
+              "`python -m jaxseed.ablate` reports bootstrap intervals for such spreads.", "",
               "`seeds needed` is (1.96 sd / |mean|)^2: the number of seeds for a 95% interval of the mean "
               "difference to exclude zero, if the observed mean and spread held.", "",
               "![B - A per seed](differences.png)", ""]
