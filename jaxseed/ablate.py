@@ -78,9 +78,14 @@ def bootstrap_ci(values: np.ndarray, statistic, key: jax.Array, resamples: int =
     return (float(np.quantile(estimates, (1 - level) / 2)), float(np.quantile(estimates, (1 + level) / 2)))
 
 
-def sample_std(values, axis=None):
-    """Standard deviation with Bessel's correction (ddof=1)."""
-    return np.std(values, axis=axis, ddof=1)
+def sample_std(values, axis=-1):
+    """Standard deviation with Bessel's correction (ddof=1), exactly 0 for equal values.
+
+    Deviations are taken from the first value (std is shift-invariant): equal
+    values then give exact zeros, where np.std's mean can round to a 1e-14 spread.
+    """
+    values = np.asarray(values, np.float64)
+    return np.std(values - np.take(values, [0], axis=axis), axis=axis, ddof=1)
 
 
 def disagreement(predictions: np.ndarray) -> float:

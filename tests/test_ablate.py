@@ -63,6 +63,8 @@ def test_none_group_zero_spread_and_loud_warning(tmp_path):
     assert same["test_loss_std"] == 0 and same["test_accuracy_std"] == 0 and same["distinct_param_hashes"] == 1
     varied = ablate.summarize("init", [fake_result(0.5, 0.9, "a"), fake_result(0.6, 0.8, "b")], labels, key)
     assert ablate.write_report(str(tmp_path), [varied, same], {}).count("WARNING") == 0
+    rounding = ablate.summarize("none", [fake_result(106.93230234375, 0.9)] * 5, labels, key)  # mean rounds
+    assert rounding["test_loss_std"] == 0.0
     noisy = ablate.summarize("none", [fake_result(0.5, 0.9, "a"), fake_result(0.5001, 0.9, "b")], labels, key)
     assert "WARNING" in ablate.write_report(str(tmp_path), [varied, noisy], {})
     assert (tmp_path / "ablation.png").stat().st_size > 1000

@@ -57,7 +57,7 @@ def test_loop_strategies_agree(tiny_config, tmp_path):
         while first < 4:
             n = min(per_call, 4 - first)
             runner = train.make_run_steps(step_fn, 64, n, loop)
-            state, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, 0, first)
+            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, 0, first)
             first += n
         params[(loop, per_call)] = jax.tree.leaves(state.params)
     reference = params[("unroll", 4)]
@@ -76,7 +76,7 @@ def test_train_step_compiles_once(tiny_config):
     for epoch in range(2):
         perm = streams.epoch_permutation(keys.shuffle, epoch, 256)
         for first in range(4):
-            state, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, epoch, first)
+            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, epoch, first)
     assert runner._cache_size() == 1
     assert int(state.step) == 8
 
