@@ -275,11 +275,20 @@ class Interrupted(Exception):
 
 
 def _kept_lines(path: str, keep: Callable[[dict], bool]) -> list[dict]:
-    """The JSON lines of ``path`` that ``keep`` accepts (a resumed run redoes the others)."""
+    """The JSON lines of ``path`` that ``keep`` accepts (a resumed run redoes the others).
+
+    A last line cut short by a kill is dropped with the rest that is redone.
+    """
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path) as f:
-        return [row for row in map(json.loads, filter(str.strip, f)) if keep(row)]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+    return [row for row in rows if keep(row)]
 
 
 def _write_lines(path: str, rows: list[dict]) -> None:
@@ -336,8 +345,7 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
     history = _kept_lines(metrics_path, lambda row: row["epoch"] <= epoch)
     _write_lines(metrics_path, history)
     if config.trace:
-        trace = _kept_lines(trace_path, lambda row: row["step"] < epoch * num_steps + first)
-        _write_lines(trace_path, trace)
+        _write_lines(trace_path, _kept_lines(trace_path, lambda row: row["step"] < epoch * num_steps + first))
 
     info = {"streams": seeds, "streams_used": list(objective.streams), "config": config.to_dict(),
             "execution": {"loop": loop, "steps_per_call": per_call}, **manifest.environment(),
@@ -368,9 +376,11 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
                 metrics, steps = jax.device_get((metrics, steps))
                 global_step = epoch * num_steps + first
                 if config.trace:
-                    trace += [{"step": global_step + j, "epoch": epoch + 1, "loss": float(steps["loss"][j]),
-                               "param_checksum": int(steps["param_checksum"][j])} for j in range(n)]
-                    _write_lines(trace_path, trace)
+                    with open(trace_path, "a") as f:
+                        f.writelines(json.dumps({"step": global_step + j, "epoch": epoch + 1,
+                                                 "loss": float(steps["loss"][j]),
+                                                 "param_checksum": int(steps["param_checksum"][j])}) + "\n"
+                                     for j in range(n))
                 if not math.isfinite(metrics["loss"]):
                     raise FloatingPointError(
                         f"non-finite loss in steps {global_step}..{global_step + n - 1} (epoch {epoch + 1}); "

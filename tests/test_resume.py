@@ -19,8 +19,8 @@ SEEDS = {name: 8 for name in streams.STREAMS}
 
 @pytest.fixture
 def config(tiny_config):
-    """Two epochs of four steps, two steps per call, a checkpoint past every third step."""
-    return tiny_config.replace(steps_per_call=2, checkpoint_every=3)
+    """Two epochs of four steps, two steps per call, a checkpoint past every third step, traced."""
+    return tiny_config.replace(steps_per_call=2, checkpoint_every=3, trace=True)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,10 @@ def uninterrupted(tmp_path_factory):
     from jaxseed.config import Config
 
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    config = Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2, checkpoint_every=3)
+    config = Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2, checkpoint_every=3,
+                    trace=True)
     info = train.train_and_evaluate(config, SEEDS, str(workdir), progress=False)
-    return info, read_metrics(workdir)
+    return info, read_metrics(workdir), (workdir / "trace.jsonl").read_text()
 
 
 def read_metrics(workdir):
@@ -52,6 +53,7 @@ def test_resume_equals_uninterrupted(config, tmp_path, uninterrupted, calls):
     assert info["param_hash"] == uninterrupted[0]["param_hash"]
     assert info["fingerprints"] == uninterrupted[0]["fingerprints"]
     assert read_metrics(tmp_path) == uninterrupted[1]  # no lost, no duplicated line, same values
+    assert (tmp_path / "trace.jsonl").read_text() == uninterrupted[2]  # every step once, bit for bit
 
 
 def test_corrupt_latest_checkpoint_falls_back(config, tmp_path, uninterrupted, capfd):
