@@ -155,3 +155,20 @@ def test_cli_bad_workdir(tmp_path):
     result = cli("--data", "synthetic", "--workdir", str(tmp_path / "file" / "run"))
     assert result.returncode == 2 and "cannot create workdir" in result.stderr
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_cli_corrupt_idx_is_one_line(tmp_path):
+    """Through the CLI too: a truncated IDX file is one clear line, and the data stays as it was."""
+    import shutil
+
+    from conftest import MNIST_DIR
+
+    data_dir = tmp_path / "mnist"
+    shutil.copytree(MNIST_DIR, data_dir)
+    (data_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+    (data_dir / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x27\x10" + bytes(100))
+    before = {p.name: p.read_bytes() for p in data_dir.iterdir()}
+    result = cli("--data-dir", str(data_dir), "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 2 and "is truncated" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in data_dir.iterdir()} == before
