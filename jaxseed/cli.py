@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -91,15 +92,14 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
     return p
 
 
-_FLAG_TO_FIELD = {"model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
-                  "data": "data", "data_dir": "data_dir", "train_limit": "train_limit", "augment": "augment",
-                  "loop": "loop", "steps_per_call": "steps_per_call",
-                  "binarize": "binarize", "latents": "latents", "checkpoint_every": "checkpoint_every", "trace": "trace"}
+_FIELD_OF_FLAG = {"lr": "learning_rate"}  # every other flag is named as its Config field
+_CONFIG_FIELDS = {field.name for field in dataclasses.fields(Config)}
 
 
 def _changes(args: argparse.Namespace) -> dict:
-    """Config fields set explicitly on the command line."""
-    changes = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
+    """Config fields set explicitly on the command line (a flag left out is None)."""
+    changes = {_FIELD_OF_FLAG.get(flag, flag): value for flag, value in vars(args).items()
+               if value is not None and _FIELD_OF_FLAG.get(flag, flag) in _CONFIG_FIELDS}
     if changes.get("data_dir"):
         changes["data_dir"] = os.path.abspath(changes["data_dir"])  # the manifest must work from anywhere
     return changes

@@ -297,6 +297,11 @@ def _write_lines(path: str, rows: list[dict]) -> None:
     os.replace(f"{path}.tmp", path)
 
 
+def train_means(sums: dict) -> dict:
+    """{train_<metric>: sum / count} from a training epoch's metric sums (scalars or per replica)."""
+    return {f"train_{name}": value / sums["count"] for name, value in sums.items() if name != "count"}
+
+
 def load_data(config: Config) -> data.Dataset:
     """The config's data set on the device, checked against the batch size."""
     dataset = data.load(config.data, config.data_dir, config.train_limit)
@@ -398,7 +403,7 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
             bar.close()
             test_metrics, probabilities = evaluate(state.params)
             row = {"epoch": epoch + 1, "step": int(state.step),
-                   **{f"train_{k}": v / sums["count"] for k, v in sums.items() if k != "count"},
+                   **train_means(sums),
                    **test_metrics, "seconds": time.perf_counter() - start}
             history.append(row)
             _write_lines(metrics_path, history)
@@ -463,8 +468,8 @@ def train_replicas(config: Config, seeds: list[dict[str, int]]) -> list[tuple[di
             raise FloatingPointError(f"non-finite loss in epoch {epoch + 1} of the replicas with seeds {bad}")
         test_metrics, probabilities = evaluate(state.params)
         finals = [{"epoch": epoch + 1, "step": int(state.step[r]),
-                   **{f"train_{k}": float(v[r] / sums["count"][r]) for k, v in sums.items() if k != "count"},
-                   **{k: float(v[r]) for k, v in test_metrics.items()}} for r in range(len(seeds))]
+                   **{k: float(v[r]) for k, v in {**train_means(sums), **test_metrics}.items()}}
+                  for r in range(len(seeds))]
     return [({"param_hash": manifest.tree_hash(jax.tree.map(lambda leaf: leaf[r], state.params)), "final": finals[r]},
              None if probabilities is None else probabilities[r]) for r in range(len(seeds))]
 
