@@ -39,9 +39,11 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
     graphdef, state = train.init_state(config, keys, tx)
 
     @jax.jit
-    def step(params, opt_state, images, labels, dropout_key):
+    def step(params, opt_state, images, labels, index):
+        dropout_keys = streams.example_keys(keys, 0, index).dropout
+
         def loss_fn(params):
-            logits = nnx.merge(graphdef, params)(images, train=True, dropout_key=dropout_key)
+            logits = nnx.merge(graphdef, params)(images, train=True, dropout_keys=dropout_keys)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -53,15 +55,14 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
     batch = config.batch_size
     params, opt_state = state.params, state.opt_state
     start = time.perf_counter()
-    step.lower(params, opt_state, images[:batch], dataset.train_labels[:batch], keys.dropout).compile()
+    step.lower(params, opt_state, images[:batch], dataset.train_labels[:batch], order[:batch]).compile()
     compile_seconds = time.perf_counter() - start
 
     def run():
         nonlocal params, opt_state
         for i in range(steps):
             index = order[(i * batch) % (len(order) - batch):][:batch]
-            params, opt_state, loss = step(params, opt_state, images[index], dataset.train_labels[index],
-                                           streams.dropout_key(keys.dropout, i))
+            params, opt_state, loss = step(params, opt_state, images[index], dataset.train_labels[index], index)
         loss.block_until_ready()
 
     run()  # warm-up
@@ -86,19 +87,19 @@ def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys
     def run():
         nonlocal state
         for first in range(0, steps - per_call + 1, per_call):
-            state, metrics = runner(state, *args, first % (per_epoch - per_call + 1))
+            state, metrics, _ = runner(state, *args, first % (per_epoch - per_call + 1))
         jax.block_until_ready(metrics)
 
     run()  # warm-up
     return run, (steps // per_call) * per_call * config.batch_size, compile_seconds, (loop, per_call)
 
 
-def main():
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="raw MNIST IDX folder (default: the synthetic set)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per timed run")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each loop, interleaved")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dataset = data.load("mnist", args.data_dir) if args.data_dir else data.load("synthetic")
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
     config = Config()

@@ -1,4 +1,8 @@
-"""Shared set-up of the experiments: where MNIST is, a small config, a scratch folder."""
+"""Shared set-up of the experiments: a small config, seeds, a scratch folder.
+
+MNIST comes the way it comes for users: downloaded once into the cache (set
+JAXSEED_MNIST_MIRROR to a local copy to run offline).
+"""
 
 import os
 import tempfile
@@ -7,12 +11,11 @@ from jaxseed import streams
 from jaxseed.config import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MNIST = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "mnist"))
 
 
 def small_config(**changes) -> Config:
     """The CNN on the first 4096 MNIST images for two epochs: seconds per run on a CPU."""
-    return Config(data_dir=MNIST, train_limit=4096, epochs=2, **changes)
+    return Config(train_limit=4096, epochs=2, **changes)
 
 
 def seeds(base: int = 0, **overrides) -> dict:

@@ -6,32 +6,40 @@
 Groups of K runs each:
   * one per chosen stream: only that stream's seed varies, the others stay at the base seed;
   * ``all``: every stream varies together;
-  * ``none``: K reruns of the base configuration. Its spread must be exactly zero:
-    it is the determinism control, and the report says so loudly when it is not.
+  * ``none``: K reruns of the base configuration, each its own program (compiled and
+    executed separately). Its spread must be exactly zero: it is the determinism
+    control, and the report says so loudly when it is not.
 
 Each run's result is stored as it finishes; rerunning the same command completes
-only the missing runs. Writes ablation.json, ablation.csv, ablation.md, ablation.png.
+only the missing runs. Writes ablation.json (every run, and the summary),
+ablation.csv, ablation.md and ablation.png.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
 from itertools import combinations
+from typing import NamedTuple
 
 import jax
 import numpy as np
+from scipy import stats
 from tqdm import tqdm
 
-from jaxseed import cli, manifest, plots, streams, train
+from jaxseed import cli, data, machine, manifest, plots, streams, train
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES
 
 STRATEGIES = ("auto", "sequential", "vmap")
+# Config fields train_replicas (the vmap strategy) does not honour: it writes no trace and no checkpoints.
+NOT_UNDER_VMAP = ("trace", "checkpoint_every", "keep_checkpoints")
+LEVEL = 0.95  # of every interval in the report
 
 
 # ---------------------------------------------------------------- the plan
@@ -62,20 +70,26 @@ def choose_strategy(strategy: str, backend: str) -> str:
     return "sequential" if backend == "cpu" else "vmap"
 
 
+def check_strategy(config: Config, strategy: str) -> None:
+    """UserError if a setting asks for what the strategy does not do (no flag is silently ignored)."""
+    default = Config()
+    ignored = [name for name in NOT_UNDER_VMAP if getattr(config, name) != getattr(default, name)]
+    if strategy == "vmap" and ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise UserError(f"strategy vmap writes no trace and no checkpoints, so {flags} would be ignored; "
+                        "use --strategy sequential or leave them out")
+
+
+def batches(group: str, missing: list[int], strategy: str) -> list[list[int]]:
+    """Run indices trained together: under vmap a varied group's missing runs are one
+    program, but every ``none`` run is its own, so the determinism control compares
+    separate compilations and executions (replicas of one program would agree trivially)."""
+    if strategy == "vmap" and group != "none":
+        return [missing] if missing else []
+    return [[k] for k in missing]
+
+
 # ---------------------------------------------------------------- statistics
-
-
-def bootstrap_ci(values: np.ndarray, statistic, key: jax.Array, resamples: int = 2000,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``statistic`` over ``values``.
-
-    Resample the K values with replacement ``resamples`` times, apply
-    ``statistic`` to each resample, return the (1-level)/2 and (1+level)/2 quantiles.
-    """
-    values = np.asarray(values, np.float64)
-    index = np.asarray(jax.random.randint(key, (resamples, len(values)), 0, len(values)))
-    estimates = statistic(values[index], axis=1)
-    return (float(np.quantile(estimates, (1 - level) / 2)), float(np.quantile(estimates, (1 + level) / 2)))
 
 
 def sample_std(values, axis=-1):
@@ -86,6 +100,51 @@ def sample_std(values, axis=-1):
     """
     values = np.asarray(values, np.float64)
     return np.std(values - np.take(values, [0], axis=axis), axis=axis, ddof=1)
+
+
+def mean_interval(mean, standard_error, dof, level: float = LEVEL):
+    r"""Student's t interval of a population mean.
+
+    .. math::
+      \bar x \pm t_{(1+\ell)/2,\ \nu} \cdot \mathrm{se}
+
+    For K values with sample std s: se = s / sqrt(K), nu = K - 1. Exact when the
+    values are independent draws of one normal distribution, as then
+    (x̄ - mu) / se ~ t_nu. Accepts arrays (one interval per element).
+
+    Args:
+      mean: the sample mean x̄.
+      standard_error: its estimated standard error.
+      dof: degrees of freedom nu of the standard error (may be fractional, e.g. Welch's).
+      level: coverage probability l of the interval.
+
+    Returns:
+      (low, high).
+    """
+    half = stats.t.ppf((1 + level) / 2, dof) * standard_error
+    return mean - half, mean + half
+
+
+def std_interval(std, dof, level: float = LEVEL):
+    r"""Chi-square interval of a population standard deviation sigma.
+
+    .. math::
+      \left[ s \sqrt{\nu / \chi^2_{(1+\ell)/2,\ \nu}},\ s \sqrt{\nu / \chi^2_{(1-\ell)/2,\ \nu}} \right]
+
+    Exact under normal errors, where nu s^2 / sigma^2 ~ chi^2_nu (nu = K - 1 for K
+    values). At K = 5 and l = 0.95 it is [0.60 s, 2.87 s]: five values pin a
+    spread down to a factor of about five. Accepts arrays (one interval per element).
+
+    Args:
+      std: the sample standard deviation s (ddof=1).
+      dof: its degrees of freedom nu (may be fractional, e.g. Satterthwaite's).
+      level: coverage probability l of the interval.
+
+    Returns:
+      (low, high).
+    """
+    return (std * np.sqrt(dof / stats.chi2.ppf((1 + level) / 2, dof)),
+            std * np.sqrt(dof / stats.chi2.ppf((1 - level) / 2, dof)))
 
 
 def disagreement(predictions: np.ndarray) -> float:
@@ -103,17 +162,17 @@ def ensemble_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(probabilities.mean(0), -1) == labels))
 
 
-def summarize(name: str, results: list[dict], labels: np.ndarray | None, key: jax.Array) -> dict:
-    """One report row: mean, std and bootstrap CIs of the final test metrics of a group."""
+def summarize(name: str, results: list[dict], labels: np.ndarray | None) -> dict:
+    """One report row: mean and std of a group's final test metrics, with their intervals."""
     row = {"group": name, "runs": len(results)}
     metrics = ["test_loss"] + (["test_accuracy"] if labels is not None else [])
-    for i, metric in enumerate(metrics):
+    for metric in metrics:
         values = np.array([r["final"][metric] for r in results])
-        row[f"{metric}_mean"] = float(values.mean())
-        row[f"{metric}_std"] = float(sample_std(values))
-        mean_key, std_key = (jax.random.fold_in(key, 2 * i + j) for j in range(2))
-        row[f"{metric}_mean_ci"] = bootstrap_ci(values, np.mean, mean_key)
-        row[f"{metric}_std_ci"] = bootstrap_ci(values, sample_std, std_key)
+        mean, std, k = float(values.mean()), float(sample_std(values)), len(values)
+        row[f"{metric}_mean"] = mean
+        row[f"{metric}_std"] = std
+        row[f"{metric}_mean_ci"] = tuple(map(float, mean_interval(mean, std / math.sqrt(k), k - 1)))
+        row[f"{metric}_std_ci"] = tuple(map(float, std_interval(std, k - 1)))
     if labels is not None:
         probabilities = np.stack([r["probabilities"] for r in results])
         row["disagreement"] = disagreement(probabilities.argmax(-1))
@@ -122,7 +181,28 @@ def summarize(name: str, results: list[dict], labels: np.ndarray | None, key: ja
     return row
 
 
+def separated_pairs(rows: list[dict], metric: str) -> list[tuple[str, str]]:
+    """Pairs (larger, smaller) of varied groups whose intervals of the std of ``metric`` do not overlap.
+
+    Non-overlap of two 95% intervals is a conservative test of a difference (its
+    false-positive rate is well under 5%): a pair not named may still differ.
+    """
+    varied = [row for row in rows if row["group"] != "none"]
+    return [(a["group"], b["group"]) for a in varied for b in varied
+            if a[f"{metric}_std_ci"][0] > b[f"{metric}_std_ci"][1]]
+
+
 # ---------------------------------------------------------------- running
+
+
+class Sweep(NamedTuple):
+    """What one ablation trains, how, and where."""
+
+    config: Config
+    groups: dict  # group -> seeds of each run
+    strategy: str  # resolved: sequential or vmap
+    workdir: str
+    header: dict  # what sweep.json records
 
 
 def run_dir(workdir: str, group: str, index: int) -> str:
@@ -152,7 +232,8 @@ def save_result(path: str, seeds: dict, info: dict, probabilities: np.ndarray | 
 
 
 def run_group(config: Config, group_seeds: list[dict], paths: list[str], strategy: str) -> None:
-    """Train the runs at ``paths`` (the missing ones of a group) and store their results."""
+    """Train the runs at ``paths`` and store their results: under vmap as one program,
+    else one ``train_and_evaluate`` each."""
     if strategy == "vmap":
         for path, seeds, (info, probabilities) in zip(paths, group_seeds,
                                                       train.train_replicas(config, group_seeds)):
@@ -165,42 +246,134 @@ def run_group(config: Config, group_seeds: list[dict], paths: list[str], strateg
         save_result(path, seeds, info, np.load(probabilities) if os.path.exists(probabilities) else None)
 
 
+def plan_sweep(args) -> Sweep:
+    """The sweep the flags ask for; UserError on bad input. Touches no file."""
+    config = cli.config_from_args(args)
+    machine.require_portable(config.portable)  # before jax.default_backend() starts JAX
+    used = OBJECTIVES[config.model].streams
+    chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else used
+    base_seed = streams.check_seed(args.base_seed, "--base-seed")
+    groups = plan_groups(base_seed, args.seeds, chosen, used)
+    strategy = choose_strategy(args.strategy, jax.default_backend())
+    check_strategy(config, strategy)
+    workdir = args.workdir or os.path.join("runs", f"ablation-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    header = {"config": manifest.config_record(config, workdir), "groups_planned": groups, "strategy": strategy,
+              "base_seed": base_seed, **manifest.environment()}
+    return Sweep(config, groups, strategy, workdir, header)
+
+
+def open_sweep(sweep: Sweep) -> None:
+    """Start the sweep's workdir, or check that the one there is this sweep, run the same way."""
+    path = os.path.join(sweep.workdir, "sweep.json")
+    if not os.path.exists(path):
+        cli.prepare_workdir(sweep.workdir, sweep.config, sweep.header["base_seed"])
+        manifest.write_json(path, sweep.header)
+        return
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    if (recorded.get("config"), recorded.get("groups_planned")) != (sweep.header["config"], sweep.groups):
+        raise UserError(f"{sweep.workdir} holds a different sweep; choose another --workdir")
+    # Runs of one group made by other programs would not be comparable (vmap sums in another order).
+    ran = (recorded.get("strategy"), recorded.get("backend"))
+    if ran != (sweep.strategy, sweep.header["backend"]):
+        raise UserError(f"the sweep in {sweep.workdir} ran with strategy {ran[0]} on backend {ran[1]}, this one "
+                        f"would use {sweep.strategy} on {sweep.header['backend']}; finish it with --strategy {ran[0]} "
+                        "on that backend, or choose another --workdir")
+
+
+def run_sweep(sweep: Sweep, quiet: bool) -> str:
+    """Train every missing run, then write the report; returns its markdown."""
+    num_seeds = len(sweep.groups["none"])
+    todo = {name: [k for k in range(num_seeds) if load_result(run_dir(sweep.workdir, name, k)) is None]
+            for name in sweep.groups}
+    total = len(sweep.groups) * num_seeds
+    start = time.perf_counter()
+    with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
+              desc=f"ablation ({sweep.strategy})", disable=quiet) as bar:
+        for name, missing in todo.items():
+            for batch in batches(name, missing, sweep.strategy):
+                run_group(sweep.config, [sweep.groups[name][k] for k in batch],
+                          [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy)
+                bar.update(len(batch))
+    config = sweep.config
+    labels = data.load(config.data, config.data_dir).test_labels if config.model == "cnn" else None
+    results = {name: [load_result(run_dir(sweep.workdir, name, k)) for k in range(num_seeds)]
+               for name in sweep.groups}
+    rows = [summarize(name, group, labels) for name, group in results.items()]
+    header = {**sweep.header, "seconds_this_invocation": time.perf_counter() - start}
+    return write_report(sweep.workdir, rows, results, header)
+
+
 # ---------------------------------------------------------------- report
 
 
-def write_report(workdir: str, rows: list[dict], header: dict) -> str:
-    """ablation.json, ablation.csv, ablation.md and ablation.png; returns the markdown."""
-    manifest.write_json(os.path.join(workdir, "ablation.json"), {**header, "groups": rows})
+def _interval(low: float, high: float) -> str:
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def ranking_lines(rows: list[dict], metric: str) -> list[str]:
+    """What the std intervals of ``metric`` allow to say about which source moves it more."""
+    label = metric.replace("_", " ")
+    pairs = separated_pairs(rows, metric)
+    if not pairs:
+        return [f"- std of {label}: no pair of sources can be ranked at K = {rows[0]['runs']}: "
+                "every pair of varied groups' intervals overlap."]
+    ci = {row["group"]: row[f"{metric}_std_ci"] for row in rows}
+    return [f"- std of {label}: {a} > {b}: intervals do not overlap ({_interval(*ci[a])} vs {_interval(*ci[b])})"
+            for a, b in pairs]
+
+
+def write_report(workdir: str, rows: list[dict], results: dict[str, list[dict]], header: dict) -> str:
+    """ablation.json, ablation.csv, ablation.md and ablation.png; returns the markdown.
+
+    ablation.json holds every run (seeds, param_hash, final metrics), so anyone can
+    recompute the summary from it.
+    """
+    runs = {name: [{k: r[k] for k in ("seeds", "param_hash", "final")} for r in group]
+            for name, group in results.items()}
+    manifest.write_json(os.path.join(workdir, "ablation.json"), {**header, "runs": runs, "summary": rows})
     flat = [{k: (f"{v[0]:.6g}..{v[1]:.6g}" if isinstance(v, tuple) else v) for k, v in row.items()} for row in rows]
     with open(os.path.join(workdir, "ablation.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(flat[0]))
         writer.writeheader()
         writer.writerows(flat)
     classifier = "test_accuracy_mean" in rows[0]
-    lines = ["| group | runs | " + ("test accuracy: mean ± std [95% CI of std] | disagreement | ensemble acc. | "
-                                  if classifier else "") + "test loss: mean ± std [95% CI of std] |",
-             "|---|---|" + ("---|---|---|" if classifier else "") + "---|"]
+    metrics = ["test_accuracy", "test_loss"] if classifier else ["test_loss"]
+    titles = {"test_accuracy": "test accuracy", "test_loss": "test loss"}
+    head = ["group", "runs"]
+    for metric in metrics:
+        head += [f"{titles[metric]}: mean [95% t CI]", f"{titles[metric]}: std [95% χ² CI]"]
+        if metric == "test_accuracy":
+            head += ["disagreement", "ensemble acc."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["group"], str(row["runs"])]
-        if classifier:
-            low, high = row["test_accuracy_std_ci"]
-            cells += [f"{row['test_accuracy_mean']:.4f} ± {row['test_accuracy_std']:.4f} [{low:.4f}, {high:.4f}]",
-                      f"{row['disagreement']:.4f}", f"{row['ensemble_accuracy']:.4f}"]
-        low, high = row["test_loss_std_ci"]
-        cells.append(f"{row['test_loss_mean']:.4f} ± {row['test_loss_std']:.4f} [{low:.4f}, {high:.4f}]")
+        for metric in metrics:
+            cells += [f"{row[f'{metric}_mean']:.4f} {_interval(*row[f'{metric}_mean_ci'])}",
+                      f"{row[f'{metric}_std']:.4f} {_interval(*row[f'{metric}_std_ci'])}"]
+            if metric == "test_accuracy":
+                cells += [f"{row['disagreement']:.4f}", f"{row['ensemble_accuracy']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Intervals are 95%: Student's t for the mean, chi-square for the std (both exact for normal "
+              "errors). A source is ranked above another only where their std intervals are disjoint:", ""]
+    for metric in metrics:
+        lines += ranking_lines(rows, metric)
     none = next(row for row in rows if row["group"] == "none")
     if none["test_loss_std"] != 0 or none["distinct_param_hashes"] != 1:
         lines.append("\n**WARNING: the `none` group (identical reruns) has non-zero spread: this run is NOT "
                      "deterministic, and every other group's spread includes that noise.**")
     else:
-        lines.append("\nDeterminism control: the `none` group's reruns are bit-identical (one param_hash, zero spread).")
+        lines.append("\nDeterminism control: the `none` group's reruns, each its own program, are bit-identical "
+                     "(one param_hash, zero spread).")
     markdown = "\n".join(lines) + "\n"
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(markdown)
-    metric = "test_accuracy" if classifier else "test_loss"
+    metric = metrics[0]
     plots.plot_spread([row["group"] for row in rows], [row[f"{metric}_std"] for row in rows],
-                      [row[f"{metric}_std_ci"] for row in rows], f"std of final {metric.replace('_', ' ')}",
+                      [row[f"{metric}_std_ci"] for row in rows], f"std of final {titles[metric]}",
                       os.path.join(workdir, "ablation.png"))
     return markdown
 
@@ -209,63 +382,38 @@ def write_report(workdir: str, rows: list[dict], header: dict) -> str:
 
 
 def ablate_parser():
-    parser = cli.train_parser(prog="python -m jaxseed.ablate")
-    parser.description = "Vary one key stream at a time and report the spread each causes."
+    parser = cli.new_parser("python -m jaxseed.ablate",
+                            "Vary one key stream at a time and report the spread each causes.")
     parser.add_argument("--seeds", type=cli.int_at_least(2), default=5, help="runs per group, K (default 5)")
     parser.add_argument("--streams", help="comma-separated streams to vary (default: every stream the model uses)")
-    parser.add_argument("--base-seed", type=str, default="0", help="seed of every stream not varied (default 0)")
+    parser.add_argument("--base-seed", type=str, default="0",
+                        help=f"seed of every stream not varied, an integer in [0, {streams.MAX_SEED}] (default 0)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                        help="how a group's K runs execute (default auto: per backend)")
+                        help="how a group's K runs execute: vmap (one program; no trace or checkpoints), "
+                             "sequential, or auto (vmap on GPU/TPU, sequential on CPU; the default)")
+    parser.add_argument("--workdir", help="output folder; the same one again completes an unfinished sweep "
+                                          "(default: a new folder under ./runs/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_config_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = ablate_parser().parse_args(argv)
+    sweep = None
     try:
-        if args.seed is not None or args.stream or args.resume:
-            raise UserError("ablate sets the seeds itself: use --base-seed, --seeds and --streams, "
-                            "not --seed, --stream or --resume")
-        config, _, _ = cli.resolve(args)
-        used = OBJECTIVES[config.model].streams
-        chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else used
-        groups = plan_groups(streams.check_seed(args.base_seed, "--base-seed"), args.seeds, chosen, used)
-        strategy = choose_strategy(args.strategy, jax.default_backend())
-        workdir = args.workdir or os.path.join("runs", f"ablation-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        header = {"config": config.to_dict(), "groups_planned": groups, "strategy": strategy,
-                  "base_seed": int(args.base_seed), **manifest.environment()}
-        sweep = os.path.join(workdir, "sweep.json")
-        if os.path.exists(sweep):
-            with open(sweep) as f:
-                recorded = json.load(f)
-            if (recorded["config"], recorded["groups_planned"]) != (header["config"], groups):
-                raise UserError(f"{workdir} holds a different sweep; choose another --workdir")
-        else:
-            cli.prepare_workdir(workdir, config, int(args.base_seed))
-            manifest.write_json(sweep, header)
-        todo = {name: [k for k in range(args.seeds) if load_result(run_dir(workdir, name, k)) is None]
-                for name in groups}
-        total = len(groups) * args.seeds
-        start = time.perf_counter()
-        with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
-                  desc=f"ablation ({strategy})", disable=args.quiet) as bar:
-            for name, missing in todo.items():
-                batches = [missing] if strategy == "vmap" else [[k] for k in missing]
-                for batch in batches:
-                    if not batch:
-                        continue
-                    run_group(config, [groups[name][k] for k in batch], [run_dir(workdir, name, k) for k in batch],
-                              strategy)
-                    bar.update(len(batch))
-        labels = train.data.load(config.data, config.data_dir).test_labels if config.model == "cnn" else None
-        results = {name: [load_result(run_dir(workdir, name, k)) for k in range(args.seeds)] for name in groups}
-        rows = [summarize(name, results[name], labels, jax.random.fold_in(streams.bootstrap_key(), i))
-                for i, name in enumerate(groups)]
-        header["seconds_this_invocation"] = time.perf_counter() - start
-        markdown = write_report(workdir, rows, header)
+        sweep = plan_sweep(args)
+        open_sweep(sweep)
+        markdown = run_sweep(sweep, args.quiet)
+    except KeyboardInterrupt:
+        again = "the same command" if args.workdir or sweep is None else f"it with --workdir {sweep.workdir}"
+        print(f"jaxseed.ablate: interrupted; finished runs are kept: rerun {again} to complete the sweep",
+              file=sys.stderr)
+        return 130
     except (UserError, FloatingPointError) as error:
         print(f"jaxseed.ablate: error: {error}", file=sys.stderr)
-        return 2
-    print(markdown + f"\nreport in {workdir}: ablation.md, ablation.csv, ablation.json, ablation.png")
+        return 2 if isinstance(error, UserError) else 3
+    print(markdown + f"\nreport in {sweep.workdir}: ablation.md, ablation.csv, ablation.json, ablation.png")
     return 0
 
 

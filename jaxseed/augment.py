@@ -13,6 +13,11 @@ import jax
 import jax.numpy as jnp
 
 
+# float32 matmuls on every backend: the default precision is bf16 passes on TPU and TF32 on
+# recent GPUs, which would make an example's augmentation depend on the device it runs on.
+_EXACT = jax.lax.Precision.HIGHEST
+
+
 class AffineParams(NamedTuple):
     """Per-example parameters, each float32[B]: shift in pixels, angle in radians."""
 
@@ -51,10 +56,11 @@ def _transform(image: jax.Array, params: AffineParams) -> jax.Array:
     output = jnp.stack([rows.ravel(), cols.ravel()], -1).astype(jnp.float32)  # [H*W, 2]
     cos, sin = jnp.cos(params.angle), jnp.sin(params.angle)
     inverse_rotation = jnp.array([[cos, sin], [-sin, cos]])
-    source = (output - centre - jnp.stack([params.shift_y, params.shift_x])) @ inverse_rotation.T + centre
+    source = jnp.matmul(output - centre - jnp.stack([params.shift_y, params.shift_x]), inverse_rotation.T,
+                        precision=_EXACT) + centre
     weight_y = jax.nn.relu(1 - jnp.abs(source[:, :1] - jnp.arange(height)))  # [H*W, H]
     weight_x = jax.nn.relu(1 - jnp.abs(source[:, 1:] - jnp.arange(width)))  # [H*W, W]
-    return jnp.sum((weight_y @ image[..., 0]) * weight_x, -1).reshape(height, width, 1)
+    return jnp.sum(jnp.matmul(weight_y, image[..., 0], precision=_EXACT) * weight_x, -1).reshape(height, width, 1)
 
 
 def apply_affine(images: jax.Array, params: AffineParams) -> jax.Array:

@@ -8,16 +8,12 @@ No key is stored: every draw is a function of (seed, position), so the position
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-
-# orbax logs every save at INFO through absl; the run's own output says what matters.
-logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 class Checkpointer:

@@ -8,9 +8,10 @@ import json
 import os
 import sys
 import time
+import typing
 
-from jaxseed import streams
-from jaxseed.config import AUGMENTATIONS, BINARIZATIONS, DATASETS, LOOPS, MODELS, Config
+from jaxseed import manifest, streams
+from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES
 
@@ -43,66 +44,78 @@ def int_at_least(low: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+EXIT_CODES = ("exit codes: 0 done; 1 verify or diff found a difference; 2 bad input (one line on stderr, "
+              "nothing you had is changed); 3 non-finite loss; 130 interrupted (a checkpoint is saved)")
+_ALIASES = {"learning_rate": ["--lr"]}
+
+
+def _parse_as(kind: type, field: str):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+
+    parse.__name__ = field  # argparse names the flag's type in its messages
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field, named after it (``--batch-size`` sets ``batch_size``).
+
+    A flag left out stays None, so the Config default applies; values are checked
+    when the Config is built (``config_from_args``).
+    """
+    hints = typing.get_type_hints(Config)
+    group = parser.add_argument_group("settings (each a field of jaxseed.config.Config)")
+    for field in dataclasses.fields(Config):
+        names = [f"--{field.name.replace('_', '-')}", *_ALIASES.get(field.name, [])]
+        rules, kind = field.metadata, typing.get_args(hints[field.name])[:1] or (hints[field.name],)
+        help_text = f"{rules['help']} (default {field.default})"
+        if kind[0] is bool:
+            group.add_argument(*names, dest=field.name, action="store_const", const=True, help=help_text)
+        else:
+            group.add_argument(*names, dest=field.name, type=_parse_as(kind[0], field.name),
+                               choices=rules["choices"], help=help_text)
+
+
+def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    # allow_abbrev=False: a prefix must not pass for another flag (--seed for ablate's --seeds).
+    return OneLineParser(prog=prog, description=description, epilog=EXIT_CODES, allow_abbrev=False)
 
 
 def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentParser:
-    """Flags of a training run. Defaults live in Config; a flag left out keeps it."""
-    d = Config()
-    p = OneLineParser(prog=prog, description="Train on MNIST with named, separately seeded key streams.")
+    """Flags of a training run: the seeds, every Config field, the workdir and run control."""
+    p = new_parser(prog, "Train on MNIST with named, separately seeded key streams.")
     p.add_argument("--seed", type=str, default=None,
                    help=f"seed of every stream, an integer in [0, {streams.MAX_SEED}] (default 0)")
     p.add_argument("--stream", action="append", default=[], type=_stream_override, metavar="NAME=SEED",
                    help=f"override one stream's seed; repeatable. Streams: {', '.join(streams.STREAMS)}")
-    p.add_argument("--model", choices=MODELS, help=f"model (default {d.model})")
-    p.add_argument("--epochs", type=int_at_least(1), help=f"training epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int_at_least(1), help=f"examples per step (default {d.batch_size})")
-    p.add_argument("--lr", type=_positive_float, help=f"peak learning rate of AdamW (default {d.learning_rate})")
-    p.add_argument("--data", choices=DATASETS, help=f"data set (default {d.data})")
-    p.add_argument("--data-dir", help="read raw IDX files (train-images-idx3-ubyte[.gz], ...) from this folder "
-                                      "instead of tensorflow-datasets; needs no network")
-    p.add_argument("--train-limit", type=int_at_least(1), help="train on the first N training examples")
-    p.add_argument("--augment", choices=AUGMENTATIONS,
-                   help=f"on-device augmentation from the 'augment' stream (default {d.augment})")
-    p.add_argument("--binarize", choices=BINARIZATIONS,
-                   help=f"VAE inputs: Bernoulli draws from the 'augment' stream, or a fixed 0.5 threshold "
-                        f"(default {d.binarize})")
-    p.add_argument("--latents", type=int_at_least(1), help=f"VAE latent dimensions (default {d.latents})")
-    p.add_argument("--loop", choices=LOOPS, help="how steps are compiled: unrolled in one jit or lax.scan "
-                                                 "(default auto: per backend)")
-    p.add_argument("--steps-per-call", type=int_at_least(1), help="training steps per jitted call "
-                                                                   "(default: per backend)")
-    p.add_argument("--checkpoint-every", type=int_at_least(1),
-                   help="also checkpoint every N steps (default: at the end of each epoch only)")
-    p.add_argument("--trace", action="store_const", const=True,
-                   help="write trace.jsonl: each step's loss and parameter checksum (for jaxseed.diff)")
     p.add_argument("--workdir", help="output folder (default: a new folder under ./runs/)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --workdir from its latest checkpoint, bit for bit")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a workdir that already holds a run (its checkpoints are deleted)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p)
     return p
 
 
-_FIELD_OF_FLAG = {"lr": "learning_rate"}  # every other flag is named as its Config field
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(Config)}
 
 
-def _changes(args: argparse.Namespace) -> dict:
+def config_changes(args: argparse.Namespace) -> dict:
     """Config fields set explicitly on the command line (a flag left out is None)."""
-    changes = {_FIELD_OF_FLAG.get(flag, flag): value for flag, value in vars(args).items()
-               if value is not None and _FIELD_OF_FLAG.get(flag, flag) in _CONFIG_FIELDS}
+    changes = {name: value for name, value in vars(args).items() if value is not None and name in _CONFIG_FIELDS}
     if changes.get("data_dir"):
-        changes["data_dir"] = os.path.abspath(changes["data_dir"])  # the manifest must work from anywhere
+        changes["data_dir"] = os.path.abspath(changes["data_dir"])
     return changes
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config the flags ask for; UserError if a value is not valid."""
+    return Config().replace(**config_changes(args))
 
 
 def _seeds(args: argparse.Namespace, config: Config) -> tuple[int, dict[str, int]]:
@@ -117,7 +130,7 @@ def _seeds(args: argparse.Namespace, config: Config) -> tuple[int, dict[str, int
 
 def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
     """(config, base seed, seed of every stream) from parsed flags; UserError on bad input."""
-    config = Config().replace(**_changes(args))
+    config = config_from_args(args)
     return (config, *_seeds(args, config))
 
 
@@ -126,13 +139,14 @@ def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, dict
     try:
         with open(os.path.join(workdir, "manifest.json")) as f:
             recorded = json.load(f)
-        config, seeds = Config(**recorded["config"]), {k: int(v) for k, v in recorded["streams"].items()}
+        config = manifest.config_from_record(recorded["config"], workdir)
+        seeds = {k: int(v) for k, v in recorded["streams"].items()}
     except FileNotFoundError:
         raise UserError(f"{workdir} holds no run to resume (no manifest.json)") from None
-    except (OSError, ValueError, TypeError, KeyError) as error:
+    except (OSError, ValueError, TypeError, KeyError, UserError) as error:
         raise UserError(f"cannot read the manifest in {workdir}: {error}") from None
     differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
-                   for field, value in _changes(args).items() if getattr(config, field) != value]
+                   for field, value in config_changes(args).items() if getattr(config, field) != value]
     if args.seed is not None or args.stream:
         given = _seeds(args, config)[1]
         differences += [f"seed of stream {name!r} is {seeds.get(name)} in the run, {given[name]} given"
@@ -149,7 +163,7 @@ def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: b
     """
     if workdir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        workdir = os.path.join("runs", f"{config.model}-{config.data}-seed{seed}-{stamp}")
+        workdir = os.path.join("runs", f"{config.model}-{config.data.replace(':', '-')}-seed{seed}-{stamp}")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"workdir {workdir} exists and is not a folder")
     if os.path.exists(os.path.join(workdir, "manifest.json")) and not overwrite:

@@ -1,6 +1,9 @@
 """Every setting of a run, with its default, in one frozen dataclass.
 
-The CLI overrides fields by name; the whole object is written into the manifest.
+Each field carries its help text, and its valid values or lower bound, as field
+metadata: the CLI builds one flag per field from it (``cli.add_config_flags``),
+and ``Config`` checks them when it is built, from the CLI or from Python alike.
+The whole object is written into the manifest.
 """
 
 from __future__ import annotations
@@ -8,46 +11,74 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from jaxseed.errors import UserError
+
 MODELS = ("cnn", "vae")
-DATASETS = ("mnist", "fashion_mnist", "synthetic")
+# "mnist"/"fashion_mnist": the raw IDX files, downloaded once and cached (or read from data_dir);
+# "tfds:<name>": tensorflow-datasets' data_source, which needs TensorFlow to prepare the data.
+DATASETS = ("mnist", "fashion_mnist", "synthetic", "tfds:mnist", "tfds:fashion_mnist")
 AUGMENTATIONS = ("affine", "none")
 BINARIZATIONS = ("dynamic", "threshold")
 LOOPS = ("auto", "unroll", "scan")
 
 
+def setting(default, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
+            positive: bool = False):
+    """A Config field with its help text and what values are valid."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
+                                                        "positive": positive})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # What is trained.
-    model: str = "cnn"
-    dropout_rate: float = 0.5  # CNN
-    latents: int = 20  # VAE: dimensions of the Gaussian latent
+    model: str = setting("cnn", "model", choices=MODELS)
+    dropout_rate: float = setting(0.5, "CNN: dropout rate of the dense layer", minimum=0.0)
+    latents: int = setting(20, "VAE: dimensions of the Gaussian latent", minimum=1)
     # Data.
-    data: str = "mnist"
-    data_dir: Optional[str] = None  # folder of raw IDX files; None: tensorflow-datasets
-    train_limit: Optional[int] = None  # train on the first N training examples
+    data: str = setting("mnist", "data set", choices=DATASETS)
+    data_dir: Optional[str] = setting(None, "read the raw IDX files (train-images-idx3-ubyte[.gz], ...) from this "
+                                            "folder; needs no network (default: download once, then the cache)")
+    train_limit: Optional[int] = setting(None, "train on the first N training examples", minimum=1)
     # Augmentation (drawn from the `augment` stream, applied inside the jitted step).
-    augment: str = "affine"
-    max_translation: float = 2.0  # pixels, uniform in [-max, max] on each axis
-    max_rotation: float = 10.0  # degrees, uniform in [-max, max]
-    # VAE inputs: "dynamic" draws each pixel ~ Bernoulli(grey) from the `augment` stream.
-    binarize: str = "dynamic"
+    augment: str = setting("affine", "CNN: on-device augmentation from the 'augment' stream", choices=AUGMENTATIONS)
+    max_translation: float = setting(2.0, "pixels; shifts are uniform in [-max, max] on each axis", minimum=0.0)
+    max_rotation: float = setting(10.0, "degrees; rotations are uniform in [-max, max]", minimum=0.0)
+    binarize: str = setting("dynamic", "VAE inputs: each pixel ~ Bernoulli(grey level) from the 'augment' stream, "
+                                       "or a fixed threshold at 0.5", choices=BINARIZATIONS)
     # Optimisation: AdamW, linear warm-up then cosine decay to zero.
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 3e-3  # peak
-    warmup_epochs: float = 1.0
-    weight_decay: float = 1e-4
+    epochs: int = setting(10, "training epochs", minimum=1)
+    batch_size: int = setting(128, "examples per step", minimum=1)
+    learning_rate: float = setting(3e-3, "peak learning rate of AdamW", positive=True)
+    warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warm-up", minimum=0.0)
+    weight_decay: float = setting(1e-4, "AdamW's decoupled weight decay", minimum=0.0)
     # Execution (changes speed, never the numbers beyond float noise).
-    loop: str = "auto"  # unroll steps in one jit (XLA CPU) or lax.scan them (GPU/TPU)
-    steps_per_call: int = 0  # 0: per backend (see train.execution_plan)
-    eval_batch_size: int = 1000
-    # Checkpoints (orbax): at each epoch's end, and at the first call boundary past
-    # every `checkpoint_every` steps when > 0.
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 3
-    # Write trace.jsonl: every step's loss and a checksum of the parameters (jaxseed.diff reads it).
-    trace: bool = False
-    importance_samples: int = 100  # VAE: samples per test image for the final log-likelihood
+    loop: str = setting("auto", "how steps are compiled: unrolled in one jit or lax.scan (auto: per backend)",
+                        choices=LOOPS)
+    steps_per_call: int = setting(0, "training steps per jitted call (0: per backend)", minimum=0)
+    eval_batch_size: int = setting(1000, "test examples per evaluation call", minimum=1)
+    # Pin XLA CPU's instruction set (recorded), so that x86 machines with other vector extensions
+    # generate the same code; see jaxseed.machine.
+    portable: bool = setting(False, "pin XLA CPU's instruction set to AVX2 for results portable across x86 CPUs "
+                                    "(slower; set before JAX starts)")
+    # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every
+    # `checkpoint_every` steps when > 0.
+    checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)
+    keep_checkpoints: int = setting(3, "checkpoints kept", minimum=1)
+    trace: bool = setting(False, "write trace.jsonl: each step's loss and parameter checksum (for jaxseed.diff)")
+    importance_samples: int = setting(100, "VAE: samples per test image for the final log-likelihood", minimum=1)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value, rules = getattr(self, field.name), field.metadata
+            if value is None or isinstance(value, bool):
+                continue
+            if rules["choices"] and value not in rules["choices"]:
+                raise UserError(f"{field.name} must be one of {', '.join(rules['choices'])}; got {value!r}")
+            if rules["minimum"] is not None and not value >= rules["minimum"]:
+                raise UserError(f"{field.name} must be >= {rules['minimum']}, got {value}")
+            if rules["positive"] and not value > 0:
+                raise UserError(f"{field.name} must be > 0, got {value}")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

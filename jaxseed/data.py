@@ -1,9 +1,12 @@
 """Input pipeline: MNIST-like data sets, loaded once, then kept on the device.
 
 Sources:
-  * tensorflow-datasets ``data_source`` (ArrayRecord; reading needs no TensorFlow),
-  * a folder of raw IDX files (``--data-dir``), read with no network,
-  * a small generated set (``synthetic``) for smoke runs.
+  * ``mnist``, ``fashion_mnist``: the raw IDX files, downloaded once into a
+    cache and verified (``download.py``), or read from ``--data-dir`` with no
+    network; no TensorFlow needed,
+  * ``tfds:mnist``, ``tfds:fashion_mnist``: tensorflow-datasets' ``data_source``
+    (preparing the set the first time needs TensorFlow installed),
+  * ``synthetic``: a small generated set for smoke runs.
 
 Batches are never built on the host: the training step gathers its examples
 from the device-resident arrays by index (see ``train.py``).
@@ -11,20 +14,18 @@ from the device-resident arrays by index (see ``train.py``).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import logging
 import os
 import struct
 import zlib
-from unittest import mock
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseed import streams
+from jaxseed import download, streams
+from jaxseed.config import DATASETS
 from jaxseed.errors import UserError
 
 IDX_FILES = {
@@ -33,6 +34,7 @@ IDX_FILES = {
 }
 _IDX_UBYTE = 0x08
 NUM_CLASSES = 10
+_TFDS_PREFIX = "tfds:"
 
 
 class Dataset(NamedTuple):
@@ -101,38 +103,27 @@ def load_idx_dir(data_dir: str) -> Dataset:
     return Dataset(*arrays)
 
 
-@contextlib.contextmanager
-def _quiet(logger_name: str):
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def load_tfds(name: str) -> Dataset:
-    """``name`` through tensorflow-datasets' random-access ``data_source``."""
+    """``name`` through tensorflow-datasets' random-access ``data_source``.
+
+    Preparing a set the first time needs TensorFlow and the network (offline,
+    tfds retries for minutes before it fails); reading a prepared one needs neither.
+    """
     try:
         import tensorflow_datasets as tfds
-        from tensorflow_datasets.core.download import downloader
 
-        # Offline, tfds retries each download 10 times with exponential backoff
-        # (minutes of warnings); try twice, quietly, then point to --data-dir.
-        with mock.patch.object(downloader, "MAX_RETRIES", 1), _quiet("urllib3"):
-            arrays = []
-            for split in ("train", "test"):
-                source = tfds.data_source(name, split=split)
-                examples = [source[i] for i in range(len(source))]
-                arrays.append(np.stack([example["image"] for example in examples]).astype(np.uint8))
-                arrays.append(np.array([example["label"] for example in examples], np.int32))
-    except Exception as error:  # any failure to fetch or prepare: offline, missing package, ...
+        arrays = []
+        for split in ("train", "test"):
+            source = tfds.data_source(name, split=split)
+            examples = [source[i] for i in range(len(source))]
+            arrays.append(np.stack([example["image"] for example in examples]).astype(np.uint8))
+            arrays.append(np.array([example["label"] for example in examples], np.int32))
+    except Exception as error:  # any failure to fetch or prepare: offline, no TensorFlow, ...
         reason = (str(error).strip().splitlines() or [""])[0][:120]
         raise UserError(
             f"could not load {name!r} through tensorflow-datasets ({type(error).__name__}: {reason}); "
-            "to train offline, pass --data-dir DIR with its raw IDX files "
-            "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-...)"
+            f"--data {name} downloads the raw IDX files without TensorFlow, "
+            "and --data-dir DIR reads them from a folder with no network"
         ) from None
     return Dataset(*arrays)
 
@@ -156,15 +147,21 @@ def synthetic(num_train: int = 2048, num_test: int = 512) -> Dataset:
 
 
 def load(name: str, data_dir: str | None = None, train_limit: int | None = None) -> Dataset:
-    """Load a data set on the host and keep the first ``train_limit`` training examples."""
+    """Load data set ``name`` (one of DATASETS) on the host; keep the first ``train_limit`` training examples.
+
+    With ``data_dir``, MNIST or Fashion-MNIST is read from that folder of IDX
+    files; without, from the download cache, filled on first use.
+    """
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir and name not in download.SOURCES:
+        raise UserError(f"--data-dir reads IDX files; it does not combine with --data {name}")
     if name == "synthetic":
-        if data_dir:
-            raise UserError("--data-dir reads IDX files; it does not combine with --data synthetic")
         dataset = synthetic()
-    elif data_dir:
-        dataset = load_idx_dir(data_dir)
+    elif name.startswith(_TFDS_PREFIX):
+        dataset = load_tfds(name.removeprefix(_TFDS_PREFIX))
     else:
-        dataset = load_tfds(name)
+        dataset = load_idx_dir(data_dir or download.fetch(name))
     if train_limit is not None:
         if not 0 < train_limit <= dataset.num_train:
             raise UserError(f"--train-limit must be in [1, {dataset.num_train}], got {train_limit}")

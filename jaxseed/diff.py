@@ -67,7 +67,7 @@ def describe(difference: dict | None, manifest_a: dict, manifest_b: dict, steps:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.OneLineParser(prog="python -m jaxseed.diff", description=__doc__.splitlines()[0])
+    parser = cli.new_parser("python -m jaxseed.diff", __doc__.splitlines()[0])
     parser.add_argument("run_a")
     parser.add_argument("run_b")
     args = parser.parse_args(argv)

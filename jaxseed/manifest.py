@@ -14,7 +14,10 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "tensorflow-datasets")
+from jaxseed import machine, streams
+from jaxseed.config import Config
+
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
 
 
 def tree_hash(tree: Any) -> str:
@@ -62,11 +65,34 @@ def environment() -> dict:
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
         "devices": [str(device) for device in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "device_kinds": sorted({device.device_kind for device in jax.devices()}),
+        "cpu": machine.cpu(),
+        "xla_flags": machine.xla_flags(),
+        "generator": {"impl": streams.GENERATOR, "threefry_partitionable": True,
+                      "jax_default_prng_impl": jax.config.jax_default_prng_impl,
+                      "jax_threefry_partitionable": jax.config.jax_threefry_partitionable},
+        "default_matmul_precision": jax.config.jax_default_matmul_precision,
         "platform": platform.platform(),
         "command": [os.path.basename(sys.executable), *sys.argv],
         "git_commit": _git_commit(),
     }
+
+
+def config_record(config: Config, workdir: str) -> dict:
+    """The config as the manifest stores it: ``data_dir`` relative to the workdir,
+    so a run folder holds no path of the machine it ran on and can be moved with its data."""
+    record = config.to_dict()
+    if config.data_dir:
+        record["data_dir"] = os.path.relpath(config.data_dir, os.path.abspath(workdir))
+    return record
+
+
+def config_from_record(record: dict, workdir: str) -> Config:
+    """Inverse of ``config_record``: the Config of a run recorded in ``workdir``."""
+    config = Config(**record)
+    if config.data_dir:
+        config = config.replace(data_dir=os.path.normpath(os.path.join(os.path.abspath(workdir), config.data_dir)))
+    return config
 
 
 def write_json(path: str, data: dict) -> None:

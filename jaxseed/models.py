@@ -30,14 +30,16 @@ class CNN(nnx.Module):
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(256, num_classes, rngs=rngs)
 
-    def __call__(self, images: jax.Array, *, train: bool, dropout_key: jax.Array | None = None) -> jax.Array:
-        """Logits. In training, ``dropout_key`` (from the ``dropout`` stream) is required."""
-        if train and dropout_key is None:
-            raise ValueError("CNN in training mode needs dropout_key (a key of the 'dropout' stream)")
+    def __call__(self, images: jax.Array, *, train: bool, dropout_keys: jax.Array | None = None) -> jax.Array:
+        """Logits. In training, ``dropout_keys`` key[B] (one per example, from the ``dropout``
+        stream) are required: example b's mask is drawn from dropout_keys[b] alone."""
+        if train and dropout_keys is None:
+            raise ValueError("CNN in training mode needs dropout_keys (keys of the 'dropout' stream)")
         x = nnx.max_pool(nnx.relu(self.conv1(images)), (2, 2), strides=(2, 2))
         x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
-        x = self.dropout(x, deterministic=not train, rngs=dropout_key)
+        if train:  # vmapped so that each example's mask comes from its own key, whatever the batch
+            x = jax.vmap(lambda row, key: self.dropout(row, deterministic=False, rngs=key))(x, dropout_keys)
         return self.head(x)
 
 

@@ -1,8 +1,9 @@
 """What each model is trained and scored on, and which streams it draws from.
 
 An ``Objective`` bundles, for one model: how to build it from the ``init`` key,
-the training loss (with the draws it makes), the evaluation sums, and the
-augmentation draws to fingerprint. ``train.py`` runs any of them the same way.
+the training loss (given one key per example of each stream it draws from), the
+evaluation sums, and which streams a config really draws from. ``train.py``
+runs any of them the same way.
 
 Metrics are returned as sums over a batch plus ``count``; the loop divides.
 Evaluation draws come from ``streams.evaluation_key()`` at fixed positions, so
@@ -36,13 +37,14 @@ class Batch(NamedTuple):
 class Objective(NamedTuple):
     streams: tuple[str, ...]
     build: Callable[[Config, jax.Array], nnx.Module]
-    # (model, batch, stream keys, epoch, global step, config) -> (mean loss, metric sums)
+    # (model, batch, config, *, <stream>_keys: key[B] for each per-example stream it uses)
+    #   -> (mean loss, metric sums)
     train_loss: Callable
     # (model, batch of the test split, config) -> (per-example metrics, float[B] each;
     #                                             class probabilities float[B, C] or None)
     eval_metrics: Callable
-    # (config, stream keys, epoch, example index) -> what the augment stream draws, or None
-    augment_draws: Callable
+    # config -> the streams this config really draws from (dropout at rate 0 draws nothing)
+    drawn: Callable[[Config], tuple[str, ...]]
     panels: dict[str, tuple[str, ...]]
 
 
@@ -54,18 +56,15 @@ def to_unit(images: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------- classifier
 
 
-def affine_draws(config: Config, keys: streams.StreamKeys, epoch, index) -> augment.AffineParams:
-    """Rotation and shift of each example in ``epoch``, from the ``augment`` stream."""
-    per_example = streams.per_example_keys(keys.augment, epoch, index)
-    return augment.sample_affine(per_example, config.max_translation, config.max_rotation)
-
-
-def classifier_train_loss(model: CNN, batch: Batch, keys: streams.StreamKeys, epoch, step, config: Config):
-    """Cross-entropy on augmented images; dropout masks from ``dropout`` at ``step``."""
+def classifier_train_loss(model: CNN, batch: Batch, config: Config, *, augment_keys: jax.Array,
+                          dropout_keys: jax.Array):
+    """Cross-entropy on augmented images; each example's rotation and shift from its
+    ``augment`` key, its dropout mask from its ``dropout`` key (both key[B])."""
     images = to_unit(batch.images)
     if config.augment == "affine":
-        images = augment.apply_affine(images, affine_draws(config, keys, epoch, batch.index))
-    logits = model(images, train=True, dropout_key=streams.dropout_key(keys.dropout, step))
+        draws = augment.sample_affine(augment_keys, config.max_translation, config.max_rotation)
+        images = augment.apply_affine(images, draws)
+    logits = model(images, train=True, dropout_keys=dropout_keys)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
     correct = jnp.argmax(logits, -1) == batch.labels
     return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.labels.shape[0]}
@@ -83,8 +82,8 @@ CLASSIFIER = Objective(
     build=lambda config, key: CNN(init_key=key, dropout_rate=config.dropout_rate),
     train_loss=classifier_train_loss,
     eval_metrics=classifier_eval_metrics,
-    augment_draws=lambda config, keys, epoch, index: (
-        jnp.stack(affine_draws(config, keys, epoch, index)) if config.augment == "affine" else None),
+    drawn=lambda config: tuple(name for name in CNN.STREAMS if not (
+        (name == "dropout" and config.dropout_rate == 0) or (name == "augment" and config.augment == "none"))),
     panels={"loss": ("train_loss", "test_loss"), "accuracy": ("train_accuracy", "test_accuracy")},
 )
 
@@ -131,11 +130,11 @@ def latent_noise(keys: jax.Array, latents: int, samples: tuple[int, ...] = ()) -
     return jax.vmap(lambda key: jax.random.normal(key, (*samples, latents)))(keys)
 
 
-def vae_train_loss(model: VAE, batch: Batch, keys: streams.StreamKeys, epoch, step, config: Config):
-    """-ELBO on dynamically binarised images (``augment`` at epoch, example index),
-    with reparameterisation noise from ``latent`` at (global step, example index)."""
-    x = binarize(batch.images, streams.per_example_keys(keys.augment, epoch, batch.index), config)
-    eps = latent_noise(streams.per_example_keys(keys.latent, step, batch.index), model.latents)
+def vae_train_loss(model: VAE, batch: Batch, config: Config, *, augment_keys: jax.Array, latent_keys: jax.Array):
+    """-ELBO on dynamically binarised images (each example's pixels from its ``augment``
+    key), with reparameterisation noise from its ``latent`` key (both key[B])."""
+    x = binarize(batch.images, augment_keys, config)
+    eps = latent_noise(latent_keys, model.latents)
     reconstruction, kl = negative_elbo(model, x, eps)
     loss = reconstruction + kl
     return loss.mean(), {"loss": loss.sum(), "reconstruction": reconstruction.sum(), "kl": kl.sum(),
@@ -178,10 +177,7 @@ VAE_OBJECTIVE = Objective(
     build=lambda config, key: VAE(init_key=key, latents=config.latents),
     train_loss=vae_train_loss,
     eval_metrics=vae_eval_metrics,
-    # Binarisation depends on the pixels too; its per-example keys are what the stream draws.
-    augment_draws=lambda config, keys, epoch, index: (
-        jax.random.key_data(streams.per_example_keys(keys.augment, epoch, index))
-        if config.binarize == "dynamic" else None),
+    drawn=lambda config: tuple(name for name in VAE.STREAMS if not (name == "augment" and config.binarize == "threshold")),
     panels={"negative ELBO (nats)": ("train_loss", "test_loss"),
             "parts (nats)": ("train_reconstruction", "test_reconstruction", "train_kl", "test_kl")},
 )

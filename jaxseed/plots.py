@@ -1,18 +1,22 @@
-"""Pictures of a run."""
+"""Pictures of a run.
+
+Drawn with matplotlib's object API (``Figure``, ``fig.savefig``, ``image.imsave``),
+which renders to files without pyplot: importing this module selects no backend
+and changes no global state.
+"""
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.image
 import numpy as np
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def plot_curves(metrics: list[dict], path: str, panels: dict[str, tuple[str, ...]]) -> None:
     """One panel per entry of ``panels`` (title -> metric names), against epoch."""
     epochs = [row["epoch"] for row in metrics]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    fig = Figure(figsize=(5 * len(panels), 3.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, names) in zip(axes[0], panels.items()):
         for name in names:
             ax.plot(epochs, [row[name] for row in metrics], marker="o", label=name)
@@ -22,7 +26,6 @@ def plot_curves(metrics: list[dict], path: str, panels: dict[str, tuple[str, ...
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def save_grid(images, path: str, columns: int) -> None:
@@ -34,18 +37,18 @@ def save_grid(images, path: str, columns: int) -> None:
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         canvas[2 + r * (height + 2):2 + r * (height + 2) + height, 2 + c * (width + 2):2 + c * (width + 2) + width] = image
-    plt.imsave(path, canvas, cmap="gray", vmin=0.0, vmax=1.0)
+    matplotlib.image.imsave(path, canvas, cmap="gray", vmin=0.0, vmax=1.0)
 
 
 def plot_spread(groups: list[str], stds: list[float], intervals: list[tuple[float, float]], label: str,
                 path: str) -> None:
     """Bar chart of each group's standard deviation with its confidence interval as error bars."""
     stds, intervals = np.asarray(stds), np.asarray(intervals)
-    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 2, 3.5))
+    fig = Figure(figsize=(1.2 * len(groups) + 2, 3.5))
+    ax = fig.subplots()
     ax.bar(groups, stds, yerr=[stds - intervals[:, 0], intervals[:, 1] - stds], capsize=4, color="tab:blue")
     ax.set_ylabel(label)
-    ax.set_title("spread due to each random source (95% bootstrap CI)")
+    ax.set_title("spread due to each random source\n(std with its 95% chi-square interval)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -2,7 +2,9 @@
 
 This module is the only place in jaxseed that turns an integer into a key.
 
-A stream's root key is a pure function of its seed and a fixed stream id:
+Keys use an explicit generator, ``threefry2x32`` (``GENERATOR``), whatever
+``jax_default_prng_impl`` the environment sets. A stream's root key is a pure
+function of its seed and a fixed stream id:
 
     root[name] = fold_in(key(seed[name]), STREAM_IDS[name])
 
@@ -11,11 +13,16 @@ changes no other stream. Every draw is then derived from a root *by position*,
 with ``fold_in`` only (never a chain of ``split``s), so any draw can be
 recomputed alone — the basis of exact resume, sharding and ablation:
 
-    init params          model init from root[init]
-    epoch permutation    permutation(fold_in(root[shuffle], epoch), n)
-    dropout mask, step   fold_in(root[dropout], global_step)
-    augmentation, ex.    fold_in(fold_in(root[augment], epoch), example_index)
-    latent noise, ex.    fold_in(fold_in(root[latent], global_step), example_index)
+    stream    draw                       position
+    init      initial parameters         none: the root itself
+    shuffle   each epoch's order         (epoch)                  permutation(fold_in(root, epoch), n)
+    dropout   an example's dropout mask  (epoch, example index)   fold_in(fold_in(root, epoch), index)
+    augment   an example's augmentation  (epoch, example index)   likewise
+    latent    an example's VAE noise     (epoch, example index)   likewise
+
+The example index is the example's place in its split, so a per-example draw
+does not depend on the batch it lands in, the batch size, the order (``shuffle``)
+or how a batch is split over devices; ``example_keys`` derives them for a batch.
 
 ``split`` is never used on these keys: with JAX's partitionable threefry,
 ``split(k, n)[i] == fold_in(k, i)``, so mixing the two would alias draws.
@@ -23,16 +30,25 @@ recomputed alone — the basis of exact resume, sharding and ablation:
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+import functools
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 
 from jaxseed.errors import UserError
 
+GENERATOR = "threefry2x32"
 STREAMS = ("init", "shuffle", "dropout", "augment", "latent")
 # Fixed forever: renumbering a stream would change every result ever recorded.
 STREAM_IDS = {name: index for index, name in enumerate(STREAMS)}
-# jax.random.key takes 32-bit seeds without x64; a wider seed would be truncated.
+# Streams drawn per example from (epoch, example index).
+PER_EXAMPLE = ("dropout", "augment", "latent")
+# Keys that belong to no run's seeds take ids from 2**31 up; stream ids stay below,
+# so no present or future stream's root can equal one of them at any seed.
+_RESERVED_BASE = 2**31
+EVALUATION_ID, SYNTHETIC_DATA_ID = _RESERVED_BASE, _RESERVED_BASE + 1
+assert max(STREAM_IDS.values()) < _RESERVED_BASE
+# Seeds are 32-bit: jax.random.key takes no wider seed without x64.
 MAX_SEED = 2**32 - 1
 
 
@@ -41,6 +57,14 @@ class StreamKeys(NamedTuple):
 
     init: jax.Array
     shuffle: jax.Array
+    dropout: jax.Array
+    augment: jax.Array
+    latent: jax.Array
+
+
+class ExampleKeys(NamedTuple):
+    """One key per example of a batch for each per-example stream, each key[B]."""
+
     dropout: jax.Array
     augment: jax.Array
     latent: jax.Array
@@ -77,29 +101,35 @@ def resolve_seeds(
     return seeds
 
 
+def pinned_generator(function: Callable) -> Callable:
+    """Run ``function`` with JAX's partitionable threefry, the mode every draw here is defined in
+    (default since JAX 0.5; an environment may turn it off, which would change every draw)."""
+
+    @functools.wraps(function)
+    def pinned(*args, **kwargs):
+        with jax.threefry_partitionable(True):
+            return function(*args, **kwargs)
+
+    return pinned
+
+
+def _key(seed: int) -> jax.Array:
+    return jax.random.key(seed, impl=GENERATOR)
+
+
 def root_keys(seeds: Mapping[str, int]) -> StreamKeys:
     """root[name] = fold_in(key(seed[name]), STREAM_IDS[name]) for every stream."""
-    return StreamKeys(
-        **{name: jax.random.fold_in(jax.random.key(seeds[name]), STREAM_IDS[name]) for name in STREAMS}
-    )
+    return StreamKeys(**{name: jax.random.fold_in(_key(seeds[name]), STREAM_IDS[name]) for name in STREAMS})
 
 
 def evaluation_key() -> jax.Array:
-    """A fixed key for evaluation draws, shared by every run whatever its seeds.
-
-    Its seed is outside the streams' id range, so no training stream can reach it.
-    """
-    return jax.random.fold_in(jax.random.key(0), len(STREAMS))
+    """A fixed key for evaluation draws, shared by every run whatever its seeds."""
+    return jax.random.fold_in(_key(0), EVALUATION_ID)
 
 
 def synthetic_data_key() -> jax.Array:
     """A fixed key for generating the synthetic data set (the data, not the run)."""
-    return jax.random.fold_in(jax.random.key(0), len(STREAMS) + 1)
-
-
-def bootstrap_key() -> jax.Array:
-    """A fixed key for the resampling of reports (analysis, not training)."""
-    return jax.random.fold_in(jax.random.key(0), len(STREAMS) + 2)
+    return jax.random.fold_in(_key(0), SYNTHETIC_DATA_ID)
 
 
 def epoch_permutation(shuffle_root: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
@@ -107,17 +137,17 @@ def epoch_permutation(shuffle_root: jax.Array, epoch: int | jax.Array, num_examp
     return jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), num_examples)
 
 
-def dropout_key(dropout_root: jax.Array, global_step: jax.Array) -> jax.Array:
-    """Key of the dropout masks of one training step."""
-    return jax.random.fold_in(dropout_root, global_step)
-
-
-def per_example_keys(root: jax.Array, position: jax.Array, example_index: jax.Array) -> jax.Array:
-    """keys[b] = fold_in(fold_in(root, position), example_index[b]).
-
-    Used for augmentation (position = epoch) and latent noise (position = global
-    step): an example's draw depends on its index in the data set, not on its
-    place in the batch, the batch size or the device count.
-    """
+def per_example_keys(root: jax.Array, position: int | jax.Array, example_index: jax.Array) -> jax.Array:
+    """keys[b] = fold_in(fold_in(root, position), example_index[b]), key[B]."""
     at_position = jax.random.fold_in(root, position)
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(at_position, example_index)
+
+
+def example_keys(roots: StreamKeys, epoch: int | jax.Array, example_index: jax.Array) -> ExampleKeys:
+    """Everything a training step draws, besides the epoch's permutation.
+
+    For each per-example stream s and each example b of the batch:
+        keys.s[b] = fold_in(fold_in(root[s], epoch), example_index[b])
+    Used by the training step, the vmapped replicas and the fingerprints alike.
+    """
+    return ExampleKeys(*(per_example_keys(getattr(roots, name), epoch, example_index) for name in PER_EXAMPLE))

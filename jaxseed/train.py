@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxseed import checkpoint, cli, data, manifest, objectives, plots, streams
+from jaxseed import checkpoint, cli, data, machine, manifest, objectives, plots, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES, Batch
@@ -39,7 +39,7 @@ class TrainState(NamedTuple):
 
     params: nnx.State
     opt_state: optax.OptState
-    step: jax.Array  # int32[], global step: the position of the next per-step draw
+    step: jax.Array  # int32[], global step: counts optimiser steps (the schedule's position)
 
 
 def steps_per_epoch(config: Config, num_train: int) -> int:
@@ -68,15 +68,16 @@ def train_step(state: TrainState, batch: Batch, keys: streams.StreamKeys, epoch:
                graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: Config):
     """One optimiser step. Pure: (state, batch, stream keys, epoch) -> (state, metric sums).
 
-    The model's objective makes its draws by position: per example from
-    (epoch, example index) or (global step, example index), per step from the
-    global step ``state.step``.
+    Every draw of the step is per example, from (stream, epoch, example index)
+    (``streams.example_keys``); the objective gets the keys of the streams it uses.
     """
     objective = OBJECTIVES[config.model]
+    draws = streams.example_keys(keys, epoch, batch.index)
+    named_keys = {f"{name}_keys": getattr(draws, name) for name in objective.streams if name in streams.PER_EXAMPLE}
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params)
-        return objective.train_loss(model, batch, keys, epoch, state.step, config)
+        return objective.train_loss(model, batch, config, **named_keys)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -191,44 +192,35 @@ def _permutation(shuffle_root, epoch, num_examples):
     return streams.epoch_permutation(shuffle_root, epoch, num_examples)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _augment_draws(config: Config, keys, epoch, example_index):
-    return OBJECTIVES[config.model].augment_draws(config, keys, epoch, example_index)
-
-
-@jax.jit
-def _step_key_data(root, global_steps):
-    """Words of fold_in(root, step) per step: every dropout or latent draw of a step derives from it."""
-    return jax.random.key_data(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, global_steps))
+@functools.partial(jax.jit, static_argnums=2)
+def _example_key_data(keys: streams.StreamKeys, epoch, num_examples):
+    """Words of every training example's key of each per-example stream in ``epoch``."""
+    return jax.tree.map(jax.random.key_data, streams.example_keys(keys, epoch, jnp.arange(num_examples)))
 
 
 class Fingerprints:
-    """Hashes of what each stream drew, epoch by epoch (where that is cheap).
+    """Hashes of what each stream drew, epoch by epoch.
 
-    Each hash covers a stream's draws over a fixed domain (all examples, all
-    steps), not only the ones a run consumed, so changing the shuffle (which
-    decides which example meets which step) leaves the latent hash alone.
+    shuffle: each epoch's permutation. dropout, augment, latent: the key of every
+    training example in every epoch (each example's mask, rotation and shift,
+    binarisation or noise is a function of its key alone), hashed for the streams
+    the config really draws from. None depends on the order or the batch size,
+    so varying ``shuffle`` or ``--batch-size`` leaves the others' hashes alone.
     """
 
     def __init__(self, config: Config, keys: streams.StreamKeys):
-        self.config, self.keys = config, keys
-        self.used = OBJECTIVES[config.model].streams
-        self.draws = {name: [] for name in ("shuffle", "augment", "dropout", "latent")}
+        self.keys = keys
+        self.drawn = OBJECTIVES[config.model].drawn(config)
+        self.draws = {name: [] for name in self.drawn if name != "init"}
 
-    def add_epoch(self, epoch: int, permutation: jax.Array, first_step: int, num_steps: int) -> None:
+    def add_epoch(self, epoch: int, permutation: jax.Array) -> None:
         num_train = int(permutation.shape[0])
-        self.draws["shuffle"].append(np.asarray(permutation))
-        augment_draws = _augment_draws(self.config, self.keys, epoch, jnp.arange(num_train))
-        if augment_draws is not None:
-            self.draws["augment"].append(np.asarray(augment_draws))
-        global_steps = first_step + jnp.arange(num_steps)
-        for name in ("dropout", "latent"):
-            if name in self.used:
-                self.draws[name].append(np.asarray(_step_key_data(getattr(self.keys, name), global_steps)))
+        example_keys = _example_key_data(self.keys, epoch, num_train)
+        for name in self.draws:
+            self.draws[name].append(np.asarray(permutation if name == "shuffle" else getattr(example_keys, name)))
 
     def summary(self, init_param_hash: str) -> dict:
-        hashes = {name: manifest.arrays_hash(arrays) for name, arrays in self.draws.items() if arrays}
-        return {"init": init_param_hash, **hashes}
+        return {"init": init_param_hash, **{name: manifest.arrays_hash(arrays) for name, arrays in self.draws.items()}}
 
 
 # ---------------------------------------------------------------- the run
@@ -311,6 +303,7 @@ def load_data(config: Config) -> data.Dataset:
     return data.to_device(dataset)
 
 
+@streams.pinned_generator
 def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, progress: bool = True,
                        resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
                        dataset: data.Dataset | None = None) -> dict:
@@ -323,6 +316,7 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
     Returns the manifest.
     """
     objective = OBJECTIVES[config.model]
+    machine.require_portable(config.portable)
     dataset = load_data(config) if dataset is None else data.to_device(dataset)
     num_train = dataset.num_train
     keys = streams.root_keys(seeds)
@@ -352,13 +346,14 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
     if config.trace:
         _write_lines(trace_path, _kept_lines(trace_path, lambda row: row["step"] < epoch * num_steps + first))
 
-    info = {"streams": seeds, "streams_used": list(objective.streams), "config": config.to_dict(),
+    info = {"streams": seeds, "streams_used": list(objective.streams),
+            "config": manifest.config_record(config, workdir), "data_hash": manifest.arrays_hash(dataset),
             "execution": {"loop": loop, "steps_per_call": per_call}, **manifest.environment(),
             "init_param_hash": init_param_hash, "status": "running"}
     manifest.write_json(os.path.join(workdir, "manifest.json"), info)
     fingerprints = Fingerprints(config, keys)
     for done in range(epoch):  # draws are pure functions of position: recompute, don't store
-        fingerprints.add_epoch(done, _permutation(keys.shuffle, done, num_train), done * num_steps, num_steps)
+        fingerprints.add_epoch(done, _permutation(keys.shuffle, done, num_train))
 
     def save(epoch, first, sums):
         checkpointer.save(state, {"epoch": epoch, "first": first, "sums": sums,
@@ -368,7 +363,7 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
         while epoch < config.epochs:
             start = time.perf_counter()
             permutation = _permutation(keys.shuffle, epoch, num_train)
-            fingerprints.add_epoch(epoch, permutation, epoch * num_steps, num_steps)
+            fingerprints.add_epoch(epoch, permutation)
             bar = tqdm(total=num_steps, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
                        disable=not progress, dynamic_ncols=True)
             while first < num_steps:
@@ -431,6 +426,7 @@ def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, prog
     return info
 
 
+@streams.pinned_generator
 def train_replicas(config: Config, seeds: list[dict[str, int]]) -> list[tuple[dict, np.ndarray | None]]:
     """Train one run per entry of ``seeds`` together, in one jitted program.
 
@@ -441,6 +437,7 @@ def train_replicas(config: Config, seeds: list[dict[str, int]]) -> list[tuple[di
     Writes no files. Returns, per replica, ({"param_hash", "final"}, test
     class probabilities or None).
     """
+    machine.require_portable(config.portable)
     dataset = load_data(config)
     num_train = dataset.num_train
     keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))
@@ -489,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, seed, seeds = cli.resolve(args)
             workdir, created = cli.prepare_workdir(args.workdir, config, seed, overwrite=args.overwrite)
+        machine.require_portable(config.portable)  # before JAX starts its backends
         info = train_and_evaluate(config, seeds, workdir, progress=not args.quiet, resume=args.resume,
                                   should_stop=lambda: bool(stop_signal))
     except Interrupted as stopped:

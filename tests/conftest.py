@@ -5,7 +5,8 @@ import pytest
 from jaxseed.config import Config
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST_DIR = os.path.normpath(os.path.join(PROJECT_ROOT, "..", "shared", "data", "mnist"))
+# The first 2000 training and 500 test examples of MNIST, cut by tests/data/cut_mnist_slice.py.
+MNIST_SLICE_DIR = os.path.join(PROJECT_ROOT, "tests", "data", "mnist-slice")
 
 
 @pytest.fixture

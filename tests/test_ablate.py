@@ -5,12 +5,11 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT
-from jaxseed import ablate, diff, streams, train
+from jaxseed import ablate, data, diff, streams, train
 from jaxseed.errors import UserError
 
 CNN_STREAMS = ("init", "shuffle", "dropout", "augment")
@@ -32,16 +31,25 @@ def test_groups_reject_bad_streams(chosen, message):
         ablate.plan_groups(0, 2, chosen, CNN_STREAMS)
 
 
-def test_bootstrap_ci_on_known_inputs():
-    key = streams.bootstrap_key()
-    assert ablate.bootstrap_ci(np.full(8, 3.0), np.mean, key) == (3.0, 3.0)
-    values = np.arange(10.0)
-    low, high = ablate.bootstrap_ci(values, np.mean, key)
-    # The mean's standard error is 2.87 / sqrt(10) = 0.91: a 95% interval is about 4.5 +- 1.8.
-    assert 2.3 < low < 3.3 and 5.7 < high < 6.7
-    assert ablate.bootstrap_ci(values, np.mean, key) == (low, high)  # a fixed key: reproducible
-    low, high = ablate.bootstrap_ci(values, ablate.sample_std, key)
-    assert low < np.std(values, ddof=1) < high
+def test_interval_factors_at_five_runs():
+    low, high = ablate.std_interval(1.0, 4)
+    assert low == pytest.approx(0.60, abs=0.005) and high == pytest.approx(2.87, abs=0.005)
+    assert ablate.std_interval(0.0, 4) == (0.0, 0.0)
+    low, high = ablate.mean_interval(3.0, 0.5, 4)  # t_{0.975, 4} = 2.776
+    assert (low, high) == (pytest.approx(3.0 - 1.388, abs=1e-3), pytest.approx(3.0 + 1.388, abs=1e-3))
+
+
+def test_intervals_cover_at_their_level():
+    """Simulated groups of K = 5 normal values: each interval covers the truth in 95% +- 1.5 points of them."""
+    groups, k, mu, sigma = 4000, 5, 3.0, 2.0
+    values = np.random.default_rng(0).normal(mu, sigma, (groups, k))
+    std = ablate.sample_std(values, axis=1)
+    low, high = ablate.std_interval(std, k - 1)
+    std_coverage = np.mean((low <= sigma) & (sigma <= high))
+    low, high = ablate.mean_interval(values.mean(1), std / np.sqrt(k), k - 1)
+    mean_coverage = np.mean((low <= mu) & (mu <= high))
+    print(f"coverage over {groups} groups of {k}: std {std_coverage:.4f}, mean {mean_coverage:.4f}")
+    assert abs(std_coverage - 0.95) < 0.015 and abs(mean_coverage - 0.95) < 0.015
 
 
 def test_disagreement_and_ensemble():
@@ -52,42 +60,133 @@ def test_disagreement_and_ensemble():
 
 
 def fake_result(loss, accuracy, param_hash="h"):
-    return {"final": {"test_loss": loss, "test_accuracy": accuracy}, "param_hash": param_hash,
-            "probabilities": np.eye(3)}  # predicts classes 0, 1, 2
+    return {"seeds": {name: 0 for name in streams.STREAMS}, "final": {"test_loss": loss, "test_accuracy": accuracy},
+            "param_hash": param_hash, "probabilities": np.eye(3)}  # predicts classes 0, 1, 2
+
+
+def report(workdir, groups: dict[str, list[dict]]) -> str:
+    """The report of fake groups, as write_report makes it from finished runs."""
+    labels = np.array([0, 1, 2])
+    rows = [ablate.summarize(name, results, labels) for name, results in groups.items()]
+    return ablate.write_report(str(workdir), rows, groups, {})
 
 
 def test_none_group_zero_spread_and_loud_warning(tmp_path):
     labels = np.array([0, 1, 2])
-    key = streams.bootstrap_key()
-    same = ablate.summarize("none", [fake_result(0.5, 0.9)] * 3, labels, key)
+    same = ablate.summarize("none", [fake_result(0.5, 0.9)] * 3, labels)
     assert same["test_loss_std"] == 0 and same["test_accuracy_std"] == 0 and same["distinct_param_hashes"] == 1
-    varied = ablate.summarize("init", [fake_result(0.5, 0.9, "a"), fake_result(0.6, 0.8, "b")], labels, key)
-    assert ablate.write_report(str(tmp_path), [varied, same], {}).count("WARNING") == 0
-    rounding = ablate.summarize("none", [fake_result(106.93230234375, 0.9)] * 5, labels, key)  # mean rounds
+    assert same["test_loss_std_ci"] == (0.0, 0.0) and same["test_loss_mean_ci"] == (0.5, 0.5)
+    varied = [fake_result(0.5, 0.9, "a"), fake_result(0.6, 0.8, "b")]
+    assert report(tmp_path, {"init": varied, "none": [fake_result(0.5, 0.9)] * 2}).count("WARNING") == 0
+    rounding = ablate.summarize("none", [fake_result(106.93230234375, 0.9)] * 5, labels)  # mean rounds
     assert rounding["test_loss_std"] == 0.0
-    noisy = ablate.summarize("none", [fake_result(0.5, 0.9, "a"), fake_result(0.5001, 0.9, "b")], labels, key)
-    assert "WARNING" in ablate.write_report(str(tmp_path), [varied, noisy], {})
+    noisy = [fake_result(0.5, 0.9, "a"), fake_result(0.5001, 0.9, "b")]
+    assert "WARNING" in report(tmp_path, {"init": varied, "none": noisy})
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def group(losses, accuracies):
+    return [fake_result(loss, accuracy, str(i)) for i, (loss, accuracy) in enumerate(zip(losses, accuracies))]
+
+
+def test_report_names_only_pairs_whose_intervals_separate(tmp_path):
+    # std of test loss: init 1.58, dropout 0.0158, augment 0.0316; at K = 5 the intervals are [0.60, 2.87] x std.
+    groups = {"init": group([1, 2, 3, 4, 5], [0.9] * 5), "dropout": group([1, 1.01, 1.02, 1.03, 1.04], [0.9] * 5),
+              "augment": group([1, 1.02, 1.04, 1.06, 1.08], [0.9] * 5), "none": [fake_result(1, 0.9)] * 5}
+    markdown = report(tmp_path, groups)
+    assert "- std of test loss: init > dropout: intervals do not overlap" in markdown
+    assert "- std of test loss: init > augment: intervals do not overlap" in markdown
+    assert "dropout > augment" not in markdown and "augment > dropout" not in markdown  # a factor 2 is not enough
+    rows = [ablate.summarize(name, results, np.array([0, 1, 2])) for name, results in groups.items()]
+    assert ablate.separated_pairs(rows, "test_loss") == [("init", "dropout"), ("init", "augment")]  # never none
+    assert "- std of test accuracy: no pair of sources can be ranked at K = 5" in markdown  # all zero: all overlap
+    stored = json.loads((tmp_path / "ablation.json").read_text())
+    assert stored["runs"]["init"][3] == {"seeds": groups["init"][3]["seeds"], "param_hash": "3",
+                                         "final": {"test_loss": 4, "test_accuracy": 0.9}}
+    assert [row["group"] for row in stored["summary"]] == list(groups)
+
+
+def test_report_says_when_no_pair_can_be_ranked(tmp_path):
+    groups = {"init": group([1, 2, 3, 4, 5], [0.1, 0.2, 0.3, 0.4, 0.5]),
+              "shuffle": group([1, 3, 5, 7, 9], [0.1, 0.3, 0.5, 0.7, 0.9]), "none": [fake_result(1, 0.9)] * 5}
+    markdown = report(tmp_path, groups)
+    assert ": intervals do not overlap" not in markdown and "WARNING" not in markdown
+    assert "- std of test loss: no pair of sources can be ranked at K = 5" in markdown
+    assert "- std of test accuracy: no pair of sources can be ranked at K = 5" in markdown
 
 
 SWEEP = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1",
          "--steps-per-call", "4", "--seeds", "2", "--streams", "init", "--quiet"]
 
 
-def test_sweep_resumes_only_missing_runs(tmp_path, monkeypatch):
+def test_sweep_resumes_only_missing_runs(tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "sweep"
-    assert ablate.main([*SWEEP, "--workdir", str(workdir)]) == 0
-    report = json.loads((workdir / "ablation.json").read_text())["groups"]
+    assert ablate.main([*SWEEP, "--workdir", str(workdir), "--strategy", "sequential"]) == 0
+    stored = json.loads((workdir / "ablation.json").read_text())
+    assert len(stored["runs"]["none"]) == 2 and stored["runs"]["init"][1]["seeds"]["init"] == 2
+    assert stored["config"]["data_dir"] is None and stored["strategy"] == "sequential"
     for name in ("init-001", "none-000"):  # as if interrupted before these finished
         (workdir / "runs" / name / "result.json").unlink()
     trained = []
     real_run_group = ablate.run_group
     monkeypatch.setattr(ablate, "run_group", lambda config, seeds, paths, strategy: (
         trained.extend(os.path.basename(p) for p in paths), real_run_group(config, seeds, paths, strategy)))
-    assert ablate.main([*SWEEP, "--workdir", str(workdir)]) == 0
+    capsys.readouterr()
+    assert ablate.main([*SWEEP, "--workdir", str(workdir), "--strategy", "vmap"]) == 2  # other programs: refused
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("jaxseed.ablate: error: ") and "strategy sequential" in error
+    assert ablate.main([*SWEEP, "--workdir", str(workdir), "--strategy", "sequential"]) == 0
     assert sorted(trained) == ["init-001", "none-000"]
-    assert json.loads((workdir / "ablation.json").read_text())["groups"] == report
+    assert json.loads((workdir / "ablation.json").read_text())["summary"] == stored["summary"]
     assert ablate.main([*SWEEP, "--workdir", str(workdir), "--seeds", "3"]) == 2  # another sweep: refused
+
+
+def test_vmap_trains_none_runs_as_separate_programs(tmp_path, monkeypatch):
+    """Under vmap a varied group is one program; the determinism control's K reruns are K programs."""
+    num_test = len(data.load("synthetic", None).test_labels)
+    sizes = []
+
+    def fake_replicas(config, seeds):
+        sizes.append(len(seeds))
+        return [({"param_hash": "h", "final": {"test_loss": 0.5, "test_accuracy": 0.9}}, np.full((num_test, 10), 0.1))
+                for _ in seeds]
+
+    monkeypatch.setattr(train, "train_replicas", fake_replicas)
+    assert ablate.main([*SWEEP, "--seeds", "3", "--strategy", "vmap", "--workdir", str(tmp_path / "w")]) == 0
+    assert sizes == [3, 3, 1, 1, 1]  # init, all, then none run by run
+
+
+@pytest.mark.parametrize("flag", [["--seed", "3"], ["--stream", "init=3"], ["--resume"], ["--overwrite"]])
+def test_parser_has_no_single_run_flags(flag, capsys):
+    with pytest.raises(SystemExit) as exited:
+        ablate.ablate_parser().parse_args([*SWEEP, *flag])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "unrecognized arguments" in error and flag[0] in error
+
+
+@pytest.mark.parametrize("flag", [["--trace"], ["--checkpoint-every", "2"]])
+def test_vmap_refuses_what_it_does_not_do(flag, tmp_path, capsys):
+    assert ablate.main([*SWEEP, *flag, "--strategy", "vmap", "--workdir", str(tmp_path / "w")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and flag[0] in error and "vmap" in error
+    assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+def test_exit_codes_of_a_failed_or_interrupted_sweep(tmp_path, monkeypatch, capsys):
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate, "run_group", stop)
+    assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "w")]) == 130
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "finished runs are kept" in error and "rerun the same command" in error
+
+    def diverge(*args):
+        raise FloatingPointError("non-finite loss")
+
+    monkeypatch.setattr(ablate, "run_group", diverge)
+    assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "w")]) == 3
 
 
 def test_vmap_agrees_with_sequential(tiny_config, tmp_path):

@@ -1,4 +1,4 @@
-"""Data sources: raw IDX files (real and corrupted), TFDS offline, synthetic."""
+"""Data sources: raw IDX files (a real MNIST slice and corrupted copies), TFDS offline, synthetic."""
 
 import gzip
 import os
@@ -8,31 +8,41 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import MNIST_DIR
-from jaxseed import data
+from conftest import MNIST_SLICE_DIR
+from jaxseed import data, streams, train
+from jaxseed.config import Config
 from jaxseed.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    return data.load_idx_dir(MNIST_DIR)
+    return data.load_idx_dir(MNIST_SLICE_DIR)
 
 
 def test_real_mnist_idx(mnist):
-    assert mnist.train_images.shape == (60000, 28, 28, 1) and mnist.train_images.dtype == np.uint8
-    assert mnist.test_images.shape == (10000, 28, 28, 1)
-    assert mnist.train_labels.shape == (60000,) and set(np.unique(mnist.train_labels)) == set(range(10))
+    assert mnist.train_images.shape == (2000, 28, 28, 1) and mnist.train_images.dtype == np.uint8
+    assert mnist.test_images.shape == (500, 28, 28, 1) and mnist.test_images.dtype == np.uint8
+    assert mnist.train_labels.shape == (2000,) and mnist.train_labels.dtype == np.int32
     assert mnist.train_labels[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first labels
+    assert mnist.test_labels[:5].tolist() == [7, 2, 1, 0, 4]
+    for labels in (mnist.train_labels, mnist.test_labels):
+        assert set(np.unique(labels)) == set(range(10))
     assert 30 < mnist.train_images.mean() < 40
+
+
+def test_cnn_learns_real_digits(tmp_path):
+    """One short epoch on the slice must beat chance (10%) by far: catches a wrong reader, labels or model."""
+    config = Config(data_dir=MNIST_SLICE_DIR, epochs=1, batch_size=64, augment="none", warmup_epochs=0.1)
+    info = train.train_and_evaluate(config, {name: 0 for name in streams.STREAMS}, str(tmp_path), progress=False)
+    assert info["final"]["test_accuracy"] > 0.8, info["final"]
 
 
 @pytest.fixture
 def mnist_copy(tmp_path):
-    """Uncompressed copies of the four real files, to corrupt."""
-    for name in os.listdir(MNIST_DIR):
-        if name.endswith(".gz"):
-            with gzip.open(os.path.join(MNIST_DIR, name)) as src, open(tmp_path / name[:-3], "wb") as dst:
-                shutil.copyfileobj(src, dst)
+    """Uncompressed copies of the four slice files, to corrupt."""
+    for name in os.listdir(MNIST_SLICE_DIR):
+        with gzip.open(os.path.join(MNIST_SLICE_DIR, name)) as src, open(tmp_path / name[:-3], "wb") as dst:
+            shutil.copyfileobj(src, dst)
     return tmp_path
 
 
@@ -48,7 +58,7 @@ def _rewrite(path, transform):
     ("train-labels-idx1-ubyte", lambda raw: raw[:6], "header is incomplete"),
     ("t10k-images-idx3-ubyte", lambda raw: raw + b"\x00", "longer than its header says"),
     ("t10k-labels-idx1-ubyte",
-     lambda raw: raw[:4] + (9999).to_bytes(4, "big") + raw[8:-1], "10000 images but 9999 labels"),
+     lambda raw: raw[:4] + (499).to_bytes(4, "big") + raw[8:-1], "500 images but 499 labels"),
 ])
 def test_corrupt_idx_is_a_clear_error(mnist_copy, target, transform, message):
     _rewrite(mnist_copy / target, transform)
@@ -72,25 +82,34 @@ def test_missing_dir_and_files(tmp_path):
 
 def test_train_limit(mnist_copy):
     dataset = data.load("mnist", str(mnist_copy), train_limit=100)
-    assert dataset.num_train == 100 and dataset.test_images.shape[0] == 10000
-    with pytest.raises(UserError, match=r"--train-limit must be in \[1, 60000\]"):
-        data.load("mnist", str(mnist_copy), train_limit=60001)
+    assert dataset.num_train == 100 and dataset.test_images.shape[0] == 500
+    with pytest.raises(UserError, match=r"--train-limit must be in \[1, 2000\]"):
+        data.load("mnist", str(mnist_copy), train_limit=2001)
+
+
+def test_unknown_name_and_data_dir_combinations(mnist_copy):
+    with pytest.raises(UserError, match="unknown data set 'emnist'; choose one of mnist, fashion_mnist"):
+        data.load("emnist")
+    for name in ("synthetic", "tfds:mnist"):
+        with pytest.raises(UserError, match=f"does not combine with --data {name}"):
+            data.load(name, str(mnist_copy))
 
 
 def test_tfds_data_source_offline():
     with tfds.testing.mock_data(num_examples=24):
-        dataset = data.load("mnist")
+        dataset = data.load("tfds:mnist")
     assert dataset.train_images.shape == (24, 28, 28, 1) and dataset.train_images.dtype == np.uint8
     assert dataset.test_labels.shape == (24,) and dataset.test_labels.dtype == np.int32
 
 
-def test_tfds_failure_points_to_data_dir(monkeypatch):
+def test_tfds_failure_points_to_the_download_and_data_dir(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Failed to establish a new connection\nmore detail")
 
     monkeypatch.setattr(tfds, "data_source", offline)
-    with pytest.raises(UserError, match="could not load 'fashion_mnist'.*ConnectionError.*--data-dir"):
-        data.load("fashion_mnist")
+    with pytest.raises(UserError, match="could not load 'fashion_mnist'.*ConnectionError.*"
+                                        "--data fashion_mnist downloads.*--data-dir"):
+        data.load("tfds:fashion_mnist")
 
 
 def test_synthetic_is_fixed_and_learnable_shape():

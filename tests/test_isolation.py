@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseed import manifest, objectives, streams, train
+from jaxseed import augment, manifest, objectives, streams, train
 from jaxseed.config import Config
 
 CONFIG = Config(train_limit=512, batch_size=64, epochs=2)
@@ -19,18 +19,16 @@ def draws(seeds: dict) -> dict:
     tx = train.make_optimizer(CONFIG, NUM_TRAIN)
     graphdef, state = train.init_state(CONFIG, keys, tx)
     model = nnx.merge(graphdef, state.params)
-    dropout_masks = [
-        model.dropout(jnp.ones((64, 256)), deterministic=False, rngs=streams.dropout_key(keys.dropout, step))
-        for step in (0, 1, 17)
-    ]
+    per_epoch = [streams.example_keys(keys, epoch, jnp.arange(NUM_TRAIN)) for epoch in (0, 1)]
+    dropout_masks = [jax.vmap(lambda row, key: model.dropout(row, deterministic=False, rngs=key))(
+        jnp.ones((NUM_TRAIN, 256)), drawn.dropout) for drawn in per_epoch]
     return {
         "init": manifest.tree_hash(state.params),
         "shuffle": manifest.arrays_hash(streams.epoch_permutation(keys.shuffle, e, NUM_TRAIN) for e in (0, 1)),
-        "augment": manifest.arrays_hash(
-            np.stack(objectives.affine_draws(CONFIG, keys, e, jnp.arange(NUM_TRAIN))) for e in (0, 1)),
+        "augment": manifest.arrays_hash(np.stack(augment.sample_affine(drawn.augment, 2.0, 10.0))
+                                        for drawn in per_epoch),
         "dropout": manifest.arrays_hash(dropout_masks),
-        "latent": manifest.arrays_hash(
-            jax.random.normal(k, (4,)) for k in streams.per_example_keys(keys.latent, 3, jnp.arange(8))),
+        "latent": manifest.arrays_hash(objectives.latent_noise(drawn.latent, 20) for drawn in per_epoch),
     }
 
 

@@ -166,3 +166,32 @@ def test_verify_explains_a_mismatch():
                            [{"epoch": 1, "test_loss": 1.0}, {"epoch": 2, "test_loss": 0.6}])
     assert lines == ["backend: recorded 'gpu', here 'cpu'", "streams that drew differently: shuffle",
                      "first epoch whose metrics differ: 2 (test_loss)"]
+
+
+def test_verify_names_another_cpu_and_compares_within_tolerance():
+    base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
+            "fingerprints": {"init": "a", "shuffle": "b"}}
+    recorded = {**base, "cpu": {"model": "A", "vector_extensions": ["avx2", "avx512f"]}}
+    rerun = {**base, "cpu": {"model": "B", "vector_extensions": ["avx2"]}}
+    lines = verify.compare(recorded, rerun, [{"epoch": 1, "test_loss": 0.068340, "test_accuracy": 0.9773}],
+                           [{"epoch": 1, "test_loss": 0.068785, "test_accuracy": 0.9700}])
+    assert lines[0].startswith("cpu: recorded") and "every stream drew the same values" in lines
+    assert any(line.startswith("likely cause: another CPU") for line in lines)
+    assert "test_loss: recorded 0.06834, here 0.068785 (within 2%)" in lines
+    assert "test_accuracy: recorded 0.9773, here 0.97 (within 2%)" in lines
+    far = verify.compare(recorded, rerun, [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.6}])
+    assert "test_loss: recorded 0.5, here 0.6 (OUTSIDE 2%)" in far
+
+
+def test_vae_resume_equals_uninterrupted(tmp_path):
+    from jaxseed.config import Config
+
+    config = Config(model="vae", data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2,
+                    importance_samples=4)
+    reference = train.train_and_evaluate(config, SEEDS, str(tmp_path / "reference"), progress=False)
+    with pytest.raises(train.Interrupted):
+        train.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False,
+                                 should_stop=stop_after(2))
+    resumed = train.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False, resume=True)
+    assert resumed["param_hash"] == reference["param_hash"]
+    assert resumed["fingerprints"] == reference["fingerprints"]

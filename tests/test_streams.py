@@ -36,13 +36,37 @@ def test_roots_are_pure_functions_of_the_seed():
 def test_derived_keys_distinct_across_streams_and_positions():
     roots = streams.root_keys({name: 0 for name in streams.STREAMS})
     seen = set()
-    for root in roots:
-        for position in range(4):
-            keys = streams.per_example_keys(root, position, jnp.arange(16))
+    for epoch in range(4):
+        for keys in streams.example_keys(roots, epoch, jnp.arange(16)):
             seen.update(tuple(row) for row in np.asarray(jax.random.key_data(keys)).tolist())
-            seen.add(key_words(streams.dropout_key(root, position)))
-    seen.add(key_words(streams.evaluation_key()))
-    assert len(seen) == 5 * 4 * 16 + 5 * 4 + 1  # no collisions at all
+    seen.update(key_words(k) for k in (streams.evaluation_key(), streams.synthetic_data_key(), *roots))
+    assert len(seen) == 3 * 4 * 16 + 2 + 5  # no collisions at all
+
+
+def test_reserved_keys_are_no_stream_root_at_any_seed():
+    """A future stream, with the next free id, seeded 0 must not equal a reserved key."""
+    reserved = {key_words(streams.evaluation_key()), key_words(streams.synthetic_data_key())}
+    for stream_id in range(len(streams.STREAMS) + 8):
+        root = jax.random.fold_in(jax.random.key(0, impl=streams.GENERATOR), stream_id)
+        assert key_words(root) not in reserved
+    assert max(streams.STREAM_IDS.values()) < min(streams.EVALUATION_ID, streams.SYNTHETIC_DATA_ID)
+
+
+def test_example_keys_are_each_streams_per_example_keys():
+    roots = streams.root_keys({name: 4 for name in streams.STREAMS})
+    index = jnp.array([3, 0, 9])
+    keys = streams.example_keys(roots, 2, index)
+    for name in streams.PER_EXAMPLE:
+        expected = streams.per_example_keys(getattr(roots, name), 2, index)
+        assert [key_words(k) for k in getattr(keys, name)] == [key_words(k) for k in expected]
+
+
+def test_generator_is_pinned_whatever_the_default():
+    """jax_default_prng_impl=rbg (common in TPU code) must not change any draw."""
+    threefry = [key_words(k) for k in streams.root_keys({name: 42 for name in streams.STREAMS})]
+    with jax.default_prng_impl("rbg"):
+        assert str(jax.random.key_impl(jax.random.key(42))) != streams.GENERATOR  # the default did change
+        assert [key_words(k) for k in streams.root_keys({name: 42 for name in streams.STREAMS})] == threefry
 
 
 def test_per_example_key_ignores_batch_layout():

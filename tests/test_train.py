@@ -87,9 +87,47 @@ def test_no_key_is_reused(tiny_config, tmp_path):
     assert np.isfinite(info["final"]["test_loss"])
 
 
+def test_key_reuse_checker_can_fail():
+    """The checker above would catch a reused key: here one root drives two draws."""
+    root = streams.root_keys(SEEDS).dropout
+    with jax.debug_key_reuse(True), pytest.raises(jax.errors.KeyReuseError):
+        jax.jit(lambda key: jax.random.normal(key, (2,)) + jax.random.normal(key, (2,)))(root)
+
+
+def test_order_and_batch_size_leave_every_per_example_draw(tiny_config, tmp_path):
+    """Varying shuffle or the batch size regroups examples; each keeps its own draws."""
+    base = run(tiny_config, SEEDS, tmp_path / "base")
+    reordered = run(tiny_config, {**SEEDS, "shuffle": 7}, tmp_path / "shuffle")
+    rebatched = run(tiny_config.replace(batch_size=32), SEEDS, tmp_path / "batch")
+    for stream in ("init", "augment", "dropout"):
+        assert reordered["fingerprints"][stream] == base["fingerprints"][stream], stream
+        assert rebatched["fingerprints"][stream] == base["fingerprints"][stream], stream
+    assert reordered["fingerprints"]["shuffle"] != base["fingerprints"]["shuffle"]
+
+
+@pytest.mark.parametrize("change, stream", [({"dropout_rate": 0.0}, "dropout"), ({"augment": "none"}, "augment")])
+def test_a_stream_the_config_does_not_draw_from_changes_nothing(tiny_config, tmp_path, change, stream):
+    config = tiny_config.replace(epochs=1, **change)
+    base = run(config, SEEDS, tmp_path / "base")
+    varied = run(config, {**SEEDS, stream: 9}, tmp_path / "varied")
+    assert varied["param_hash"] == base["param_hash"] and stream not in base["fingerprints"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "vae"])
+def test_replicas_equal_sequential_runs_with_every_stream_varied(tiny_config, tmp_path, model):
+    """The vmapped replicas draw what each run draws alone; results agree to float noise."""
+    config = tiny_config.replace(model=model, epochs=1, importance_samples=4)
+    seeds = [{name: 2 + 10 * replica + i for i, name in enumerate(streams.STREAMS)} for replica in range(2)]
+    for replica, (info, _) in enumerate(train.train_replicas(config, seeds)):
+        alone = run(config, seeds[replica], tmp_path / str(replica))
+        for name, value in alone["final"].items():
+            if name.startswith(("train_", "test_")):
+                assert info["final"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
 def test_tfds_mock_end_to_end(tiny_config, tmp_path):
     with tfds.testing.mock_data(num_examples=128):
-        info = run(tiny_config.replace(data="mnist", train_limit=None, batch_size=32, epochs=1), SEEDS, tmp_path)
+        info = run(tiny_config.replace(data="tfds:mnist", train_limit=None, batch_size=32, epochs=1), SEEDS, tmp_path)
     assert info["final"]["step"] == 4 and 0.0 <= info["final"]["test_accuracy"] <= 1.0
 
 
@@ -161,10 +199,10 @@ def test_cli_corrupt_idx_is_one_line(tmp_path):
     """Through the CLI too: a truncated IDX file is one clear line, and the data stays as it was."""
     import shutil
 
-    from conftest import MNIST_DIR
+    from conftest import MNIST_SLICE_DIR
 
     data_dir = tmp_path / "mnist"
-    shutil.copytree(MNIST_DIR, data_dir)
+    shutil.copytree(MNIST_SLICE_DIR, data_dir)
     (data_dir / "t10k-labels-idx1-ubyte.gz").unlink()
     (data_dir / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x27\x10" + bytes(100))
     before = {p.name: p.read_bytes() for p in data_dir.iterdir()}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import MNIST_DIR
+from conftest import MNIST_SLICE_DIR
 from jaxseed import objectives, streams, train
 from jaxseed.config import Config
 from jaxseed.models import VAE
@@ -45,6 +45,12 @@ def test_varying_one_stream_changes_only_its_draws(vae_config, tmp_path, varied)
     assert other["evaluation_fingerprint"] == base["evaluation_fingerprint"]
 
 
+def test_batch_size_leaves_every_example_draw(vae_config, tmp_path):
+    base = run(vae_config, SEEDS, tmp_path / "a")
+    rebatched = run(vae_config.replace(batch_size=32), SEEDS, tmp_path / "b")
+    assert rebatched["fingerprints"] == base["fingerprints"]
+
+
 def test_threshold_binarisation_draws_nothing(vae_config, tmp_path):
     base = run(vae_config.replace(binarize="threshold"), SEEDS, tmp_path / "a")
     other = run(vae_config.replace(binarize="threshold"), {**SEEDS, "augment": 9}, tmp_path / "b")
@@ -72,7 +78,7 @@ def test_negative_elbo_parts():
 
 
 def test_elbo_improves_on_real_mnist(tmp_path):
-    config = Config(model="vae", data_dir=MNIST_DIR, train_limit=4096, epochs=3, batch_size=128,
+    config = Config(model="vae", data_dir=MNIST_SLICE_DIR, epochs=3, batch_size=64,
                     importance_samples=16)
     info = run(config, SEEDS, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

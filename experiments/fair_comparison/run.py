@@ -1,9 +1,11 @@
 """Claim 2: compare two model variants under the same randomness (common random numbers).
 
-Variant A: dropout 0.25; variant B: dropout 0.5. Each is trained with K seeds.
-Paired: both variants see the same seeds k, and we look at B_k - A_k. Unpaired: B
-sees other seeds than A (k + 1000). The spread of the difference tells how many
-seeds each design needs before the difference is told apart from zero.
+Variant A: dropout 0.25; variant B: dropout 0.5. Each is trained with the same K
+seeds. Paired: we look at B_k - A_k, whose variance is var(A) + var(B) - 2 cov(A, B).
+Unpaired: had B seen other seeds than A, the difference of two independent runs
+would have variance var(A) + var(B), estimated here from the same runs. The
+interval of the mean difference at this K, and the K the unpaired design would
+need to match the paired one, say what pairing buys.
 
     python experiments/fair_comparison/run.py [--seeds K]   # writes README.md and differences.png here
 """
@@ -14,15 +16,18 @@ import os
 import sys
 
 import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import HERE, scratch, seeds, small_config, write_result  # noqa: E402
 
 from jaxseed import train  # noqa: E402
-from jaxseed.plots import plt  # noqa: E402
+from jaxseed.ablate import LEVEL, mean_interval, sample_std, std_interval  # noqa: E402
 
 OUT = os.path.join(HERE, "fair_comparison")
 METRICS = ("test_loss", "test_accuracy")
+MAX_SEEDS = 10**6  # give up on a design needing more
 
 
 def final(dropout_rate, seed):
@@ -31,11 +36,65 @@ def final(dropout_rate, seed):
     return info["final"]
 
 
-def seeds_needed(differences):
-    """Seeds for the 95% interval of the mean difference to exclude zero:
-    n = (1.96 * sd / |mean|)^2, from the observed mean and standard deviation."""
-    mean, sd = np.mean(differences), np.std(differences, ddof=1)
-    return math.inf if mean == 0 else math.ceil((1.96 * sd / abs(mean)) ** 2)
+def seeds_for(half_width, sd, dof_per_seed, level=LEVEL):
+    r"""Fewest seeds n per variant whose t interval of the mean difference is at most ``half_width`` each side:
+
+    .. math::
+      t_{(1+\ell)/2,\ \nu(n)} \cdot sd / \sqrt{n} \le w,  \qquad  \nu(n) = (n - 1) \cdot c
+
+    with sd the spread of one difference, and c = dof_per_seed (1 paired; Welch's
+    (s_A^2 + s_B^2)^2 / (s_A^4 + s_B^4) in [1, 2] unpaired). The left side falls
+    with n, so bisect. math.inf if more than MAX_SEEDS would be needed.
+    """
+    def fits(n):
+        return stats.t.ppf((1 + level) / 2, (n - 1) * dof_per_seed) * sd / math.sqrt(n) <= half_width
+
+    if not fits(MAX_SEEDS):
+        return math.inf
+    low, high = 1, MAX_SEEDS  # fits(high), and n = 1 has no spread estimate at all
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def compare(a, b):
+    """Paired and unpaired views of B - A from K runs of each variant with the same seeds.
+
+    Paired: d_k = B_k - A_k, std s_d with K - 1 degrees of freedom; the mean's
+    interval is Student's t with se = s_d / sqrt(K).
+
+    Unpaired (B with other seeds than A): the difference of independent runs has
+    std sqrt(s_A^2 + s_B^2), with Welch-Satterthwaite's degrees of freedom
+    nu = (K - 1) (s_A^2 + s_B^2)^2 / (s_A^4 + s_B^4) (exactly 2(K - 1) when
+    var A = var B); its chi-square interval is then approximate, not exact. The
+    mean's interval is Welch's: se = sqrt((s_A^2 + s_B^2) / K), t with nu.
+
+    Returns {"paired": ..., "unpaired": ...} of {"mean", "sd", "sd_ci", "mean_ci",
+    "seeds_to_exclude_zero"}, plus "correlation" of A and B and "unpaired_seeds_to_match"
+    (seeds per variant the unpaired design needs for the paired interval's width).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    k = len(a)
+    d = b - a
+    var_a, var_b = sample_std(a) ** 2, sample_std(b) ** 2
+    welch = (var_a + var_b) ** 2 / (var_a ** 2 + var_b ** 2) if var_a + var_b > 0 else 1.0
+    result = {}
+    for design, sd, per_seed in (("paired", sample_std(d), 1.0), ("unpaired", math.sqrt(var_a + var_b), welch)):
+        dof = float((k - 1) * per_seed)
+        result[design] = {"mean": float(d.mean()), "sd": float(sd), "dof": dof,
+                          "sd_ci": tuple(map(float, std_interval(sd, dof))),
+                          "mean_ci": tuple(map(float, mean_interval(d.mean(), sd / math.sqrt(k), dof))),
+                          # an interval excludes zero when its half width is below |mean|: never for mean 0
+                          "seeds_to_exclude_zero": seeds_for(abs(d.mean()), sd, per_seed) if d.mean() else math.inf}
+    paired_half_width = (result["paired"]["mean_ci"][1] - result["paired"]["mean_ci"][0]) / 2
+    result["unpaired_seeds_to_match"] = seeds_for(paired_half_width, result["unpaired"]["sd"], welch)
+    result["correlation"] = float(np.corrcoef(a, b)[0, 1]) if var_a * var_b > 0 else math.nan
+    return result
+
+
+def width(interval):
+    return interval[1] - interval[0]
 
 
 def main():
@@ -43,41 +102,48 @@ def main():
     parser.add_argument("--seeds", type=int, default=6)
     k = parser.parse_args().seeds
     a = [final(0.25, s) for s in range(k)]
-    b_paired = [final(0.5, s) for s in range(k)]
-    b_unpaired = [final(0.5, 1000 + s) for s in range(k)]
+    b = [final(0.5, s) for s in range(k)]
     lines = ["# Fair comparison", "", f"CNN on the first 4096 MNIST images, 2 epochs; A = dropout 0.25, "
-             f"B = dropout 0.5; K = {k} seeds per variant.", "",
-             "| metric | design | mean of B - A | std of B - A | seeds needed to tell B from A |",
-             "|---|---|---|---|---|"]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(10, 3.5))
+             f"B = dropout 0.5; K = {k} seeds per variant, the same seeds for A and B.", "",
+             "| metric | design | mean of B - A [95% t CI] | CI width | std of B - A [95% χ² CI] "
+             "| seeds to tell B from A |", "|---|---|---|---|---|---|"]
+    fig = Figure(figsize=(10, 3.5))
+    axes = fig.subplots(1, len(METRICS))
     findings = []
     for ax, metric in zip(axes, METRICS):
-        spreads = {}
-        for design, b in (("paired (same seeds)", b_paired), ("unpaired (other seeds)", b_unpaired)):
-            d = np.array([y[metric] - x[metric] for x, y in zip(a, b)])
-            spreads[design] = d.std(ddof=1)
-            lines.append(f"| {metric} | {design} | {d.mean():+.5f} | {d.std(ddof=1):.5f} | {seeds_needed(d)} |")
-            ax.plot(range(k), d, "o-", label=design)
-        correlation = np.corrcoef([x[metric] for x in a], [y[metric] for y in b_paired])[0, 1]
-        paired, unpaired = spreads.values()
-        findings.append(f"- {metric}: the paired difference's spread is {paired / unpaired:.2f}x the unpaired one; "
-                        f"the correlation of A and B under the same seeds is r = {correlation:+.2f}.")
+        x, y = np.array([run[metric] for run in a]), np.array([run[metric] for run in b])
+        found = compare(x, y)
+        for design, label in (("paired", "paired (same seeds)"), ("unpaired", "unpaired (var A + var B)")):
+            r = found[design]
+            lines.append(f"| {metric} | {label} | {r['mean']:+.5f} [{r['mean_ci'][0]:+.5f}, {r['mean_ci'][1]:+.5f}] "
+                         f"| {width(r['mean_ci']):.5f} | {r['sd']:.5f} [{r['sd_ci'][0]:.5f}, {r['sd_ci'][1]:.5f}] "
+                         f"| {r['seeds_to_exclude_zero']} |")
+        paired, unpaired = found["paired"], found["unpaired"]
+        findings.append(f"- {metric}: at K = {k} the 95% interval of the mean difference is "
+                        f"{width(paired['mean_ci']):.5f} wide paired and {width(unpaired['mean_ci']):.5f} unpaired; "
+                        f"the unpaired design would need K = {found['unpaired_seeds_to_match']} seeds per variant "
+                        f"to match the paired width. A and B under the same seeds correlate with "
+                        f"r = {found['correlation']:+.2f}.")
+        for values, label in ((x, "A"), (y, "B"), (y - x, "B - A (paired)")):
+            ax.plot(range(k), values - values.mean(), "o-", label=label)
         ax.axhline(0, color="gray", lw=0.5)
-        ax.set_title(f"B - A, {metric}")
+        ax.set_title(f"{metric}, each centred on its mean")
         ax.set_xlabel("seed index")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "differences.png"), dpi=100)
+    low, high = std_interval(1.0, k - 1)
     lines += ["", "Pairing gives both variants the same initial weights, data order, augmentation and dropout "
               "keys, and removes from the difference whatever variance the two share: the variance of the "
-              "paired difference is var(A) + var(B) - 2 cov(A, B). How much that saves depends on the "
-              "correlation r measured here:", "", *findings, "",
-              f"With K = {k}, each standard deviation above is itself uncertain (relative standard error "
-              f"about 1/sqrt(2(K-1)) = {1 / math.sqrt(2 * (k - 1)):.0%}), so compare spreads with that in mind; "
-              "`python -m jaxseed.ablate` reports bootstrap intervals for such spreads.", "",
-              "`seeds needed` is (1.96 sd / |mean|)^2: the number of seeds for a 95% interval of the mean "
+              "paired difference is var(A) + var(B) - 2 cov(A, B), the unpaired one var(A) + var(B). Both are "
+              "estimated from the same runs, so they differ only by the covariance:", "", *findings, "",
+              f"Each standard deviation is itself uncertain: with K = {k} its 95% chi-square interval is "
+              f"[{low:.2f}, {high:.2f}] times the estimate for the paired design (exact for normal errors), "
+              "somewhat narrower for the unpaired one (Welch-Satterthwaite degrees of freedom, approximate). "
+              "`python -m jaxseed.ablate` reports the same intervals for each random source's spread.", "",
+              "`seeds to tell B from A` is the fewest seeds per variant for the 95% t interval of the mean "
               "difference to exclude zero, if the observed mean and spread held.", "",
-              "![B - A per seed](differences.png)", ""]
+              "![A, B and B - A per seed, centred](differences.png)", ""]
     write_result(OUT, lines)
 
 

@@ -10,8 +10,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import HERE, scratch, seeds, small_config, write_result  # noqa: E402
 
+from matplotlib.figure import Figure  # noqa: E402
+
 from jaxseed import diff, train  # noqa: E402
-from jaxseed.plots import plt  # noqa: E402
 
 OUT = os.path.join(HERE, "reproducibility")
 STREAMS = ("init", "shuffle", "dropout", "augment")
@@ -49,7 +50,8 @@ def main():
               "Step 0 trains with learning rate 0 (warm-up), so a changed batch or mask shows in the loss at "
               "step 0 and in the parameters from step 1; a changed init shows in both at step 0.", "",
               "![per-step training loss](losses.png)", ""]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
     for name, (_, trace) in {"base": base, "base again (dashed: on top of base)": again, **varied}.items():
         ax.plot([row["loss"] for row in trace], label=name, lw=1, ls="--" if name.startswith("base again") else "-")
     ax.set_xlabel("step")

@@ -1,0 +1,175 @@
+"""Fetch the four raw IDX files of MNIST or Fashion-MNIST once, verify them, cache them.
+
+Where from: the mirrors tensorflow-datasets uses (``SOURCES``). An environment
+variable replaces a data set's base URL with any URL (``http://``, ``file://``)
+of a folder that holds the four ``.gz`` files: ``JAXSEED_MNIST_MIRROR`` for MNIST and
+``JAXSEED_FASHION_MNIST_MIRROR`` for Fashion-MNIST (one variable each: the two
+sets use the same file names, so one mirror cannot serve both).
+
+Where to: ``<root>/<data set>/``, the root being the first that is set of
+``$JAXSEED_DATA_DIR``, ``$TFDS_DATA_DIR/jaxseed``, ``$XDG_CACHE_HOME/jaxseed``,
+then ``~/.cache/jaxseed``.
+
+What is checked: the sha256 of every file before it enters the cache. MNIST's
+checksums are those of the decompressed files, so a mirror may wrap the same
+bytes in any gzip; Fashion-MNIST's are those tensorflow-datasets registers for
+the ``.gz`` downloads. A file is written under a temporary name in the cache
+folder and renamed into place only once verified, so the cache never holds a
+partial or unverified file, whatever fails or interrupts the download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+import zlib
+from typing import Mapping, NamedTuple
+
+from tqdm import tqdm
+
+from jaxseed.errors import UserError
+
+MNIST_SHA256 = {  # of the decompressed files, the same bytes on every mirror
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+FASHION_MNIST_SHA256 = {  # of the .gz files, as tensorflow-datasets registers them
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+TIMEOUT_S = 30.0  # per connection attempt and per read, not for the whole file
+_CHUNK = 1 << 16
+# Failures of the network or the server, as opposed to the local disk (other OSErrors).
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+class Source(NamedTuple):
+    """Where a data set's four files come from and what they must hash to."""
+
+    url: str  # base URL holding the four .gz files
+    mirror_variable: str  # environment variable that replaces url
+    sha256: Mapping[str, str]  # see download()
+
+
+SOURCES = {
+    "mnist": Source("https://storage.googleapis.com/cvdf-datasets/mnist/", "JAXSEED_MNIST_MIRROR", MNIST_SHA256),
+    "fashion_mnist": Source("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                            "JAXSEED_FASHION_MNIST_MIRROR", FASHION_MNIST_SHA256),
+}
+
+
+def cache_root() -> str:
+    """The folder that holds one subfolder per data set (see the module docstring)."""
+    if os.environ.get("JAXSEED_DATA_DIR"):
+        return os.environ["JAXSEED_DATA_DIR"]
+    if os.environ.get("TFDS_DATA_DIR"):
+        return os.path.join(os.environ["TFDS_DATA_DIR"], "jaxseed")
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxseed")
+
+
+def fetch(name: str) -> str:
+    """The cache folder of data set ``name`` ("mnist" or "fashion_mnist"), downloading what it lacks."""
+    source = SOURCES[name]
+    base_url = os.environ.get(source.mirror_variable) or source.url
+    return download(os.path.join(cache_root(), name), base_url, source.sha256,
+                    mirror_variable=source.mirror_variable)
+
+
+def download(folder: str, base_url: str, sha256: Mapping[str, str] = MNIST_SHA256, *,
+             mirror_variable: str = "JAXSEED_MNIST_MIRROR", timeout: float = TIMEOUT_S) -> str:
+    """Make ``folder`` hold the verified ``<stem>.gz`` of every file in ``sha256``; return ``folder``.
+
+    ``sha256`` maps a file name to the sha256 of its bytes: ``"<stem>.gz"`` is
+    checked as downloaded, a bare ``"<stem>"`` on its decompressed content. A
+    file already in ``folder`` is trusted without rehashing: it only got its
+    name after passing this check (renames are atomic), and the IDX reader
+    checks its structure on every load anyway; so later runs need no network.
+    Raises UserError (one line) on any failure, leaving no partial file behind.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the data cache folder {folder} ({error.strerror}); set JAXSEED_DATA_DIR "
+                        "to a writable folder, or pass --data-dir DIR with the four IDX files") from None
+    for name, expected in sha256.items():
+        stem = name.removesuffix(".gz")
+        path = os.path.join(folder, stem + ".gz")
+        if not os.path.exists(path):
+            _fetch_one(base_url.rstrip("/") + f"/{stem}.gz", path, name.endswith(".gz"), expected,
+                       mirror_variable, timeout)
+    return folder
+
+
+def _fetch_one(url: str, path: str, hash_download: bool, expected: str, mirror_variable: str,
+               timeout: float) -> None:
+    """Download ``url`` to a unique temporary name beside ``path``, verify it, rename it to ``path``."""
+    partial = f"{path}.{secrets.token_hex(4)}.part"  # unique: concurrent runs may fill one cache
+    try:
+        try:
+            with open(partial, "xb") as f:
+                digest = _stream(url, f, mirror_variable, timeout)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not outlive the bytes after a crash
+        except OSError as error:  # the disk: _stream turned the network's OSErrors into UserError
+            raise UserError(f"cannot write to the data cache folder {os.path.dirname(path)} ({error.strerror}); "
+                            "set JAXSEED_DATA_DIR to a writable folder, or pass --data-dir DIR") from None
+        if not hash_download:
+            digest = _content_sha256(partial, url)
+        if digest != expected:
+            of = "" if hash_download else " of its decompressed content"
+            raise UserError(f"checksum mismatch for {url}: sha256{of} is {digest}, expected {expected}; "
+                            "the file was deleted (a wrong or corrupted mirror?)")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _stream(url: str, out, mirror_variable: str, timeout: float) -> str:
+    """Copy ``url``'s body to the file ``out`` with a progress bar; return the sha256 of the body."""
+    digest, received = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            length = int(length) if length and length.isdigit() else None
+            # disable=None: a bar on a terminal only, so a piped stderr carries just errors.
+            with tqdm(total=length, desc=os.path.basename(url), unit="B", unit_scale=True, unit_divisor=1024,
+                      file=sys.stderr, disable=None, leave=False) as bar:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except _NETWORK_ERRORS as error:
+        # URLError wraps the socket's error ("[Errno 111] Connection refused"); HTTPError reads well as is.
+        plain = isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError)
+        reason = error.reason if plain else error
+        raise UserError(f"cannot download {url} ({reason}); to train offline pass --data-dir DIR with the four "
+                        f"IDX files, or set {mirror_variable} to a URL that serves them") from None
+    if length is not None and received != length:
+        raise UserError(f"download of {url} is truncated: {received} of {length} bytes; the partial file was "
+                        "deleted, try again")
+    return digest.hexdigest()
+
+
+def _content_sha256(path: str, url: str) -> str:
+    """sha256 of the decompressed content of the gzip file ``path`` (downloaded from ``url``)."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"download of {url} is truncated or not gzip ({error}); the file was deleted, "
+                        "try again") from None
+    return digest.hexdigest()

@@ -1,0 +1,73 @@
+"""Cut the MNIST slice the tests train and download from: tests/data/mnist-slice/.
+
+    python tests/data/cut_mnist_slice.py ../shared/data/mnist
+
+The source folder must hold the four full MNIST IDX files (plain or .gz); their
+decompressed sha256 is checked first, so the slice is cut from real MNIST only.
+The slice keeps the first 2000 training and the first 500 test examples, with
+their headers rewritten to the new counts, gzipped at level 9 with mtime 0 and
+no file name, so rerunning the command reproduces the files byte for byte.
+
+Cut with exactly the command above; sha256 of the four decompressed slice files:
+
+    train-images-idx3-ubyte  729d340c0177402770b27c04f817dfb40ed8844459b35a9f11ae21067b05cf19
+    train-labels-idx1-ubyte  90795ea2219655a7281c0d6756d0ae8a33bebac7ec84bac89bbdcc5e3baa9f8c
+    t10k-images-idx3-ubyte   de0a55d8eb2a23fce4f596c5234b08b9c8ee685583a2b0e52f3a78eca48f9d89
+    t10k-labels-idx1-ubyte   60e902e82445d902e245e1b039469f36936d63cb28e81527a7bbba247c240af3
+"""
+
+import argparse
+import gzip
+import hashlib
+import os
+import struct
+import sys
+
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+KEEP = {"train": 2000, "t10k": 500}
+OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist-slice")
+
+
+def read_verified(folder: str, stem: str) -> bytes:
+    """The decompressed bytes of ``stem`` from ``folder``; exits if they are not MNIST's."""
+    path = os.path.join(folder, stem)
+    with (open(path, "rb") if os.path.exists(path) else gzip.open(path + ".gz")) as f:
+        raw = f.read()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST_SHA256[stem]:
+        sys.exit(f"{path}[.gz]: sha256 {digest}, expected {MNIST_SHA256[stem]}: not the full MNIST file")
+    return raw
+
+
+def first_examples(raw: bytes, count: int) -> bytes:
+    """The IDX file holding only the first ``count`` examples of ``raw``."""
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    per_example = 1
+    for size in shape[1:]:
+        per_example *= size
+    header = raw[:4] + struct.pack(f">{ndim}I", count, *shape[1:])
+    start = 4 + 4 * ndim
+    return header + raw[start:start + count * per_example]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="folder of the four full MNIST IDX files")
+    source = parser.parse_args().source
+    os.makedirs(OUTPUT, exist_ok=True)
+    for stem in MNIST_SHA256:
+        sliced = first_examples(read_verified(source, stem), KEEP[stem.split("-")[0]])
+        with open(os.path.join(OUTPUT, stem + ".gz"), "wb") as f, \
+                gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=f, mtime=0) as z:
+            z.write(sliced)
+        print(f"{stem}  {hashlib.sha256(sliced).hexdigest()}")
+
+
+if __name__ == "__main__":
+    main()

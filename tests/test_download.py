@@ -1,0 +1,175 @@
+"""Download and cache of the raw IDX files, offline: a local HTTP server serves the MNIST slice."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import MNIST_SLICE_DIR, PROJECT_ROOT
+from jaxseed import data, download
+from jaxseed.errors import UserError
+
+# sha256 of the slice's decompressed files (see tests/data/cut_mnist_slice.py).
+SLICE_SHA256 = {
+    "train-images-idx3-ubyte": "729d340c0177402770b27c04f817dfb40ed8844459b35a9f11ae21067b05cf19",
+    "train-labels-idx1-ubyte": "90795ea2219655a7281c0d6756d0ae8a33bebac7ec84bac89bbdcc5e3baa9f8c",
+    "t10k-images-idx3-ubyte": "de0a55d8eb2a23fce4f596c5234b08b9c8ee685583a2b0e52f3a78eca48f9d89",
+    "t10k-labels-idx1-ubyte": "60e902e82445d902e245e1b039469f36936d63cb28e81527a7bbba247c240af3",
+}
+
+
+class Mirror:
+    """An HTTP server on 127.0.0.1 serving a copy of the slice, to alter per test.
+
+    Files named in ``short`` are sent with their full Content-Length but only
+    half of their bytes, as when a connection drops mid-download.
+    """
+
+    def __init__(self, folder):
+        self.folder, self.short = folder, set()
+        mirror = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def copyfile(self, source, outputfile):
+                body = source.read()
+                outputfile.write(body[: len(body) // 2] if self.path.lstrip("/") in mirror.short else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    served = tmp_path / "served"
+    shutil.copytree(MNIST_SLICE_DIR, served)
+    mirror = Mirror(served)
+    yield mirror
+    mirror.stop()  # a second stop (the test stopped it already) returns at once
+
+
+def cached_files(folder):
+    """Every file in the cache, temporary ones included."""
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_download_fills_the_cache_then_works_offline(mirror, tmp_path):
+    cache = tmp_path / "cache" / "mnist"
+    folder = download.download(str(cache), mirror.url, SLICE_SHA256)
+    assert folder == str(cache)
+    assert cached_files(cache) == sorted(name + ".gz" for name in SLICE_SHA256)
+    mirror.stop()
+    again = data.load_idx_dir(download.download(str(cache), mirror.url, SLICE_SHA256))
+    reference = data.load_idx_dir(MNIST_SLICE_DIR)
+    for ours, theirs in zip(again, reference):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_another_gzip_wrapper_of_the_same_bytes_is_accepted(mirror, tmp_path):
+    served = mirror.folder / "train-labels-idx1-ubyte.gz"
+    rewrapped = gzip.compress(gzip.decompress(served.read_bytes()), compresslevel=1, mtime=123456789)
+    assert rewrapped != served.read_bytes()
+    served.write_bytes(rewrapped)
+    cache = tmp_path / "cache"
+    download.download(str(cache), mirror.url, SLICE_SHA256)
+    assert (cache / "train-labels-idx1-ubyte.gz").read_bytes() == rewrapped
+
+
+def test_the_gzip_itself_can_be_what_is_checked(mirror, tmp_path):
+    """Fashion-MNIST's checksums are those of the .gz files: then the download's own bytes are hashed."""
+    table = {name + ".gz": hashlib.sha256((mirror.folder / (name + ".gz")).read_bytes()).hexdigest()
+             for name in SLICE_SHA256}
+    cache = tmp_path / "cache"
+    download.download(str(cache), mirror.url, table)
+    assert cached_files(cache) == sorted(table)
+
+
+def test_checksum_mismatch_is_an_error_and_the_file_is_not_kept(mirror, tmp_path):
+    served = mirror.folder / "train-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(served.read_bytes()))
+    raw[8] = (raw[8] + 1) % 10  # one label changed: still a valid IDX file
+    served.write_bytes(gzip.compress(bytes(raw)))
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match="checksum mismatch for .*train-labels-idx1-ubyte.gz.*deleted"):
+        download.download(str(cache), mirror.url, SLICE_SHA256)
+    assert cached_files(cache) == ["train-images-idx3-ubyte.gz"]  # verified before it; kept, and whole
+
+
+@pytest.mark.parametrize("cut, message", [
+    ("gzip", "truncated or not gzip"),  # the server sends a cut file whole
+    ("connection", "truncated: .* of .* bytes"),  # the server sends fewer bytes than announced
+])
+def test_truncated_download_is_an_error_and_leaves_nothing(mirror, tmp_path, cut, message):
+    name = "train-images-idx3-ubyte.gz"  # fetched first: nothing is in the cache before it
+    if cut == "gzip":
+        served = mirror.folder / name
+        served.write_bytes(served.read_bytes()[:-1000])
+    else:
+        mirror.short.add(name)
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match=message):
+        download.download(str(cache), mirror.url, SLICE_SHA256)
+    assert cached_files(cache) == []
+
+
+def test_connection_refused_points_to_data_dir_and_mirror(tmp_path):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError, match="cannot download .*refused.*--data-dir DIR.*JAXSEED_MNIST_MIRROR"):
+        download.download(str(cache), f"http://127.0.0.1:{port}", SLICE_SHA256)
+    assert cached_files(cache) == []
+
+
+def test_unwritable_cache_is_an_error(mirror, tmp_path):
+    """A cache folder below a regular file cannot be created, even by root (the tests may run as root)."""
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(UserError, match="cannot create the data cache folder .*JAXSEED_DATA_DIR"):
+        download.download(str(tmp_path / "file" / "mnist"), mirror.url, SLICE_SHA256)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_cache_location(monkeypatch, tmp_path):
+    for variable in ("JAXSEED_DATA_DIR", "TFDS_DATA_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert download.cache_root() == str(tmp_path / "home" / ".cache" / "jaxseed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert download.cache_root() == str(tmp_path / "xdg" / "jaxseed")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    assert download.cache_root() == str(tmp_path / "tfds" / "jaxseed")
+    monkeypatch.setenv("JAXSEED_DATA_DIR", str(tmp_path / "mine"))
+    assert download.cache_root() == str(tmp_path / "mine")
+
+
+def test_cli_wrong_checksum_is_one_line_and_caches_nothing(mirror, tmp_path):
+    """The slice is not full MNIST: through the CLI its checksum fails as one line, exit code 2."""
+    env = {**os.environ, "JAXSEED_MNIST_MIRROR": mirror.url, "JAXSEED_DATA_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxseed.train", "--data", "mnist", "--epochs", "1",
+         "--workdir", str(tmp_path / "run")],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "checksum mismatch" in result.stderr
+    assert cached_files(tmp_path / "cache") == []

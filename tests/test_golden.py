@@ -1,0 +1,70 @@
+"""Golden values: a few draws of every stream for seed 42, pinned.
+
+"Same seed, same run" must also hold across upgrades of jax, jaxlib and flax, or be
+known to break. If one of these fails after an upgrade, the upgrade changed what a
+seed draws: every recorded result of older versions no longer reproduces. Say so in
+the release notes and update the values here, deliberately.
+
+Integer draws (keys, permutations, masks) are compared exactly; float draws to 1e-6,
+since XLA CPU's code for the host's vector extensions may round them differently.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseed import augment, objectives, streams
+from jaxseed.models import CNN, VAE
+
+ROOTS = streams.root_keys({name: 42 for name in streams.STREAMS})
+EXAMPLE = streams.example_keys(ROOTS, 1, jnp.array([7]))  # epoch 1, example 7
+
+
+def words(key):
+    return np.asarray(jax.random.key_data(key)).tolist()
+
+
+def test_root_keys():
+    assert {name: words(getattr(ROOTS, name)) for name in streams.STREAMS} == {
+        "init": [1832780943, 270669613], "shuffle": [64467757, 2916123636], "dropout": [2465931498, 255383827],
+        "augment": [3134548294, 894150801], "latent": [2954079971, 3276725750]}
+    assert words(streams.evaluation_key()) == [917456828, 636652529]
+
+
+def test_shuffle():
+    assert np.asarray(streams.epoch_permutation(ROOTS.shuffle, 0, 1000))[:8].tolist() == [
+        553, 236, 802, 313, 850, 330, 132, 451]
+
+
+def test_per_example_keys():
+    assert {name: words(getattr(EXAMPLE, name))[0] for name in streams.PER_EXAMPLE} == {
+        "dropout": [529650578, 1051703547], "augment": [616865971, 2162735492], "latent": [4095716482, 1581684245]}
+
+
+def test_augment_draws():
+    drawn = augment.sample_affine(EXAMPLE.augment, 2.0, 10.0)
+    np.testing.assert_allclose([float(value[0]) for value in drawn],
+                               [1.506917953491211, -0.3517117500305176, -0.013400901108980179], rtol=1e-6)
+
+
+def test_dropout_mask():
+    model = CNN(init_key=ROOTS.init)
+    mask = jax.vmap(lambda row, key: model.dropout(row, deterministic=False, rngs=key))(jnp.ones((1, 16)),
+                                                                                        EXAMPLE.dropout)
+    assert (np.asarray(mask[0]) > 0).astype(int).tolist() == [1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 1, 0]
+
+
+def test_latent_noise():
+    noise = objectives.latent_noise(EXAMPLE.latent, 20)
+    np.testing.assert_allclose(np.asarray(noise)[0, :3], [0.0830451250076294, 0.011868622153997421,
+                                                          -0.789460301399231], rtol=1e-6)
+
+
+def test_init():
+    cnn, vae = CNN(init_key=ROOTS.init), VAE(init_key=ROOTS.init)
+    np.testing.assert_allclose(np.ravel(cnn.conv1.kernel[...])[:3],
+                               [-0.25817301869392395, 0.5316475033760071, -0.30572304129600525], rtol=1e-6)
+    np.testing.assert_allclose(np.ravel(cnn.head.kernel[...])[:2], [0.025391794741153717, 0.09505421668291092],
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.ravel(vae.enc1.kernel[...])[:3],
+                               [-0.027661392465233803, 0.05696222186088562, -0.03275603428483009], rtol=1e-6)
