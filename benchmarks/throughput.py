@@ -1,19 +1,22 @@
 """Training throughput of jaxseed's loop against a plain JAX reference, in one run.
 
-    python benchmarks/throughput.py [--data-dir ../shared/data/mnist] [--steps 200] [--rounds 3]
+    python benchmarks/throughput.py [--data-dir DIR] [--steps 200] [--rounds 3]
 
 Reference: the same CNN, loss, optimiser and batch size, one ``jax.jit`` step per
-Python call, fed numpy batches gathered on the host (no augmentation).
+Python call, fed numpy batches gathered on the host (no augmentation). When
+PyTorch is importable (it is not a dependency: ``pip install torch``), the same
+CNN in PyTorch eager mode is timed too, as the bar the field sets on a CPU.
 jaxseed: data resident on the device, batches gathered inside the jitted call,
 steps grouped per call as ``train.execution_plan`` chooses for this backend;
 measured with augmentation off (same work as the reference) and on (default).
-The three are timed in turn for several rounds; each figure is the median.
+The loops are timed in turn for several rounds; each figure is the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import statistics
 import time
 
@@ -69,6 +72,37 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
     return run, steps * batch, compile_seconds
 
 
+def torch_reference(config: Config, dataset: data.Dataset, steps: int):
+    """(run, images per run, 0) of the same CNN in PyTorch eager mode, AdamW, no augmentation.
+
+    conv3x3(32)-relu-maxpool2-conv3x3(64)-relu-maxpool2-dense(256)-relu-dropout-dense(10),
+    NCHW (PyTorch's native layout), batches gathered from a host tensor. Its own
+    seeding is irrelevant here: only its speed is measured.
+    """
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(7 * 7 * 64, 256), nn.ReLU(), nn.Dropout(config.dropout_rate), nn.Linear(256, 10))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    images = torch.from_numpy(dataset.train_images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
+    labels = torch.from_numpy(dataset.train_labels.astype(np.int64))
+    batch = config.batch_size
+
+    def run():
+        for i in range(steps):
+            start = (i * batch) % (len(labels) - batch)
+            loss = nn.functional.cross_entropy(model(images[start:start + batch]), labels[start:start + batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    run()  # warm-up
+    return run, steps * batch, 0.0
+
+
 def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
     """(run, images per run, compile seconds, plan) of train.py's loop for ``steps`` steps."""
     device_data = data.to_device(dataset)
@@ -108,17 +142,24 @@ def main(argv: list[str] | None = None):
     ref_run, ref_images, ref_compile = reference(config, dataset, keys, args.steps)
     loops = {augment: jaxseed_loop(config.replace(augment=augment), dataset, keys, args.steps)
              for augment in ("none", "affine")}
-    times = {name: [] for name in ("reference", *loops)}
+    torch = torch_reference(config, dataset, args.steps) if importlib.util.find_spec("torch") else None
+    times = {name: [] for name in ("reference", "torch", *loops)}
     for _ in range(args.rounds):
         times["reference"].append(seconds(ref_run))
+        if torch:
+            times["torch"].append(seconds(torch[0]))
         for augment, (run, *_) in loops.items():
             times[augment].append(seconds(run))
     ref_speed = ref_images / statistics.median(times["reference"])
     print(f"reference (jit step per call, numpy batches): {ref_speed:8.0f} images/s, compile {ref_compile:.1f}s")
+    if torch:
+        speed = torch[1] / statistics.median(times["torch"])
+        print(f"PyTorch eager, same CNN, no augmentation:    {speed:8.0f} images/s, ratio {speed / ref_speed:.2f}x")
     for augment, (_, images, compile_seconds, plan) in loops.items():
         speed = images / statistics.median(times[augment])
+        versus_torch = f", {speed * statistics.median(times['torch']) / torch[1]:.2f}x PyTorch" if torch else ""
         print(f"jaxseed {plan[0]} x{plan[1]}, augment={augment:6s}:     {speed:8.0f} images/s, "
-              f"compile {compile_seconds:.1f}s, ratio {speed / ref_speed:.2f}x")
+              f"compile {compile_seconds:.1f}s, ratio {speed / ref_speed:.2f}x{versus_torch}")
 
 
 if __name__ == "__main__":

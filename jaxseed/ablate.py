@@ -1,6 +1,6 @@
 """Ablate the key streams: how much does each random source move the result?
 
-    python -m jaxseed.ablate --model cnn --seeds 10 --data-dir ../shared/data/mnist
+    python -m jaxseed.ablate --model cnn --seeds 10
     python -m jaxseed.ablate --model vae --seeds 5 --streams latent,init
 
 Groups of K runs each:

@@ -73,7 +73,8 @@ def environment() -> dict:
                       "jax_threefry_partitionable": jax.config.jax_threefry_partitionable},
         "default_matmul_precision": jax.config.jax_default_matmul_precision,
         "platform": platform.platform(),
-        "command": [os.path.basename(sys.executable), *sys.argv],
+        # orig_argv keeps "-m jaxseed.train" where argv[0] would be this machine's path of the module.
+        "command": [os.path.basename(sys.orig_argv[0]), *sys.orig_argv[1:]],
         "git_commit": _git_commit(),
     }
 

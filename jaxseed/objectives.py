@@ -177,7 +177,8 @@ VAE_OBJECTIVE = Objective(
     build=lambda config, key: VAE(init_key=key, latents=config.latents),
     train_loss=vae_train_loss,
     eval_metrics=vae_eval_metrics,
-    drawn=lambda config: tuple(name for name in VAE.STREAMS if not (name == "augment" and config.binarize == "threshold")),
+    drawn=lambda config: tuple(name for name in VAE.STREAMS
+                               if not (name == "augment" and config.binarize == "threshold")),
     panels={"negative ELBO (nats)": ("train_loss", "test_loss"),
             "parts (nats)": ("train_reconstruction", "test_reconstruction", "train_kl", "test_kl")},
 )

@@ -210,8 +210,7 @@ class Fingerprints:
 
     def __init__(self, config: Config, keys: streams.StreamKeys):
         self.keys = keys
-        self.drawn = OBJECTIVES[config.model].drawn(config)
-        self.draws = {name: [] for name in self.drawn if name != "init"}
+        self.draws = {name: [] for name in OBJECTIVES[config.model].drawn(config) if name != "init"}
 
     def add_epoch(self, epoch: int, permutation: jax.Array) -> None:
         num_train = int(permutation.shape[0])

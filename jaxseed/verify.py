@@ -81,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as rerun_dir:
             rerun = train.train_and_evaluate(config, seeds, rerun_dir, progress=not args.quiet)
             rerun_metrics = _metrics(rerun_dir)
-    except UserError as error:
+    except KeyboardInterrupt:
+        print("jaxseed.verify: interrupted; nothing was compared", file=sys.stderr)
+        return 130
+    except (UserError, FloatingPointError) as error:
         print(f"jaxseed.verify: error: {error}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(error, UserError) else 3
     if rerun["param_hash"] == recorded["param_hash"]:
         print(f"MATCH param_hash {rerun['param_hash']}")
         return 0

@@ -1,6 +1,6 @@
 """Cut the MNIST slice the tests train and download from: tests/data/mnist-slice/.
 
-    python tests/data/cut_mnist_slice.py ../shared/data/mnist
+    python tests/data/cut_mnist_slice.py MNIST_DIR
 
 The source folder must hold the four full MNIST IDX files (plain or .gz); their
 decompressed sha256 is checked first, so the slice is cut from real MNIST only.
@@ -8,7 +8,8 @@ The slice keeps the first 2000 training and the first 500 test examples, with
 their headers rewritten to the new counts, gzipped at level 9 with mtime 0 and
 no file name, so rerunning the command reproduces the files byte for byte.
 
-Cut with exactly the command above; sha256 of the four decompressed slice files:
+Cut with the command above from verified full MNIST (the checksums in
+jaxseed.download.MNIST_SHA256); sha256 of the four decompressed slice files:
 
     train-images-idx3-ubyte  729d340c0177402770b27c04f817dfb40ed8844459b35a9f11ae21067b05cf19
     train-labels-idx1-ubyte  90795ea2219655a7281c0d6756d0ae8a33bebac7ec84bac89bbdcc5e3baa9f8c
@@ -23,12 +24,8 @@ import os
 import struct
 import sys
 
-MNIST_SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
+from jaxseed.download import MNIST_SHA256  # the full files' checksums, as the download checks them
+
 KEEP = {"train": 2000, "t10k": 500}
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist-slice")
 
