@@ -24,19 +24,16 @@ VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512b
 
 def cpu() -> dict:
     """{"model", "architecture", "vector_extensions"} of this machine's CPU."""
-    model, flags = platform.processor() or None, set()
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 name, _, value = line.partition(":")
-                if name.strip() == "model name" and model in (None, "", platform.machine()):
-                    model = value.strip()
-                elif name.strip() in ("flags", "Features"):
-                    flags = set(value.split())
-                    break
-    except OSError:  # not Linux: the model from platform, extensions unknown
+                fields.setdefault(name.strip(), value.strip())  # the first core's
+    except OSError:  # not Linux: the model from platform, the extensions unknown
         pass
-    return {"model": model, "architecture": platform.machine(),
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {"model": fields.get("model name") or platform.processor() or None, "architecture": platform.machine(),
             "vector_extensions": [name for name in VECTOR_EXTENSIONS if name in flags]}
 
 
