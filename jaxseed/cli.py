@@ -45,7 +45,8 @@ def int_at_least(low: int):
 
 
 EXIT_CODES = ("exit codes: 0 done; 1 verify or diff found a difference; 2 bad input (one line on stderr, "
-              "nothing you had is changed); 3 non-finite loss; 130 interrupted (a checkpoint is saved)")
+              "nothing you had is changed); 3 non-finite loss; 130 interrupted (train saves a checkpoint, "
+              "ablate keeps its finished runs)")
 _ALIASES = {"learning_rate": ["--lr"]}
 
 

@@ -23,17 +23,17 @@ LOOPS = ("auto", "unroll", "scan")
 
 
 def setting(default, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
-            positive: bool = False):
+            positive: bool = False, below: float | None = None):
     """A Config field with its help text and what values are valid."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
-                                                        "positive": positive})
+                                                        "positive": positive, "below": below})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     # What is trained.
     model: str = setting("cnn", "model", choices=MODELS)
-    dropout_rate: float = setting(0.5, "CNN: dropout rate of the dense layer", minimum=0.0)
+    dropout_rate: float = setting(0.5, "CNN: dropout rate of the dense layer", minimum=0.0, below=1.0)
     latents: int = setting(20, "VAE: dimensions of the Gaussian latent", minimum=1)
     # Data.
     data: str = setting("mnist", "data set", choices=DATASETS)
@@ -79,6 +79,8 @@ class Config:
                 raise UserError(f"{field.name} must be >= {rules['minimum']}, got {value}")
             if rules["positive"] and not value > 0:
                 raise UserError(f"{field.name} must be > 0, got {value}")
+            if rules["below"] is not None and not value < rules["below"]:
+                raise UserError(f"{field.name} must be < {rules['below']}, got {value}")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

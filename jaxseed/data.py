@@ -128,6 +128,7 @@ def load_tfds(name: str) -> Dataset:
     return Dataset(*arrays)
 
 
+@streams.pinned_generator
 def synthetic(num_train: int = 2048, num_test: int = 512) -> Dataset:
     """A small learnable set: one fixed 7x7 pattern per class, upscaled, plus noise.
 

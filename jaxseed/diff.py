@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from jaxseed import cli
+from jaxseed import cli, manifest
 from jaxseed.errors import UserError
 
 
@@ -24,9 +24,11 @@ def read_run(workdir: str) -> tuple[list[dict], dict]:
             trace = [json.loads(line) for line in f if line.strip()]
         with open(os.path.join(workdir, "manifest.json")) as f:
             recorded = json.load(f)
+        # data_dir is stored relative to each workdir: compare where it points, not how it is written.
+        recorded["config"] = manifest.config_from_record(recorded["config"], workdir).to_dict()
     except FileNotFoundError as error:
         raise UserError(f"{workdir} has no {os.path.basename(error.filename)} (train it with --trace)") from None
-    except ValueError as error:
+    except (ValueError, TypeError, KeyError, UserError) as error:
         raise UserError(f"cannot read the run in {workdir}: {error}") from None
     return trace, recorded
 

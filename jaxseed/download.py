@@ -49,8 +49,9 @@ FASHION_MNIST_SHA256 = {  # of the .gz files, as tensorflow-datasets registers t
 }
 TIMEOUT_S = 30.0  # per connection attempt and per read, not for the whole file
 _CHUNK = 1 << 16
-# Failures of the network or the server, as opposed to the local disk (other OSErrors).
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+# Failures of the network or the server (ssl.SSLError and socket errors are OSErrors);
+# a failed write to the cache is told apart where it happens.
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
 
 
 class Source(NamedTuple):
@@ -121,8 +122,7 @@ def _fetch_one(url: str, path: str, hash_download: bool, expected: str, mirror_v
                 f.flush()
                 os.fsync(f.fileno())  # the rename must not outlive the bytes after a crash
         except OSError as error:  # the disk: _stream turned the network's OSErrors into UserError
-            raise UserError(f"cannot write to the data cache folder {os.path.dirname(path)} ({error.strerror}); "
-                            "set JAXSEED_DATA_DIR to a writable folder, or pass --data-dir DIR") from None
+            raise _unwritable(os.path.dirname(path), error) from None
         if not hash_download:
             digest = _content_sha256(partial, url)
         if digest != expected:
@@ -146,7 +146,10 @@ def _stream(url: str, out, mirror_variable: str, timeout: float) -> str:
             with tqdm(total=length, desc=os.path.basename(url), unit="B", unit_scale=True, unit_divisor=1024,
                       file=sys.stderr, disable=None, leave=False) as bar:
                 while chunk := response.read(_CHUNK):
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as error:
+                        raise _unwritable(os.path.dirname(out.name), error) from None
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
@@ -160,6 +163,11 @@ def _stream(url: str, out, mirror_variable: str, timeout: float) -> str:
         raise UserError(f"download of {url} is truncated: {received} of {length} bytes; the partial file was "
                         "deleted, try again")
     return digest.hexdigest()
+
+
+def _unwritable(folder: str, error: OSError) -> UserError:
+    return UserError(f"cannot write to the data cache folder {folder} ({error.strerror or error}); "
+                     "set JAXSEED_DATA_DIR to a writable folder, or pass --data-dir DIR")
 
 
 def _content_sha256(path: str, url: str) -> str:

@@ -68,9 +68,8 @@ def environment() -> dict:
         "device_kinds": sorted({device.device_kind for device in jax.devices()}),
         "cpu": machine.cpu(),
         "xla_flags": machine.xla_flags(),
-        "generator": {"impl": streams.GENERATOR, "threefry_partitionable": True,
-                      "jax_default_prng_impl": jax.config.jax_default_prng_impl,
-                      "jax_threefry_partitionable": jax.config.jax_threefry_partitionable},
+        # What every draw is made with, pinned whatever the environment's jax defaults are.
+        "generator": {"impl": streams.GENERATOR, "threefry_partitionable": streams.THREEFRY_PARTITIONABLE},
         "default_matmul_precision": jax.config.jax_default_matmul_precision,
         "platform": platform.platform(),
         # orig_argv keeps "-m jaxseed.train" where argv[0] would be this machine's path of the module.

@@ -38,9 +38,14 @@ class CNN(nnx.Module):
         x = nnx.max_pool(nnx.relu(self.conv1(images)), (2, 2), strides=(2, 2))
         x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
-        if train:  # vmapped so that each example's mask comes from its own key, whatever the batch
-            x = jax.vmap(lambda row, key: self.dropout(row, deterministic=False, rngs=key))(x, dropout_keys)
+        if train:
+            x = self.drop(x, dropout_keys)
         return self.head(x)
+
+    def drop(self, features: jax.Array, dropout_keys: jax.Array) -> jax.Array:
+        """Dropout of features float[B, ...], example b's mask drawn from dropout_keys[b] alone
+        (nnx.Dropout vmapped: one key per example, whatever batch the example is in)."""
+        return jax.vmap(lambda row, key: self.dropout(row, deterministic=False, rngs=key))(features, dropout_keys)
 
 
 class VAE(nnx.Module):

@@ -38,11 +38,10 @@ import jax
 from jaxseed.errors import UserError
 
 GENERATOR = "threefry2x32"
+THREEFRY_PARTITIONABLE = True  # the mode every draw is defined in (pinned_generator)
 STREAMS = ("init", "shuffle", "dropout", "augment", "latent")
 # Fixed forever: renumbering a stream would change every result ever recorded.
 STREAM_IDS = {name: index for index, name in enumerate(STREAMS)}
-# Streams drawn per example from (epoch, example index).
-PER_EXAMPLE = ("dropout", "augment", "latent")
 # Keys that belong to no run's seeds take ids from 2**31 up; stream ids stay below,
 # so no present or future stream's root can equal one of them at any seed.
 _RESERVED_BASE = 2**31
@@ -68,6 +67,10 @@ class ExampleKeys(NamedTuple):
     dropout: jax.Array
     augment: jax.Array
     latent: jax.Array
+
+
+# Streams drawn per example from (epoch, example index).
+PER_EXAMPLE = ExampleKeys._fields
 
 
 def check_seed(value: int | str, what: str = "seed") -> int:
@@ -107,7 +110,7 @@ def pinned_generator(function: Callable) -> Callable:
 
     @functools.wraps(function)
     def pinned(*args, **kwargs):
-        with jax.threefry_partitionable(True):
+        with jax.threefry_partitionable(THREEFRY_PARTITIONABLE):
             return function(*args, **kwargs)
 
     return pinned
@@ -150,4 +153,4 @@ def example_keys(roots: StreamKeys, epoch: int | jax.Array, example_index: jax.A
         keys.s[b] = fold_in(fold_in(root[s], epoch), example_index[b])
     Used by the training step, the vmapped replicas and the fingerprints alike.
     """
-    return ExampleKeys(*(per_example_keys(getattr(roots, name), epoch, example_index) for name in PER_EXAMPLE))
+    return ExampleKeys(**{name: per_example_keys(getattr(roots, name), epoch, example_index) for name in PER_EXAMPLE})

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseed import augment, objectives, streams
+from jaxseed.config import Config
 from jaxseed.models import CNN, VAE
 
 ROOTS = streams.root_keys({name: 42 for name in streams.STREAMS})
@@ -48,9 +49,7 @@ def test_augment_draws():
 
 
 def test_dropout_mask():
-    model = CNN(init_key=ROOTS.init)
-    mask = jax.vmap(lambda row, key: model.dropout(row, deterministic=False, rngs=key))(jnp.ones((1, 16)),
-                                                                                        EXAMPLE.dropout)
+    mask = CNN(init_key=ROOTS.init).drop(jnp.ones((1, 16)), EXAMPLE.dropout)
     assert (np.asarray(mask[0]) > 0).astype(int).tolist() == [1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 1, 0]
 
 
@@ -68,3 +67,9 @@ def test_init():
                                rtol=1e-6)
     np.testing.assert_allclose(np.ravel(vae.enc1.kernel[...])[:3],
                                [-0.027661392465233803, 0.05696222186088562, -0.03275603428483009], rtol=1e-6)
+
+
+def test_binarisation():
+    grey = jnp.full((1, 28, 28, 1), 128, jnp.uint8)  # each pixel ~ Bernoulli(128 / 255)
+    pixels = objectives.binarize(grey, EXAMPLE.augment, Config(model="vae"))
+    assert np.asarray(pixels).ravel()[:16].astype(int).tolist() == [0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0]

@@ -7,12 +7,16 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
 from conftest import PROJECT_ROOT
-from jaxseed import streams, train
+from jaxseed import objectives, streams, train
+from jaxseed.config import Config
+from jaxseed.objectives import Batch
 
 SEEDS = {name: 42 for name in streams.STREAMS}
 
@@ -87,11 +91,48 @@ def test_no_key_is_reused(tiny_config, tmp_path):
     assert np.isfinite(info["final"]["test_loss"])
 
 
-def test_key_reuse_checker_can_fail():
-    """The checker above would catch a reused key: here one root drives two draws."""
-    root = streams.root_keys(SEEDS).dropout
+def synthetic_batch(index):
+    dataset = train.data.synthetic()
+    index = np.asarray(index)
+    return Batch(jnp.asarray(dataset.train_images[index]), jnp.asarray(dataset.train_labels[index]),
+                 jnp.asarray(index))
+
+
+def test_key_reuse_checker_can_fail(monkeypatch):
+    """The checker above catches a key reused inside the step: here the CNN's objective is
+    miswired to draw its dropout masks from the augmentation keys."""
+    classifier = objectives.OBJECTIVES["cnn"]
+
+    def reuse(model, batch, config, *, augment_keys, dropout_keys):
+        return classifier.train_loss(model, batch, config, augment_keys=augment_keys, dropout_keys=augment_keys)
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "cnn", classifier._replace(train_loss=reuse))
+    config = Config(data="synthetic")
+    keys, tx = streams.root_keys(SEEDS), optax.sgd(0.0)
+    graphdef, state = train.init_state(config, keys, tx)
+    step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config))
     with jax.debug_key_reuse(True), pytest.raises(jax.errors.KeyReuseError):
-        jax.jit(lambda key: jax.random.normal(key, (2,)) + jax.random.normal(key, (2,)))(root)
+        step(state, synthetic_batch(np.arange(8)), keys, 0)
+
+
+@pytest.mark.parametrize("model", ["cnn", "vae"])
+def test_an_examples_draws_do_not_depend_on_its_batch(model):
+    """With the parameters held fixed (learning rate 0), the loss of 64 examples is the same in
+    one batch as in two batches of 32 taken in another order at later steps: each example's
+    augmentation, dropout mask and latent noise come from (epoch, its index) alone, not from the
+    step, its place in the batch or the batch size."""
+    config = Config(model=model, data="synthetic")
+    keys, tx = streams.root_keys(SEEDS), optax.sgd(0.0)
+    graphdef, state = train.init_state(config, keys, tx)
+    step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config))
+    index = np.arange(64)
+    state, whole = step(state, synthetic_batch(index), keys, 3)
+    state, second = step(state, synthetic_batch(index[32:][::-1]), keys, 3)
+    state, first = step(state, synthetic_batch(index[:32]), keys, 3)
+    assert int(state.step) == 3
+    np.testing.assert_allclose(float(first["loss"]) + float(second["loss"]), float(whole["loss"]), rtol=1e-5)
+    _, other_epoch = step(state, synthetic_batch(index), keys, 4)
+    assert float(other_epoch["loss"]) != float(whole["loss"])  # the epoch is a position: new draws
 
 
 def test_order_and_batch_size_leave_every_per_example_draw(tiny_config, tmp_path):
