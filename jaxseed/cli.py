@@ -50,7 +50,7 @@ EXIT_CODES = ("exit codes: 0 done; 1 verify or diff found a difference; 2 bad in
 _ALIASES = {"learning_rate": ["--lr"]}
 
 
-def _parse_as(kind: type, field: str):
+def _parse_as(kind: type):
     def parse(text: str):
         try:
             return kind(text)
@@ -58,7 +58,6 @@ def _parse_as(kind: type, field: str):
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
 
-    parse.__name__ = field  # argparse names the flag's type in its messages
     return parse
 
 
@@ -72,13 +71,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (each a field of jaxseed.config.Config)")
     for field in dataclasses.fields(Config):
         names = [f"--{field.name.replace('_', '-')}", *_ALIASES.get(field.name, [])]
-        rules, kind = field.metadata, typing.get_args(hints[field.name])[:1] or (hints[field.name],)
-        help_text = f"{rules['help']} (default {field.default})"
-        if kind[0] is bool:
+        kind = next(iter(typing.get_args(hints[field.name])), hints[field.name])  # Optional[int] -> int
+        help_text = f"{field.metadata['help']} (default {field.default})"
+        if kind is bool:
             group.add_argument(*names, dest=field.name, action="store_const", const=True, help=help_text)
         else:
-            group.add_argument(*names, dest=field.name, type=_parse_as(kind[0], field.name),
-                               choices=rules["choices"], help=help_text)
+            group.add_argument(*names, dest=field.name, type=_parse_as(kind), choices=field.metadata["choices"],
+                               help=help_text)
 
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:

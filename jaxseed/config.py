@@ -23,10 +23,10 @@ LOOPS = ("auto", "unroll", "scan")
 
 
 def setting(default, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
-            positive: bool = False, below: float | None = None):
+            above: float | None = None, below: float | None = None):
     """A Config field with its help text and what values are valid."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
-                                                        "positive": positive, "below": below})
+                                                        "above": above, "below": below})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Config:
     # Optimisation: AdamW, linear warm-up then cosine decay to zero.
     epochs: int = setting(10, "training epochs", minimum=1)
     batch_size: int = setting(128, "examples per step", minimum=1)
-    learning_rate: float = setting(3e-3, "peak learning rate of AdamW", positive=True)
+    learning_rate: float = setting(3e-3, "peak learning rate of AdamW", above=0.0)
     warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warm-up", minimum=0.0)
     weight_decay: float = setting(1e-4, "AdamW's decoupled weight decay", minimum=0.0)
     # Execution (changes speed, never the numbers beyond float noise).
@@ -77,8 +77,8 @@ class Config:
                 raise UserError(f"{field.name} must be one of {', '.join(rules['choices'])}; got {value!r}")
             if rules["minimum"] is not None and not value >= rules["minimum"]:
                 raise UserError(f"{field.name} must be >= {rules['minimum']}, got {value}")
-            if rules["positive"] and not value > 0:
-                raise UserError(f"{field.name} must be > 0, got {value}")
+            if rules["above"] is not None and not value > rules["above"]:
+                raise UserError(f"{field.name} must be > {rules['above']}, got {value}")
             if rules["below"] is not None and not value < rules["below"]:
                 raise UserError(f"{field.name} must be < {rules['below']}, got {value}")
 

@@ -485,7 +485,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, seed, seeds = cli.resolve(args)
             workdir, created = cli.prepare_workdir(args.workdir, config, seed, overwrite=args.overwrite)
-        machine.require_portable(config.portable)  # before JAX starts its backends
         info = train_and_evaluate(config, seeds, workdir, progress=not args.quiet, resume=args.resume,
                                   should_stop=lambda: bool(stop_signal))
     except Interrupted as stopped:

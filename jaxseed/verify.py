@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 
-from jaxseed import cli, machine, train
+from jaxseed import cli, train
 from jaxseed.errors import UserError
 
 _ENVIRONMENT = ("versions", "backend", "device_count", "device_kinds", "xla_flags", "generator",
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         no_flags = cli.train_parser().parse_args([])  # everything comes from the manifest
         config, seeds = cli.resolve_resume(no_flags, args.workdir)
-        machine.require_portable(config.portable)
         with open(os.path.join(args.workdir, "manifest.json")) as f:
             recorded = json.load(f)
         if recorded.get("status") != "finished":
