@@ -7,25 +7,33 @@ Python call, fed numpy batches gathered on the host (no augmentation). When
 PyTorch is importable (it is not a dependency: ``pip install torch``), the same
 CNN in PyTorch eager mode is timed too, as the bar the field sets on a CPU.
 jaxseed: data resident on the device, batches gathered inside the jitted call,
-steps grouped per call as ``train.execution_plan`` chooses for this backend;
+steps grouped per call as ``step.execution_plan`` chooses for this backend;
 measured with augmentation off (same work as the reference) and on (default).
 The loops are timed in turn for several rounds; each figure is the median.
+First, a fresh ``python -m jaxseed.train`` process is timed to its first training
+call (imports, data, compile), twice: with an empty compilation cache, then with the
+programs the first run left there; and the peak memory (RSS) of a 1-epoch run taken.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
+import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import data, streams, train
+from jaxseed import data, step, streams
 from jaxseed.config import Config
 
 
@@ -38,11 +46,11 @@ def seconds(fn) -> float:
 
 def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
     """(run, images per run, compile seconds) of a plain one-step-per-call loop on numpy batches."""
-    tx = train.make_optimizer(config, dataset.num_train)
-    graphdef, state = train.init_state(config, keys, tx)
+    tx = step.make_optimizer(config, dataset.num_train)
+    graphdef, state = step.init_state(config, keys, tx)
 
     @jax.jit
-    def step(params, opt_state, images, labels, index):
+    def plain_step(params, opt_state, images, labels, index):
         dropout_keys = streams.example_keys(keys, 0, index).dropout
 
         def loss_fn(params):
@@ -58,14 +66,14 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
     batch = config.batch_size
     params, opt_state = state.params, state.opt_state
     start = time.perf_counter()
-    step.lower(params, opt_state, images[:batch], dataset.train_labels[:batch], order[:batch]).compile()
+    plain_step.lower(params, opt_state, images[:batch], dataset.train_labels[:batch], order[:batch]).compile()
     compile_seconds = time.perf_counter() - start
 
     def run():
         nonlocal params, opt_state
         for i in range(steps):
             index = order[(i * batch) % (len(order) - batch):][:batch]
-            params, opt_state, loss = step(params, opt_state, images[index], dataset.train_labels[index], index)
+            params, opt_state, loss = plain_step(params, opt_state, images[index], dataset.train_labels[index], index)
         loss.block_until_ready()
 
     run()  # warm-up
@@ -104,19 +112,19 @@ def torch_reference(config: Config, dataset: data.Dataset, steps: int):
 
 
 def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
-    """(run, images per run, compile seconds, plan) of train.py's loop for ``steps`` steps."""
-    device_data = data.to_device(dataset)
-    tx = train.make_optimizer(config, dataset.num_train)
-    graphdef, state = train.init_state(config, keys, tx)
-    loop, per_call = train.execution_plan(config, jax.default_backend(), steps)
-    step_fn = functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config)
-    runner = train.make_run_steps(step_fn, config.batch_size, per_call, loop)
-    permutation = streams.epoch_permutation(keys.shuffle, 0, dataset.num_train)
-    args = (device_data.train_images, device_data.train_labels, permutation, keys, 0)
+    """(run, images per run, compile seconds, plan) of the training loop's jitted call for
+    ``steps`` steps of one run (one replica, as ``jaxseed.train`` runs it)."""
+    tx = step.make_optimizer(config, dataset.num_train)
+    graphdef, state = step.init_state(config, keys, tx)
+    state, replica_keys = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], (state, keys))
+    loop, per_call = step.execution_plan(config, jax.default_backend(), steps)
+    runner = step.make_run_steps(config, graphdef, tx, 1, per_call, loop)
+    permutation = streams.epoch_permutation(keys.shuffle, 0, dataset.num_train)[None]
+    args = (*jax.device_put((dataset.train_images, dataset.train_labels)), permutation, replica_keys, 0)
     start = time.perf_counter()
     runner.lower(state, *args, 0).compile()
     compile_seconds = time.perf_counter() - start
-    per_epoch = train.steps_per_epoch(config, dataset.num_train)
+    per_epoch = step.steps_per_epoch(config, dataset.num_train)
 
     def run():
         nonlocal state
@@ -126,6 +134,29 @@ def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys
 
     run()  # warm-up
     return run, (steps // per_call) * per_call * config.batch_size, compile_seconds, (loop, per_call)
+
+
+def startup(data_flags: list[str], compilation_cache: str) -> tuple[float, float]:
+    """(seconds from the command to the end of its first jitted training call, peak RSS in MB
+    of all runs so far) of ``python -m jaxseed.train`` with the default config for one epoch,
+    in a fresh process using ``compilation_cache``.
+
+    The first call's end is seen as the first line of trace.jsonl (``--trace``).
+    """
+    with tempfile.TemporaryDirectory(prefix="jaxseed-startup-") as workdir:
+        trace = os.path.join(workdir, "trace.jsonl")
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "jaxseed.train", "--epochs", "1", "--trace", "--quiet",
+                                    "--workdir", workdir, *data_flags], stdout=subprocess.DEVNULL,
+                                   env={**os.environ, "JAXSEED_COMPILATION_CACHE": compilation_cache})
+        while not (os.path.exists(trace) and os.path.getsize(trace) > 0):
+            if process.poll() is not None:
+                raise RuntimeError(f"the run ended (exit {process.returncode}) before its first training call")
+            time.sleep(0.01)
+        first_call = time.perf_counter() - start
+        if process.wait():
+            raise RuntimeError(f"the run failed (exit {process.returncode})")
+    return first_call, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
 
 
 def main(argv: list[str] | None = None):
@@ -139,6 +170,14 @@ def main(argv: list[str] | None = None):
     config = Config()
     print(f"backend {jax.default_backend()}, devices {jax.devices()}, batch {config.batch_size}, "
           f"{args.steps} steps x {args.rounds} rounds, {dataset.num_train} training images")
+    data_flags = ["--data-dir", args.data_dir] if args.data_dir else ["--data", "synthetic"]
+    with tempfile.TemporaryDirectory(prefix="jaxseed-xla-") as cache:
+        cold, _ = startup(data_flags, cache)  # compiles, and fills the cache
+        warm = [startup(data_flags, cache) for _ in range(args.rounds)]  # as every later run of this shape
+    warm, peak_rss = statistics.median(seconds for seconds, _ in warm), warm[-1][1]
+    print(f"start-up of python -m jaxseed.train, to the end of its first jitted training call: {warm:.1f}s "
+          f"(goal 5s; {cold:.1f}s the first time, compiling), peak RSS of a 1-epoch run {peak_rss:.0f} MB "
+          "(goal 2048 MB)")
     ref_run, ref_images, ref_compile = reference(config, dataset, keys, args.steps)
     loops = {augment: jaxseed_loop(config.replace(augment=augment), dataset, keys, args.steps)
              for augment in ("none", "affine")}

@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from itertools import combinations
@@ -31,14 +32,15 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from jaxseed import cli, data, machine, manifest, plots, streams, train
+from jaxseed import cli, data, loop, machine, manifest, plots, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES
 
 STRATEGIES = ("auto", "sequential", "vmap")
-# Config fields train_replicas (the vmap strategy) does not honour: it writes no trace and no checkpoints.
-NOT_UNDER_VMAP = ("trace", "checkpoint_every", "keep_checkpoints")
+# Runs per hour of each strategy per backend, measured by benchmarks/sweep.py --record.
+STRATEGIES_FILE_NAME = "strategies.json"
+STRATEGIES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), STRATEGIES_FILE_NAME)
 LEVEL = 0.95  # of every interval in the report
 
 
@@ -62,22 +64,25 @@ def plan_groups(base_seed: int, num_seeds: int, chosen: tuple[str, ...], used: t
     return groups
 
 
-def choose_strategy(strategy: str, backend: str) -> str:
-    """``auto``: vmap the K replicas on GPU/TPU; on XLA CPU vmapped convolutions ran
-    ~3x slower than one run after another (measured here), so run them in turn."""
+def choose_strategy(strategy: str, backend: str) -> tuple[str, str]:
+    """(strategy, why): ``auto`` picks whichever ran more runs per hour on this backend in the
+    measurement recorded in STRATEGIES_FILE (``benchmarks/sweep.py --record``); on a backend
+    with no measurement, ``sequential``, and the reason says so."""
     if strategy != "auto":
-        return strategy
-    return "sequential" if backend == "cpu" else "vmap"
-
-
-def check_strategy(config: Config, strategy: str) -> None:
-    """UserError if a setting asks for what the strategy does not do (no flag is silently ignored)."""
-    default = Config()
-    ignored = [name for name in NOT_UNDER_VMAP if getattr(config, name) != getattr(default, name)]
-    if strategy == "vmap" and ignored:
-        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-        raise UserError(f"strategy vmap writes no trace and no checkpoints, so {flags} would be ignored; "
-                        "use --strategy sequential or leave them out")
+        return strategy, "asked for"
+    try:
+        with open(STRATEGIES_FILE) as f:
+            measured = json.load(f).get(backend)
+    except (OSError, ValueError):
+        measured = None
+    if not measured:
+        return "sequential", (f"auto: no sweep measurement recorded for {backend} (run benchmarks/sweep.py --record "
+                              "there); sequential")
+    speeds = measured["runs_per_hour"]
+    fastest = max(speeds, key=speeds.get)
+    return fastest, (f"auto: {fastest} ran {speeds[fastest]:.0f} runs/h against " + ", ".join(
+        f"{name} {speed:.0f}" for name, speed in speeds.items() if name != fastest)
+                     + f" on {backend} ({measured['date']}, {STRATEGIES_FILE_NAME})")
 
 
 def batches(group: str, missing: list[int], strategy: str) -> list[list[int]]:
@@ -231,33 +236,37 @@ def save_result(path: str, seeds: dict, info: dict, probabilities: np.ndarray | 
                         {"seeds": seeds, "param_hash": info["param_hash"], "final": info["final"]})
 
 
-def run_group(config: Config, group_seeds: list[dict], paths: list[str], strategy: str) -> None:
-    """Train the runs at ``paths`` and store their results: under vmap as one program,
-    else one ``train_and_evaluate`` each."""
+def run_group(config: Config, group_seeds: list[dict], paths: list[str], strategy: str, checkpoint_dir: str,
+              own_program: bool = False) -> None:
+    """Train the runs at ``paths`` and store their results: under vmap as the replicas of
+    one program (checkpointed in ``checkpoint_dir``), else one run after another. With
+    ``own_program``, nothing compiled before is reused (each ``none`` run)."""
+    if own_program:
+        loop.forget_compiled()
     if strategy == "vmap":
-        for path, seeds, (info, probabilities) in zip(paths, group_seeds,
-                                                      train.train_replicas(config, group_seeds)):
-            save_result(path, seeds, info, probabilities)
-        return
-    for path, seeds in zip(paths, group_seeds):
-        os.makedirs(path, exist_ok=True)
-        info = train.train_and_evaluate(config, seeds, path, progress=False, resume=True)  # after a kill
+        infos = loop.train(config, group_seeds, paths, checkpoint_dir=checkpoint_dir, progress=False, resume=True)
+    else:
+        infos = [loop.train_and_evaluate(config, seeds, path, progress=False, resume=True)  # resume: after a kill
+                 for path, seeds in zip(paths, group_seeds)]
+    for path, seeds, info in zip(paths, group_seeds, infos):
         probabilities = os.path.join(path, "test_probabilities.npy")
         save_result(path, seeds, info, np.load(probabilities) if os.path.exists(probabilities) else None)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def plan_sweep(args) -> Sweep:
     """The sweep the flags ask for; UserError on bad input. Touches no file."""
     config = cli.config_from_args(args)
-    machine.require_portable(config.portable)  # before jax.default_backend() starts JAX
+    machine.require_flags(config)  # before jax.default_backend() starts JAX
+    machine.use_compilation_cache()
     used = OBJECTIVES[config.model].streams
     chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else used
     base_seed = streams.check_seed(args.base_seed, "--base-seed")
     groups = plan_groups(base_seed, args.seeds, chosen, used)
-    strategy = choose_strategy(args.strategy, jax.default_backend())
-    check_strategy(config, strategy)
+    strategy, strategy_reason = choose_strategy(args.strategy, jax.default_backend())
     workdir = args.workdir or os.path.join("runs", f"ablation-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     header = {"config": manifest.config_record(config, workdir), "groups_planned": groups, "strategy": strategy,
+              "strategy_reason": strategy_reason,
               "base_seed": base_seed, **manifest.environment()}
     return Sweep(config, groups, strategy, workdir, header)
 
@@ -290,13 +299,17 @@ def run_sweep(sweep: Sweep, quiet: bool) -> str:
     todo = {name: [k for k in range(num_seeds) if load_result(run_dir(sweep.workdir, name, k)) is None]
             for name in sweep.groups}
     total = len(sweep.groups) * num_seeds
+    if not quiet:
+        print(f"strategy {sweep.strategy}: {sweep.header['strategy_reason']}", file=sys.stderr)
     start = time.perf_counter()
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
               desc=f"ablation ({sweep.strategy})", disable=quiet) as bar:
         for name, missing in todo.items():
             for batch in batches(name, missing, sweep.strategy):
                 run_group(sweep.config, [sweep.groups[name][k] for k in batch],
-                          [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy)
+                          [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy,
+                          os.path.join(sweep.workdir, "runs", f"{name}-{batch[0]:03d}-x{len(batch)}-checkpoints"),
+                          own_program=name == "none")
                 bar.update(len(batch))
     config = sweep.config
     labels = data.load(config.data, config.data_dir).test_labels if config.model == "cnn" else None
@@ -389,8 +402,9 @@ def ablate_parser():
     parser.add_argument("--base-seed", type=str, default="0",
                         help=f"seed of every stream not varied, an integer in [0, {streams.MAX_SEED}] (default 0)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                        help="how a group's K runs execute: vmap (one program; no trace or checkpoints), "
-                             "sequential, or auto (vmap on GPU/TPU, sequential on CPU; the default)")
+                        help="how a group's K runs execute: vmap (the K runs as replicas of one program, "
+                             "split over the devices' seed axis), sequential, or auto (the faster on this backend "
+                             "in the measurement recorded by benchmarks/sweep.py; the default)")
     parser.add_argument("--workdir", help="output folder; the same one again completes an unfinished sweep "
                                           "(default: a new folder under ./runs/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

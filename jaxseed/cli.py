@@ -98,8 +98,18 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a workdir that already holds a run (its checkpoints are deleted)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_process_flags(p)
     add_config_flags(p)
     return p
+
+
+def add_process_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of a run spread over several processes (hosts); see jaxseed.mesh."""
+    group = parser.add_argument_group("several processes (all three, on every process; without them JAX's "
+                                      "auto-detection joins a Cloud TPU pod or a Slurm job)")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT", help="address of process 0")
+    group.add_argument("--num-processes", type=int_at_least(1), help="how many processes take part")
+    group.add_argument("--process-id", type=int_at_least(0), help="this process's number, from 0")
 
 
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(Config)}

@@ -57,6 +57,14 @@ class Config:
                         choices=LOOPS)
     steps_per_call: int = setting(0, "training steps per jitted call (0: per backend)", minimum=0)
     eval_batch_size: int = setting(1000, "test examples per evaluation call", minimum=1)
+    # Where it runs (see jaxseed.mesh): replicas over "seed", each batch over "data".
+    devices: int = setting(0, "devices to run on (0: all, of every process)", minimum=0)
+    mesh: Optional[str] = setting(None, "split of the devices as seed=S,data=D (default: replicas first, "
+                                        "the rest splits each batch)")
+    # GPU kernels that pick their algorithm (or accumulate with atomics) at run time can round
+    # differently from run to run; this flag asks XLA for deterministic ones (recorded).
+    deterministic: bool = setting(False, "GPU: deterministic kernels (--xla_gpu_deterministic_ops=true; set before "
+                                         "JAX starts); no effect on CPU and TPU")
     # Pin XLA CPU's instruction set (recorded), so that x86 machines with other vector extensions
     # generate the same code; see jaxseed.machine.
     portable: bool = setting(False, "pin XLA CPU's instruction set to AVX2 for results portable across x86 CPUs "

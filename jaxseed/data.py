@@ -9,7 +9,7 @@ Sources:
   * ``synthetic``: a small generated set for smoke runs.
 
 Batches are never built on the host: the training step gathers its examples
-from the device-resident arrays by index (see ``train.py``).
+from the device-resident arrays by index (see ``step.py``).
 """
 
 from __future__ import annotations
@@ -170,8 +170,3 @@ def load(name: str, data_dir: str | None = None, train_limit: int | None = None)
             train_images=dataset.train_images[:train_limit], train_labels=dataset.train_labels[:train_limit]
         )
     return dataset
-
-
-def to_device(dataset: Dataset) -> Dataset:
-    """Copy the whole data set to the default device, once."""
-    return Dataset(*jax.device_put(tuple(dataset)))

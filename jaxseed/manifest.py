@@ -68,6 +68,8 @@ def environment() -> dict:
         "device_kinds": sorted({device.device_kind for device in jax.devices()}),
         "cpu": machine.cpu(),
         "xla_flags": machine.xla_flags(),
+        # Whether compiled programs came from (or went to) JAX's persistent cache: same bits either way.
+        "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
         # What every draw is made with, pinned whatever the environment's jax defaults are.
         "generator": {"impl": streams.GENERATOR, "threefry_partitionable": streams.THREEFRY_PARTITIONABLE},
         "default_matmul_precision": jax.config.jax_default_matmul_precision,

@@ -10,13 +10,12 @@ cause and whether the final test metrics agree within ``METRIC_TOLERANCE``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 
-from jaxseed import cli, train
+from jaxseed import cli, loop, machine
 from jaxseed.errors import UserError
 
 _ENVIRONMENT = ("versions", "backend", "device_count", "device_kinds", "xla_flags", "generator",
@@ -44,7 +43,7 @@ def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_met
              if rerun["fingerprints"].get(name) != value]
     lines.append(f"streams that drew differently: {', '.join(drawn)}" if drawn
                  else "every stream drew the same values")
-    ignored = {"seconds"}
+    ignored = {"training_seconds", "evaluation_seconds"}
     for old, new in zip(recorded_metrics, rerun_metrics):
         changed = [k for k in old if k not in ignored and old[k] != new.get(k)]
         if changed:
@@ -75,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         no_flags = cli.train_parser().parse_args([])  # everything comes from the manifest
         config, seeds = cli.resolve_resume(no_flags, args.workdir)
+        machine.use_compilation_cache()
         with open(os.path.join(args.workdir, "manifest.json")) as f:
             recorded = json.load(f)
         if recorded.get("status") != "finished":
             raise UserError(f"the run in {args.workdir} has not finished; nothing to compare")
         with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as rerun_dir:
-            rerun = train.train_and_evaluate(config, seeds, rerun_dir, progress=not args.quiet)
+            rerun = loop.train_and_evaluate(config, seeds, rerun_dir, progress=not args.quiet)
             rerun_metrics = _metrics(rerun_dir)
     except KeyboardInterrupt:
         print("jaxseed.verify: interrupted; nothing was compared", file=sys.stderr)

@@ -4,6 +4,10 @@ import pytest
 
 from jaxseed.config import Config
 
+# Tests read and write nothing outside the repository: no persistent compilation cache in
+# ~/.cache (the CLI's default) for them or the commands they start.
+os.environ["JAXSEED_COMPILATION_CACHE"] = ""
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The first 2000 training and 500 test examples of MNIST, cut by tests/data/cut_mnist_slice.py.
 MNIST_SLICE_DIR = os.path.join(PROJECT_ROOT, "tests", "data", "mnist-slice")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT
-from jaxseed import ablate, data, diff, streams, train
+from jaxseed import ablate, data, diff, loop, streams
 from jaxseed.errors import UserError
 
 CNN_STREAMS = ("init", "shuffle", "dropout", "augment")
@@ -129,8 +129,8 @@ def test_sweep_resumes_only_missing_runs(tmp_path, monkeypatch, capsys):
         (workdir / "runs" / name / "result.json").unlink()
     trained = []
     real_run_group = ablate.run_group
-    monkeypatch.setattr(ablate, "run_group", lambda config, seeds, paths, strategy: (
-        trained.extend(os.path.basename(p) for p in paths), real_run_group(config, seeds, paths, strategy)))
+    monkeypatch.setattr(ablate, "run_group", lambda config, seeds, paths, *rest, **options: (
+        trained.extend(os.path.basename(p) for p in paths), real_run_group(config, seeds, paths, *rest, **options)))
     capsys.readouterr()
     assert ablate.main([*SWEEP, "--workdir", str(workdir), "--strategy", "vmap"]) == 2  # other programs: refused
     error = capsys.readouterr().err
@@ -146,12 +146,14 @@ def test_vmap_trains_none_runs_as_separate_programs(tmp_path, monkeypatch):
     num_test = len(data.load("synthetic", None).test_labels)
     sizes = []
 
-    def fake_replicas(config, seeds):
+    def fake_train(config, seeds, workdirs, **options):
         sizes.append(len(seeds))
-        return [({"param_hash": "h", "final": {"test_loss": 0.5, "test_accuracy": 0.9}}, np.full((num_test, 10), 0.1))
-                for _ in seeds]
+        for workdir in workdirs:
+            os.makedirs(workdir, exist_ok=True)
+            np.save(os.path.join(workdir, "test_probabilities.npy"), np.full((num_test, 10), 0.1))
+        return [{"param_hash": "h", "final": {"test_loss": 0.5, "test_accuracy": 0.9}} for _ in seeds]
 
-    monkeypatch.setattr(train, "train_replicas", fake_replicas)
+    monkeypatch.setattr(loop, "train", fake_train)
     assert ablate.main([*SWEEP, "--seeds", "3", "--strategy", "vmap", "--workdir", str(tmp_path / "w")]) == 0
     assert sizes == [3, 3, 1, 1, 1]  # init, all, then none run by run
 
@@ -165,16 +167,19 @@ def test_parser_has_no_single_run_flags(flag, capsys):
     assert error.count("\n") == 1 and "unrecognized arguments" in error and flag[0] in error
 
 
-@pytest.mark.parametrize("flag", [["--trace"], ["--checkpoint-every", "2"]])
-def test_vmap_refuses_what_it_does_not_do(flag, tmp_path, capsys):
-    assert ablate.main([*SWEEP, *flag, "--strategy", "vmap", "--workdir", str(tmp_path / "w")]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and flag[0] in error and "vmap" in error
-    assert not (tmp_path / "w").exists()  # refused before anything was written
+def test_vmap_sweep_traces_and_checkpoints_each_run(tmp_path):
+    """Under vmap every run still gets its own folder: trace, metrics, manifest; the shared
+    checkpoints are removed once the group's results are stored."""
+    workdir = tmp_path / "w"
+    assert ablate.main([*SWEEP, "--trace", "--checkpoint-every", "2", "--strategy", "vmap",
+                        "--workdir", str(workdir)]) == 0
+    run = workdir / "runs" / "init-001"
+    assert (run / "trace.jsonl").read_text().count("\n") == 4 and (run / "manifest.json").exists()
+    assert not list((workdir / "runs").glob("*checkpoints"))
 
 
 def test_exit_codes_of_a_failed_or_interrupted_sweep(tmp_path, monkeypatch, capsys):
-    def stop(*args):
+    def stop(*args, **options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ablate, "run_group", stop)
@@ -182,7 +187,7 @@ def test_exit_codes_of_a_failed_or_interrupted_sweep(tmp_path, monkeypatch, caps
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "finished runs are kept" in error and "rerun the same command" in error
 
-    def diverge(*args):
+    def diverge(*args, **options):
         raise FloatingPointError("non-finite loss")
 
     monkeypatch.setattr(ablate, "run_group", diverge)
@@ -192,14 +197,15 @@ def test_exit_codes_of_a_failed_or_interrupted_sweep(tmp_path, monkeypatch, caps
 def test_vmap_agrees_with_sequential(tiny_config, tmp_path):
     config = tiny_config.replace(epochs=1)
     seeds = [{**{name: 1 for name in streams.STREAMS}, "init": s} for s in (2, 3)]
-    together = train.train_replicas(config, seeds)
+    together = loop.train(config, seeds, [str(tmp_path / f"together-{name}") for name in "ab"], progress=False)
     largest = 0.0
-    for (info, probabilities), replica_seeds, name in zip(together, seeds, "ab"):
-        alone = train.train_and_evaluate(config, replica_seeds, str(tmp_path / name), progress=False)
+    for info, replica_seeds, name in zip(together, seeds, "ab"):
+        alone = loop.train_and_evaluate(config, replica_seeds, str(tmp_path / name), progress=False)
         for key, value in alone["final"].items():
             if key.startswith(("train_", "test_")):
                 largest = max(largest, abs(value - info["final"][key]))
-        np.testing.assert_allclose(probabilities, np.load(tmp_path / name / "test_probabilities.npy"), atol=1e-4)
+        np.testing.assert_allclose(np.load(tmp_path / f"together-{name}" / "test_probabilities.npy"),
+                                   np.load(tmp_path / name / "test_probabilities.npy"), atol=1e-4)
     print(f"largest vmap-vs-sequential metric difference: {largest:.3g}")
     assert largest < 1e-4
 
@@ -231,3 +237,15 @@ def test_diff_cli_on_traced_runs(tmp_path):
     assert diff.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 1
     assert len((tmp_path / "a" / "trace.jsonl").read_text().splitlines()) == 4
     assert diff.main([str(tmp_path / "a"), str(tmp_path)]) == 2  # not a traced run
+
+
+def test_auto_strategy_follows_the_recorded_measurement(tmp_path, monkeypatch):
+    measured = tmp_path / "strategies.json"
+    measured.write_text(json.dumps({"gpu": {"runs_per_hour": {"sequential": 100.0, "vmap": 900.0}, "date": "d"},
+                                    "cpu": {"runs_per_hour": {"sequential": 50.0, "vmap": 20.0}, "date": "d"}}))
+    monkeypatch.setattr(ablate, "STRATEGIES_FILE", str(measured))
+    assert ablate.choose_strategy("auto", "gpu")[0] == "vmap"
+    assert ablate.choose_strategy("auto", "cpu")[0] == "sequential"
+    strategy, reason = ablate.choose_strategy("auto", "tpu")
+    assert strategy == "sequential" and "no sweep measurement recorded for tpu" in reason
+    assert ablate.choose_strategy("vmap", "cpu") == ("vmap", "asked for")

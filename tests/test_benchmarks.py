@@ -13,3 +13,21 @@ def test_throughput_benchmark_runs():
     lines = result.stdout.splitlines()
     assert sum(line.startswith("jaxseed") and "ratio" in line for line in lines) == 2  # without and with augment
     assert any(line.startswith("reference") for line in lines)
+    assert any(line.startswith("start-up") and "peak RSS" in line for line in lines)
+
+
+def test_sweep_benchmark_runs(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/sweep.py", "--seeds", "2", "--train-limit", "256"],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sequential" in result.stdout and "vmap" in result.stdout and "runs/h" in result.stdout
+
+
+def test_device_check_runs():
+    result = subprocess.run([sys.executable, "benchmarks/device_check.py", "--tiny"], capture_output=True, text=True,
+                            cwd=PROJECT_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 6  # header and five checks
+    assert "same draws as one by one: True" in result.stdout
+    assert result.stdout.count("param_hash equal: True") == 2  # on CPU both pairs are bit-identical

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import MNIST_SLICE_DIR
-from jaxseed import data, streams, train
+from jaxseed import data, loop, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 
@@ -33,7 +33,7 @@ def test_real_mnist_idx(mnist):
 def test_cnn_learns_real_digits(tmp_path):
     """One short epoch on the slice must beat chance (10%) by far: catches a wrong reader, labels or model."""
     config = Config(data_dir=MNIST_SLICE_DIR, epochs=1, batch_size=64, augment="none", warmup_epochs=0.1)
-    info = train.train_and_evaluate(config, {name: 0 for name in streams.STREAMS}, str(tmp_path), progress=False)
+    info = loop.train_and_evaluate(config, {name: 0 for name in streams.STREAMS}, str(tmp_path), progress=False)
     assert info["final"]["test_accuracy"] > 0.8, info["final"]
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseed import augment, manifest, objectives, streams, train
+from jaxseed import augment, manifest, objectives, step, streams
 from jaxseed.config import Config
 
 CONFIG = Config(train_limit=512, batch_size=64, epochs=2)
@@ -15,8 +15,8 @@ NUM_TRAIN = 512
 def draws(seeds: dict) -> dict:
     """What every stream draws, computed by the same functions training uses."""
     keys = streams.root_keys(seeds)
-    tx = train.make_optimizer(CONFIG, NUM_TRAIN)
-    graphdef, state = train.init_state(CONFIG, keys, tx)
+    tx = step.make_optimizer(CONFIG, NUM_TRAIN)
+    graphdef, state = step.init_state(CONFIG, keys, tx)
     model = nnx.merge(graphdef, state.params)
     per_epoch = [streams.example_keys(keys, epoch, jnp.arange(NUM_TRAIN)) for epoch in (0, 1)]
     dropout_masks = [model.drop(jnp.ones((NUM_TRAIN, 256)), drawn.dropout) for drawn in per_epoch]

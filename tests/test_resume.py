@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from conftest import PROJECT_ROOT
-from jaxseed import streams, train, verify
+from jaxseed import loop, streams, verify
 
 SEEDS = {name: 8 for name in streams.STREAMS}
 
@@ -30,13 +29,13 @@ def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     config = Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2, checkpoint_every=3,
                     trace=True)
-    info = train.train_and_evaluate(config, SEEDS, str(workdir), progress=False)
+    info = loop.train_and_evaluate(config, SEEDS, str(workdir), progress=False)
     return info, read_metrics(workdir), (workdir / "trace.jsonl").read_text()
 
 
 def read_metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in f]
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")} for line in f]
 
 
 def stop_after(polls_before_stop):
@@ -47,9 +46,9 @@ def stop_after(polls_before_stop):
 
 @pytest.mark.parametrize("calls", [1, 2, 3])  # mid-epoch 1, at the epoch boundary, mid-epoch 2
 def test_resume_equals_uninterrupted(config, tmp_path, uninterrupted, calls):
-    with pytest.raises(train.Interrupted):
-        train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(calls))
-    info = train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
+    with pytest.raises(loop.Interrupted):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(calls))
+    info = loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
     assert info["param_hash"] == uninterrupted[0]["param_hash"]
     assert info["fingerprints"] == uninterrupted[0]["fingerprints"]
     assert read_metrics(tmp_path) == uninterrupted[1]  # no lost, no duplicated line, same values
@@ -57,22 +56,22 @@ def test_resume_equals_uninterrupted(config, tmp_path, uninterrupted, calls):
 
 
 def test_corrupt_latest_checkpoint_falls_back(config, tmp_path, uninterrupted, capfd):
-    with pytest.raises(train.Interrupted):
-        train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(3))
+    with pytest.raises(loop.Interrupted):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(3))
     checkpoints = tmp_path / "checkpoints"
     latest = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     for path in (checkpoints / str(latest)).rglob("*"):
         if path.is_file():
             path.write_bytes(b"garbage")
-    info = train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
+    info = loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
     assert f"checkpoint at step {latest} is unreadable" in capfd.readouterr().err
     assert info["param_hash"] == uninterrupted[0]["param_hash"]
     assert (tmp_path / "checkpoints-unreadable" / str(latest)).is_dir()  # kept, out of the way
 
 
 def test_non_finite_loss_names_step_and_seeds(config, tmp_path):
-    with pytest.raises(FloatingPointError, match=r"non-finite loss in steps \d+\.\.\d+ \(epoch 1\).*'init': 8"):
-        train.train_and_evaluate(config.replace(learning_rate=1e20), SEEDS, str(tmp_path), progress=False)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+ \(epoch 1\).*'init': 8"):
+        loop.train_and_evaluate(config.replace(learning_rate=1e20), SEEDS, str(tmp_path), progress=False)
 
 
 def cli(*args, module="jaxseed.train"):
@@ -133,8 +132,8 @@ def snapshot(folder):
 
 
 def test_resume_refuses_other_settings_and_touches_nothing(config, tmp_path):
-    with pytest.raises(train.Interrupted):
-        train.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
+    with pytest.raises(loop.Interrupted):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
     before = snapshot(tmp_path)
     result = cli("--resume", "--workdir", str(tmp_path), "--epochs", "3", "--stream", "shuffle=1")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
@@ -188,10 +187,46 @@ def test_vae_resume_equals_uninterrupted(tmp_path):
 
     config = Config(model="vae", data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2,
                     importance_samples=4)
-    reference = train.train_and_evaluate(config, SEEDS, str(tmp_path / "reference"), progress=False)
-    with pytest.raises(train.Interrupted):
-        train.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False,
+    reference = loop.train_and_evaluate(config, SEEDS, str(tmp_path / "reference"), progress=False)
+    with pytest.raises(loop.Interrupted):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False,
                                  should_stop=stop_after(2))
-    resumed = train.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False, resume=True)
+    resumed = loop.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False, resume=True)
     assert resumed["param_hash"] == reference["param_hash"]
     assert resumed["fingerprints"] == reference["fingerprints"]
+
+
+REPLICA_SEEDS = [{**SEEDS, "init": 1}, {**SEEDS, "init": 2, "shuffle": 3}]
+
+
+def test_replicas_resume_bit_for_bit(config, tmp_path):
+    """The one loop checkpoints and resumes replicas as it does one run."""
+    def workdirs(name):
+        return [str(tmp_path / name / str(r)) for r in range(len(REPLICA_SEEDS))]
+
+    whole = loop.train(config, REPLICA_SEEDS, workdirs("whole"), progress=False)
+    with pytest.raises(loop.Interrupted):
+        loop.train(config, REPLICA_SEEDS, workdirs("resumed"), progress=False, should_stop=stop_after(2))
+    resumed = loop.train(config, REPLICA_SEEDS, workdirs("resumed"), progress=False, resume=True)
+    assert [r["param_hash"] for r in resumed] == [r["param_hash"] for r in whole]
+    for r in range(len(REPLICA_SEEDS)):
+        assert read_metrics(workdirs("resumed")[r]) == read_metrics(workdirs("whole")[r])
+
+
+def test_non_finite_loss_of_a_replica_names_its_seeds_and_step(tiny_config, tmp_path):
+    """A corrupted example (label 10) gives a NaN loss in the step whose batch holds it; with two
+    replicas in different orders, the error names the replica that meets it first, and the step."""
+    from jaxseed import data
+
+    corrupt = 100
+    dataset = data.load("synthetic", train_limit=256)
+    labels = dataset.train_labels.copy()
+    labels[corrupt] = 10
+    config = tiny_config.replace(steps_per_call=4)
+    steps = [int(list(loop.outputs.permutation(streams.root_keys(seeds).shuffle, 0, 256)).index(corrupt)) // 64
+             for seeds in REPLICA_SEEDS]
+    first = min(range(2), key=lambda r: steps[r])
+    with pytest.raises(FloatingPointError) as error:
+        loop.train(config, REPLICA_SEEDS, [str(tmp_path / str(r)) for r in range(2)], progress=False,
+                   dataset=dataset._replace(train_labels=labels))
+    assert f"at step {steps[first]} (epoch 1)" in str(error.value) and str(REPLICA_SEEDS[first]) in str(error.value)

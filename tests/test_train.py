@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import PROJECT_ROOT
-from jaxseed import objectives, streams, train
+from jaxseed import data, loop, objectives, step, streams
 from jaxseed.config import Config
 from jaxseed.objectives import Batch
 
@@ -23,7 +23,7 @@ SEEDS = {name: 42 for name in streams.STREAMS}
 
 def run(config, seeds, workdir):
     os.makedirs(workdir, exist_ok=True)
-    return train.train_and_evaluate(config, seeds, str(workdir), progress=False)
+    return loop.train_and_evaluate(config, seeds, str(workdir), progress=False)
 
 
 def test_same_seed_twice_gives_identical_params(tiny_config, tmp_path):
@@ -44,26 +44,31 @@ def test_varying_one_stream_end_to_end(tiny_config, tmp_path, varied):
     assert other["param_hash"] != base["param_hash"]
 
 
-def test_loop_strategies_agree(tiny_config, tmp_path):
+def one_replica(tree):
+    """A single run's arrays with the loop's leading replica axis (R = 1)."""
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], tree)
+
+
+def test_loop_strategies_agree(tiny_config):
     """Unrolled calls of 4, of 3+1, single steps and lax.scan compute the same run.
 
     Not bitwise: XLA fuses differently per loop form (seen: 7e-6 after four steps)."""
-    hashes, params = {}, {}
-    for loop, per_call in [("unroll", 4), ("unroll", 3), ("unroll", 1), ("scan", 4)]:
-        config = tiny_config.replace(loop=loop, steps_per_call=per_call)
+    params = {}
+    dataset = data.load("synthetic", train_limit=256)
+    for loop_form, per_call in [("unroll", 4), ("unroll", 3), ("unroll", 1), ("scan", 4)]:
+        config = tiny_config.replace(loop=loop_form, steps_per_call=per_call)
         keys = streams.root_keys(SEEDS)
-        tx = train.make_optimizer(config, 256)
-        graphdef, state = train.init_state(config, keys, tx)
-        dataset = train.data.to_device(train.data.load("synthetic", train_limit=256))
-        step_fn = functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config)
-        perm = streams.epoch_permutation(keys.shuffle, 0, 256)
+        tx = step.make_optimizer(config, 256)
+        graphdef, state = step.init_state(config, keys, tx)
+        state, replica_keys = one_replica(state), one_replica(keys)
+        perm = streams.epoch_permutation(keys.shuffle, 0, 256)[None]
         first = 0
         while first < 4:
             n = min(per_call, 4 - first)
-            runner = train.make_run_steps(step_fn, 64, n, loop)
-            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, 0, first)
+            runner = step.make_run_steps(config, graphdef, tx, 1, n, loop_form)
+            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, replica_keys, 0, first)
             first += n
-        params[(loop, per_call)] = jax.tree.leaves(state.params)
+        params[(loop_form, per_call)] = jax.tree.leaves(state.params)
     reference = params[("unroll", 4)]
     for name, leaves in params.items():
         for a, b in zip(reference, leaves):
@@ -72,17 +77,17 @@ def test_loop_strategies_agree(tiny_config, tmp_path):
 
 def test_train_step_compiles_once(tiny_config):
     keys = streams.root_keys(SEEDS)
-    tx = train.make_optimizer(tiny_config, 256)
-    graphdef, state = train.init_state(tiny_config, keys, tx)
-    dataset = train.data.to_device(train.data.load("synthetic", train_limit=256))
-    step_fn = functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=tiny_config)
-    runner = train.make_run_steps(step_fn, 64, 1, "unroll")
+    tx = step.make_optimizer(tiny_config, 256)
+    graphdef, state = step.init_state(tiny_config, keys, tx)
+    state, replica_keys = one_replica(state), one_replica(keys)
+    dataset = data.load("synthetic", train_limit=256)
+    runner = step.make_run_steps(tiny_config, graphdef, tx, 1, 1, "unroll")
     for epoch in range(2):
-        perm = streams.epoch_permutation(keys.shuffle, epoch, 256)
+        perm = streams.epoch_permutation(keys.shuffle, epoch, 256)[None]
         for first in range(4):
-            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, keys, epoch, first)
+            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, replica_keys, epoch, first)
     assert runner._cache_size() == 1
-    assert int(state.step) == 8
+    assert int(state.step[0]) == 8
 
 
 def test_no_key_is_reused(tiny_config, tmp_path):
@@ -92,7 +97,7 @@ def test_no_key_is_reused(tiny_config, tmp_path):
 
 
 def synthetic_batch(index):
-    dataset = train.data.synthetic()
+    dataset = data.synthetic()
     index = np.asarray(index)
     return Batch(jnp.asarray(dataset.train_images[index]), jnp.asarray(dataset.train_labels[index]),
                  jnp.asarray(index))
@@ -109,10 +114,10 @@ def test_key_reuse_checker_can_fail(monkeypatch):
     monkeypatch.setitem(objectives.OBJECTIVES, "cnn", classifier._replace(train_loss=reuse))
     config = Config(data="synthetic")
     keys, tx = streams.root_keys(SEEDS), optax.sgd(0.0)
-    graphdef, state = train.init_state(config, keys, tx)
-    step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config))
+    graphdef, state = step.init_state(config, keys, tx)
+    jitted_step = jax.jit(functools.partial(step.train_step, graphdef=graphdef, tx=tx, config=config))
     with jax.debug_key_reuse(True), pytest.raises(jax.errors.KeyReuseError):
-        step(state, synthetic_batch(np.arange(8)), keys, 0)
+        jitted_step(state, synthetic_batch(np.arange(8)), keys, 0)
 
 
 @pytest.mark.parametrize("model", ["cnn", "vae"])
@@ -123,15 +128,15 @@ def test_an_examples_draws_do_not_depend_on_its_batch(model):
     step, its place in the batch or the batch size."""
     config = Config(model=model, data="synthetic")
     keys, tx = streams.root_keys(SEEDS), optax.sgd(0.0)
-    graphdef, state = train.init_state(config, keys, tx)
-    step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config))
+    graphdef, state = step.init_state(config, keys, tx)
+    jitted_step = jax.jit(functools.partial(step.train_step, graphdef=graphdef, tx=tx, config=config))
     index = np.arange(64)
-    state, whole = step(state, synthetic_batch(index), keys, 3)
-    state, second = step(state, synthetic_batch(index[32:][::-1]), keys, 3)
-    state, first = step(state, synthetic_batch(index[:32]), keys, 3)
+    state, whole = jitted_step(state, synthetic_batch(index), keys, 3)
+    state, second = jitted_step(state, synthetic_batch(index[32:][::-1]), keys, 3)
+    state, first = jitted_step(state, synthetic_batch(index[:32]), keys, 3)
     assert int(state.step) == 3
     np.testing.assert_allclose(float(first["loss"]) + float(second["loss"]), float(whole["loss"]), rtol=1e-5)
-    _, other_epoch = step(state, synthetic_batch(index), keys, 4)
+    _, other_epoch = jitted_step(state, synthetic_batch(index), keys, 4)
     assert float(other_epoch["loss"]) != float(whole["loss"])  # the epoch is a position: new draws
 
 
@@ -159,8 +164,10 @@ def test_replicas_equal_sequential_runs_with_every_stream_varied(tiny_config, tm
     """The vmapped replicas draw what each run draws alone; results agree to float noise."""
     config = tiny_config.replace(model=model, epochs=1, importance_samples=4)
     seeds = [{name: 2 + 10 * replica + i for i, name in enumerate(streams.STREAMS)} for replica in range(2)]
-    for replica, (info, _) in enumerate(train.train_replicas(config, seeds)):
+    together = loop.train(config, seeds, [str(tmp_path / f"together-{r}") for r in range(2)], progress=False)
+    for replica, info in enumerate(together):
         alone = run(config, seeds[replica], tmp_path / str(replica))
+        assert info["fingerprints"] == alone["fingerprints"] and info["init_param_hash"] == alone["init_param_hash"]
         for name, value in alone["final"].items():
             if name.startswith(("train_", "test_")):
                 assert info["final"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
@@ -185,7 +192,8 @@ def test_cli_end_to_end(tmp_path):
     assert f"workdir {workdir}" in result.stdout and "test_accuracy" in result.stdout
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"}
+    assert set(rows[0]) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                            "training_seconds", "evaluation_seconds"}
     info = json.loads((workdir / "manifest.json").read_text())
     assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3, "latent": 3}
     assert info["streams_used"] == ["init", "shuffle", "dropout", "augment"]
@@ -251,3 +259,20 @@ def test_cli_corrupt_idx_is_one_line(tmp_path):
     assert result.returncode == 2 and "is truncated" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in data_dir.iterdir()} == before
+
+
+def test_a_second_run_takes_its_programs_from_the_compilation_cache(tmp_path):
+    """The CLI keeps compiled programs on disk; a rerun loads them and computes the same bits."""
+    flags = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1", "--quiet"]
+    environment = {**os.environ, "JAXSEED_COMPILATION_CACHE": str(tmp_path / "cache")}
+    hashes, entries = [], []
+    for name in ("first", "second"):
+        result = subprocess.run([sys.executable, "-m", "jaxseed.train", *flags, "--workdir", str(tmp_path / name)],
+                                capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600, env=environment)
+        assert result.returncode == 0, result.stderr
+        info = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert info["compilation_cache"]
+        hashes.append(info["param_hash"])
+        entries.append(sorted(path.name for path in (tmp_path / "cache").rglob("*") if path.is_file()))
+    assert entries[0] and entries[1] == entries[0]  # the second run compiled nothing new
+    assert hashes[0] == hashes[1]

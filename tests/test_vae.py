@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_SLICE_DIR
-from jaxseed import objectives, streams, train
+from jaxseed import loop, objectives, streams
 from jaxseed.config import Config
 from jaxseed.models import VAE
 
@@ -23,7 +23,7 @@ def vae_config(tiny_config) -> Config:
 
 def run(config, seeds, workdir):
     os.makedirs(workdir, exist_ok=True)
-    return train.train_and_evaluate(config, seeds, str(workdir), progress=False)
+    return loop.train_and_evaluate(config, seeds, str(workdir), progress=False)
 
 
 def test_same_seed_same_params_and_pictures(vae_config, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import HERE, scratch, seeds, small_config, write_result  # noqa: E402
 
-from jaxseed import data, diff, streams, train  # noqa: E402
+from jaxseed import data, diff, loop, streams  # noqa: E402
 
 OUT = os.path.join(HERE, "debugging")
 CORRUPT = 1234  # index of the corrupted example in the training set
@@ -26,7 +26,7 @@ def run(config, dataset, run_seeds):
     """(step at which the loss became NaN, the error's message) of one traced run."""
     workdir = scratch("debug")
     try:
-        train.train_and_evaluate(config, run_seeds, workdir, progress=False, dataset=dataset)
+        loop.train_and_evaluate(config, run_seeds, workdir, progress=False, dataset=dataset)
     except FloatingPointError as error:
         trace, _ = diff.read_run(workdir)
         return next(row["step"] for row in trace if not np.isfinite(row["loss"])), str(error)
@@ -40,7 +40,7 @@ def predicted_step(run_seeds, num_train, batch_size):
 
 
 def main():
-    config = small_config(trace=True, steps_per_call=1)  # one step per call: the NaN check names one step
+    config = small_config(trace=True)
     dataset = data.load("mnist", config.data_dir, config.train_limit)
     labels = dataset.train_labels.copy()
     labels[CORRUPT] = 10

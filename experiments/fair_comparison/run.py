@@ -22,7 +22,7 @@ from scipy import stats
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import HERE, scratch, seeds, small_config, write_result  # noqa: E402
 
-from jaxseed import train  # noqa: E402
+from jaxseed import loop  # noqa: E402
 from jaxseed.ablate import LEVEL, mean_interval, sample_std, std_interval  # noqa: E402
 
 OUT = os.path.join(HERE, "fair_comparison")
@@ -31,7 +31,7 @@ MAX_SEEDS = 10**6  # give up on a design needing more
 
 
 def final(dropout_rate, seed):
-    info = train.train_and_evaluate(small_config(dropout_rate=dropout_rate), seeds(seed), scratch("fair"),
+    info = loop.train_and_evaluate(small_config(dropout_rate=dropout_rate), seeds(seed), scratch("fair"),
                                     progress=False)
     return info["final"]
 

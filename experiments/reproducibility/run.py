@@ -12,7 +12,7 @@ from common import HERE, scratch, seeds, small_config, write_result  # noqa: E40
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from jaxseed import diff, train  # noqa: E402
+from jaxseed import diff, loop  # noqa: E402
 
 OUT = os.path.join(HERE, "reproducibility")
 STREAMS = ("init", "shuffle", "dropout", "augment")
@@ -21,7 +21,7 @@ STREAMS = ("init", "shuffle", "dropout", "augment")
 def run(name, run_seeds):
     workdir = os.path.join(scratch("repro"), name)
     os.makedirs(workdir)
-    info = train.train_and_evaluate(small_config(trace=True), run_seeds, workdir, progress=False)
+    info = loop.train_and_evaluate(small_config(trace=True), run_seeds, workdir, progress=False)
     trace, _ = diff.read_run(workdir)
     return info, trace
 

@@ -1,0 +1,155 @@
+"""The pure training step, and the jitted call that runs several of them.
+
+Every array the loop hands in carries a leading replica axis R (R = 1 for one
+run): ``over_replicas`` maps the one-run step over it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxseed import streams
+from jaxseed.config import Config
+from jaxseed.objectives import OBJECTIVES, Batch
+
+
+class TrainState(NamedTuple):
+    """Everything a training step changes; checkpoints whole."""
+
+    params: nnx.State
+    opt_state: optax.OptState
+    step: jax.Array  # int32[], global step: counts optimiser steps (the schedule's position)
+
+
+def steps_per_epoch(config: Config, num_train: int) -> int:
+    """Full batches per epoch; the last partial batch is dropped."""
+    return num_train // config.batch_size
+
+
+@functools.lru_cache(maxsize=16)  # the same object for the same run shape, so compiled calls are reused
+def make_optimizer(config: Config, num_train: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up to ``learning_rate``, then cosine decay to zero."""
+    total = config.epochs * steps_per_epoch(config, num_train)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch(config, num_train)), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1), total)
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+def init_state(config: Config, keys: streams.StreamKeys, tx: optax.GradientTransformation):
+    """Build the model from the ``init`` stream; return (graphdef, state)."""
+    graphdef, params = nnx.split(OBJECTIVES[config.model].build(config, keys.init))
+    return graphdef, TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def train_step(state: TrainState, batch: Batch, keys: streams.StreamKeys, epoch: jax.Array, *,
+               graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: Config):
+    """One optimiser step. Pure: (state, batch, stream keys, epoch) -> (state, metric sums).
+
+    Every draw of the step is per example, from (stream, epoch, example index)
+    (``streams.example_keys``); the objective gets the keys of the streams it uses.
+    """
+    objective = OBJECTIVES[config.model]
+    draws = streams.example_keys(keys, epoch, batch.index)
+    named_keys = {f"{name}_keys": getattr(draws, name) for name in objective.streams if name in streams.PER_EXAMPLE}
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params)
+        return objective.train_loss(model, batch, config, **named_keys)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
+
+
+def over_replicas(fn: Callable, num_replicas: int, in_axes: tuple) -> Callable:
+    """``fn`` mapped over the leading replica axis of the arguments whose in_axes is 0.
+
+    Several replicas: ``jax.vmap``. One replica: ``fn`` on the replica itself,
+    with the axis taken off and put back, so a single run compiles to the very
+    program it had before replicas existed (vmapped convolutions are other XLA
+    kernels, which sum in another order and on CPU run slower).
+    """
+    if num_replicas > 1:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def single(*args):
+        args = [arg if axis is None else jax.tree.map(lambda leaf: leaf[0], arg) for arg, axis in zip(args, in_axes)]
+        return jax.tree.map(lambda leaf: jnp.expand_dims(leaf, 0), fn(*args))
+
+    return single
+
+
+def execution_plan(config: Config, backend: str, num_steps: int) -> tuple[str, int]:
+    """(loop, steps per jitted call), chosen per backend from measurements.
+
+    XLA CPU runs convolutions inside a while loop ~20x slower (jax#12868), so on
+    CPU a few steps are unrolled in one jit (10 was ~1.2x faster than one step per
+    call). On GPU/TPU a ``lax.scan`` over many steps avoids per-step dispatch.
+    """
+    loop = config.loop if config.loop != "auto" else ("unroll" if backend == "cpu" else "scan")
+    per_call = config.steps_per_call or (10 if loop == "unroll" else 100)
+    return loop, max(1, min(per_call, num_steps))
+
+
+def param_checksum(params: nnx.State) -> jax.Array:
+    """uint32 hash of every bit of the parameters: sum_i bits_i * (2654435761 * i + leaf), mod 2^32.
+
+    Cheap enough to take after every step on the device (for --trace); any
+    changed bit changes it with overwhelming probability.
+    """
+    total = jnp.uint32(0)
+    for number, leaf in enumerate(jax.tree.leaves(params)):
+        bits = jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()
+        weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(number)
+        total = total + jnp.sum(bits * weights, dtype=jnp.uint32)
+    return total
+
+
+@functools.lru_cache(maxsize=16)  # runs of one shape (an ablation's runs, a resume) compile once
+def make_run_steps(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, num_replicas: int,
+                   num_steps: int, loop: str, batch_sharding=None, out_shardings=None) -> Callable:
+    """Jit ``num_steps`` consecutive steps of one epoch, for R replicas, into one call.
+
+    The call takes (state, images, labels, permutation, keys, epoch, first), with
+    state, keys and permutation int32[R, N] on the replica axis, and gathers step
+    j's batch from the device-resident data at permutation[:, (first + j) * B:][:B].
+    ``batch_sharding`` places each batch's example indices int32[R, B] on the mesh.
+    Returns (state, metric sums of the call [R], per step: {"loss" [n, R], and with
+    ``config.trace`` "param_checksum" [n, R]}).
+    """
+    batch_size = config.batch_size
+    step_fn = over_replicas(functools.partial(train_step, graphdef=graphdef, tx=tx, config=config), num_replicas,
+                            in_axes=(0, 0, 0, None))
+    checksums = over_replicas(param_checksum, num_replicas, in_axes=(0,))
+
+    def one(state, images, labels, permutation, keys, epoch, position):
+        index = jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size, axis=1)
+        if batch_sharding is not None:
+            index = jax.lax.with_sharding_constraint(index, batch_sharding)
+        state, metrics = step_fn(state, Batch(images[index], labels[index], index), keys, epoch)
+        steps = {"loss": metrics["loss"] / metrics["count"]}
+        if config.trace:
+            steps["param_checksum"] = checksums(state.params)
+        return state, (metrics, steps)
+
+    def run(state, images, labels, permutation, keys, epoch, first):
+        if loop == "scan":
+            def body(state, position):
+                return one(state, images, labels, permutation, keys, epoch, position)
+
+            state, (metrics, steps) = jax.lax.scan(body, state, first + jnp.arange(num_steps))
+        else:
+            outputs = []
+            for j in range(num_steps):
+                state, output = one(state, images, labels, permutation, keys, epoch, first + j)
+                outputs.append(output)
+            metrics, steps = jax.tree.map(lambda *m: jnp.stack(m), *outputs)
+        return state, jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics), steps
+
+    return jax.jit(run, donate_argnums=0, out_shardings=out_shardings)
