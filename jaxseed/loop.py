@@ -40,7 +40,7 @@ def load_data(config: Config) -> data.Dataset:
 
 @functools.lru_cache(maxsize=16)  # runs of one shape compile once
 def _evaluation_chunk(config: Config, graphdef: nnx.GraphDef, num: int, batch_size: int, num_replicas: int,
-                      replicated: jax.sharding.NamedSharding) -> Callable:
+                      layout: mesh.Layout) -> Callable:
     """(params [R, ...], images, labels, start) -> (metric sums over the chunk's real examples,
     class probabilities or None), each with the replica axis."""
     objective = OBJECTIVES[config.model]
@@ -52,7 +52,8 @@ def _evaluation_chunk(config: Config, graphdef: nnx.GraphDef, num: int, batch_si
         metrics, probabilities = objective.eval_metrics(nnx.merge(graphdef, params), batch, config)
         return {name: jnp.sum(jnp.where(index < num, value, 0.0)) for name, value in metrics.items()}, probabilities
 
-    return jax.jit(over_replicas(chunk, num_replicas, in_axes=(0, None, None, None)), out_shardings=replicated)
+    return jax.jit(over_replicas(chunk, num_replicas, in_axes=(0, None, None, None), layout=layout),
+                   out_shardings=layout.replicated)
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,7 +80,7 @@ def make_evaluate(config: Config, graphdef: nnx.GraphDef, dataset: data.Dataset,
     padded = -(-num // batch_size) * batch_size
     images = mesh.place(np.pad(dataset.test_images, ((0, padded - num), (0, 0), (0, 0), (0, 0))), layout.replicated)
     labels = mesh.place(np.pad(dataset.test_labels, (0, padded - num)), layout.replicated)
-    chunk = _evaluation_chunk(config, graphdef, num, batch_size, num_replicas, layout.replicated)
+    chunk = _evaluation_chunk(config, graphdef, num, batch_size, num_replicas, layout)
 
     def evaluate(params):
         outputs = mesh.fetch([chunk(params, images, labels, start) for start in range(0, padded, batch_size)])
@@ -196,8 +197,7 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
             while first < num_steps:
                 # Calls start at multiples of per_call, so a resumed run replays the same programs.
                 n = min(per_call - first % per_call, num_steps - first)
-                run_steps = make_run_steps(config, graphdef, tx, num_replicas, n, loop_form, layout.batch,
-                                           (layout.replicas, layout.replicated, layout.replicated))
+                run_steps = make_run_steps(config, graphdef, tx, num_replicas, n, loop_form, layout)
                 state, metrics, steps = run_steps(state, images, labels, permutation, placed_keys, epoch, first)
                 metrics, steps = mesh.fetch((metrics, steps))
                 global_step = epoch * num_steps + first

@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
-from jaxseed import streams
+from jaxseed import mesh, streams
 from jaxseed.config import Config
 from jaxseed.objectives import OBJECTIVES, Batch
 
@@ -67,14 +68,23 @@ def train_step(state: TrainState, batch: Batch, keys: streams.StreamKeys, epoch:
     return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
 
 
-def over_replicas(fn: Callable, num_replicas: int, in_axes: tuple) -> Callable:
+def over_replicas(fn: Callable, num_replicas: int, in_axes: tuple, layout: mesh.Layout | None = None) -> Callable:
     """``fn`` mapped over the leading replica axis of the arguments whose in_axes is 0.
 
     Several replicas: ``jax.vmap``. One replica: ``fn`` on the replica itself,
     with the axis taken off and put back, so a single run compiles to the very
     program it had before replicas existed (vmapped convolutions are other XLA
-    kernels, which sum in another order and on CPU run slower).
+    kernels, which sum in another order and on CPU run slower). With a ``layout``
+    whose ``seed`` axis has S > 1 devices, ``jax.shard_map`` hands each group of
+    devices its R / S replicas, mapped as above: replicas never talk to each other,
+    and the compiler is not left to split a vmapped convolution by itself.
     """
+    seed_devices = layout.shape[mesh.SEED] if layout else 1
+    if seed_devices > 1:
+        local = over_replicas(fn, num_replicas // seed_devices, in_axes)
+        specs = tuple(P(mesh.SEED) if axis == 0 else P() for axis in in_axes)
+        return jax.shard_map(local, mesh=layout.mesh, in_specs=specs, out_specs=P(mesh.SEED),
+                             axis_names={mesh.SEED})
     if num_replicas > 1:
         return jax.vmap(fn, in_axes=in_axes)
 
@@ -113,25 +123,25 @@ def param_checksum(params: nnx.State) -> jax.Array:
 
 @functools.lru_cache(maxsize=16)  # runs of one shape (an ablation's runs, a resume) compile once
 def make_run_steps(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, num_replicas: int,
-                   num_steps: int, loop: str, batch_sharding=None, out_shardings=None) -> Callable:
+                   num_steps: int, loop: str, layout: mesh.Layout | None = None) -> Callable:
     """Jit ``num_steps`` consecutive steps of one epoch, for R replicas, into one call.
 
     The call takes (state, images, labels, permutation, keys, epoch, first), with
     state, keys and permutation int32[R, N] on the replica axis, and gathers step
     j's batch from the device-resident data at permutation[:, (first + j) * B:][:B].
-    ``batch_sharding`` places each batch's example indices int32[R, B] on the mesh.
+    ``layout`` places each batch's example indices int32[R, B] on the mesh, and the outputs.
     Returns (state, metric sums of the call [R], per step: {"loss" [n, R], and with
     ``config.trace`` "param_checksum" [n, R]}).
     """
     batch_size = config.batch_size
     step_fn = over_replicas(functools.partial(train_step, graphdef=graphdef, tx=tx, config=config), num_replicas,
-                            in_axes=(0, 0, 0, None))
+                            in_axes=(0, 0, 0, None), layout=layout)
     checksums = over_replicas(param_checksum, num_replicas, in_axes=(0,))
 
     def one(state, images, labels, permutation, keys, epoch, position):
         index = jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size, axis=1)
-        if batch_sharding is not None:
-            index = jax.lax.with_sharding_constraint(index, batch_sharding)
+        if layout is not None:
+            index = jax.lax.with_sharding_constraint(index, layout.batch)
         state, metrics = step_fn(state, Batch(images[index], labels[index], index), keys, epoch)
         steps = {"loss": metrics["loss"] / metrics["count"]}
         if config.trace:
@@ -152,4 +162,5 @@ def make_run_steps(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTra
             metrics, steps = jax.tree.map(lambda *m: jnp.stack(m), *outputs)
         return state, jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics), steps
 
+    out_shardings = None if layout is None else (layout.replicas, layout.replicated, layout.replicated)
     return jax.jit(run, donate_argnums=0, out_shardings=out_shardings)
