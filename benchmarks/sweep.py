@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                              "devices": jax.device_count(), "model": args.model, "seeds": args.seeds,
                              "epochs": args.epochs, "train_limit": args.train_limit,
                              "date": time.strftime("%Y-%m-%d"),
-                             "command": " ".join(["python benchmarks/sweep.py", *(["--data-dir DIR"] * bool(args.data_dir)),
+                             "command": " ".join(["python benchmarks/sweep.py",
+                                                  *(["--data-dir DIR"] * bool(args.data_dir)),
                                                   f"--model {args.model} --seeds {args.seeds} --epochs {args.epochs} "
                                                   f"--train-limit {args.train_limit} --record"])}
         with open(ablate.STRATEGIES_FILE, "w") as f:

@@ -170,7 +170,8 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
                 outputs.write_lines(path, outputs.kept_lines(path, lambda row: row["step"] < epoch * num_steps + first))
 
     common = {"streams_used": list(objective.streams), "data_hash": manifest.arrays_hash(host_data),
-              "execution": {"loop": loop_form, "steps_per_call": per_call, "replicas": num_replicas, **layout.describe()},
+              "execution": {"loop": loop_form, "steps_per_call": per_call, "replicas": num_replicas,
+                            **layout.describe()},
               **manifest.environment(), "status": "running"}
     infos = [{**common, "streams": replica_seeds, "config": manifest.config_record(config, workdir),
               "init_param_hash": init_hash}
