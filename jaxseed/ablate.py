@@ -251,14 +251,15 @@ def run_group(config: Config, group_seeds: list[dict], paths: list[str], strateg
     for path, seeds, info in zip(paths, group_seeds, infos):
         probabilities = os.path.join(path, "test_probabilities.npy")
         save_result(path, seeds, info, np.load(probabilities) if os.path.exists(probabilities) else None)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if strategy == "vmap":  # the group's results are stored: its shared checkpoints are spent
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def plan_sweep(args) -> Sweep:
     """The sweep the flags ask for; UserError on bad input. Touches no file."""
     config = cli.config_from_args(args)
+    # No persistent compilation cache here: the `none` group's runs must each compile their own program.
     machine.require_flags(config)  # before jax.default_backend() starts JAX
-    machine.use_compilation_cache()
     used = OBJECTIVES[config.model].streams
     chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else used
     base_seed = streams.check_seed(args.base_seed, "--base-seed")
@@ -308,7 +309,7 @@ def run_sweep(sweep: Sweep, quiet: bool) -> str:
             for batch in batches(name, missing, sweep.strategy):
                 run_group(sweep.config, [sweep.groups[name][k] for k in batch],
                           [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy,
-                          os.path.join(sweep.workdir, "runs", f"{name}-{batch[0]:03d}-x{len(batch)}-checkpoints"),
+                          os.path.join(sweep.workdir, "runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"),
                           own_program=name == "none")
                 bar.update(len(batch))
     config = sweep.config

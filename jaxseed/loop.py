@@ -64,8 +64,9 @@ def _permutations(num_replicas: int, replicas: jax.sharding.NamedSharding) -> Ca
 
 
 def forget_compiled() -> None:
-    """Drop every compiled program, so the next run compiles its own (the ablation's
-    determinism control compares separate compilations, not only separate executions)."""
+    """Drop every compiled program held in memory, so the next run compiles its own (the
+    ablation's determinism control compares separate compilations, not only separate
+    executions; jaxseed.ablate therefore uses no persistent compilation cache)."""
     for cached in (make_run_steps, _evaluation_chunk, _permutations):
         cached.cache_clear()
     jax.clear_caches()
@@ -150,7 +151,7 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     mesh.wait_for_all("checkpoints cleared")
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, config.keep_checkpoints)
-    epoch, first, sums, probabilities = 0, 0, {}, None
+    epoch, first, sums, probabilities, evaluated = 0, 0, {}, None, False
     restored = checkpointer.restore_latest(state) if resume else None
     if restored:
         state, position = restored
@@ -227,6 +228,7 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
             bar.close()
             training_seconds = time.perf_counter() - start
             test_metrics, probabilities = evaluate(state.params)
+            evaluated = True
             step_counts = mesh.fetch(state.step)
             for r, history in enumerate(histories):
                 history.append({"epoch": epoch + 1, "step": int(step_counts[r]),
@@ -252,7 +254,7 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
         checkpointer.close()
 
     # ---- after training: each replica's outputs
-    if probabilities is None and histories[0]:  # resumed after the last epoch
+    if not evaluated and histories[0]:  # resumed after the last epoch
         probabilities = evaluate(state.params)[1]
     final_params = mesh.fetch(state.params)
     for r, (info, workdir, history) in enumerate(zip(infos, workdirs, histories)):

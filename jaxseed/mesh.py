@@ -20,6 +20,7 @@ values (draws are pure functions), and only process 0 writes files.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -109,10 +110,14 @@ def place(array: Any, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+@functools.lru_cache(maxsize=16)
+def _wrap_keys(sharding: NamedSharding):
+    return jax.jit(lambda words: jax.random.wrap_key_data(words, impl=streams.GENERATOR), out_shardings=sharding)
+
+
 def place_keys(keys: streams.StreamKeys, sharding: NamedSharding) -> streams.StreamKeys:
     """Typed keys key[R] of every stream, placed like ``place`` (by their words)."""
-    wrap = jax.jit(lambda words: jax.random.wrap_key_data(words, impl=streams.GENERATOR), out_shardings=sharding)
-    return jax.tree.map(lambda key: wrap(place(jax.random.key_data(key), sharding)), keys)
+    return jax.tree.map(lambda key: _wrap_keys(sharding)(place(jax.random.key_data(key), sharding)), keys)
 
 
 def fetch(tree: Any) -> Any:
@@ -150,17 +155,16 @@ def start_processes(coordinator_address: str | None, num_processes: int | None, 
     given = [coordinator_address, num_processes, process_id]
     if any(value is not None for value in given) and None in given:
         raise UserError("--coordinator-address, --num-processes and --process-id go together")
+    # CPU devices of several processes talk over gloo (TCP); GPUs and TPUs use their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address is None:
         slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
         tpu_pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-        if not (slurm or tpu_pod):
-            return
-        jax.distributed.initialize()
+        if slurm or tpu_pod:
+            jax.distributed.initialize()
         return
     if not 0 <= process_id < num_processes:
         raise UserError(f"--process-id must be in [0, {num_processes}), got {process_id}")
-    # CPU devices of several processes talk over gloo (TCP); GPUs and TPUs use their own.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     except Exception as error:  # any failure to reach the coordinator: one line, not a traceback

@@ -127,7 +127,7 @@ def make_run_steps(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTra
     """Jit ``num_steps`` consecutive steps of one epoch, for R replicas, into one call.
 
     The call takes (state, images, labels, permutation, keys, epoch, first), with
-    state, keys and permutation int32[R, N] on the replica axis, and gathers step
+    state, keys and permutation (int32[R, N]) on the replica axis, and gathers step
     j's batch from the device-resident data at permutation[:, (first + j) * B:][:B].
     ``layout`` places each batch's example indices int32[R, B] on the mesh, and the outputs.
     Returns (state, metric sums of the call [R], per step: {"loss" [n, R], and with

@@ -37,9 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         mesh.start_processes(args.coordinator_address, args.num_processes, args.process_id)
         if jax.process_count() > 1 and not args.workdir:
             raise UserError("a run over several processes needs --workdir (the same folder for every process)")
-        workdir = args.workdir
+        workdir, refused = args.workdir, None
         if not args.resume and mesh.is_writer():  # process 0 checks and creates the folder
-            workdir, created = cli.prepare_workdir(args.workdir, config, seed, overwrite=args.overwrite)
+            try:
+                workdir, created = cli.prepare_workdir(args.workdir, config, seed, overwrite=args.overwrite)
+            except UserError as error:
+                refused = error
+        if mesh.any_process(refused is not None):  # every process stops, none waits for the others
+            raise refused or UserError(f"process 0 could not start the run in {workdir}")
         info = loop.train_and_evaluate(config, seeds, workdir, progress=not args.quiet, resume=args.resume,
                                        should_stop=lambda: bool(stop_signal))
     except loop.Interrupted as stopped:

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         no_flags = cli.train_parser().parse_args([])  # everything comes from the manifest
         config, seeds = cli.resolve_resume(no_flags, args.workdir)
+        machine.require_flags(config)  # first: the cache's folder is named after the XLA flags
         machine.use_compilation_cache()
         with open(os.path.join(args.workdir, "manifest.json")) as f:
             recorded = json.load(f)

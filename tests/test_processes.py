@@ -82,3 +82,12 @@ def test_resume_after_killing_both_processes(runs, tmp_path):
     resumed, uninterrupted = manifest(workdir), manifest(runs / "two-processes")
     assert resumed["status"] == "finished"
     assert resumed["param_hash"] == uninterrupted["param_hash"]
+
+
+def test_a_refused_workdir_stops_every_process(runs):
+    """Process 0 refuses a workdir that holds a run; the others stop too instead of waiting."""
+    processes = start(runs / "two-processes")
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 2, err[-2000:]
+    assert "already holds a run" in err or "process 0 could not start" in err
