@@ -3,12 +3,15 @@
     python benchmarks/throughput.py [--data-dir DIR] [--steps 200] [--rounds 3]
 
 Reference: the same CNN, loss, optimiser and batch size, one ``jax.jit`` step per
-Python call, fed numpy batches gathered on the host (no augmentation). When
+Python call, fed numpy batches gathered on the host (no augmentation); once more
+with Flax's ``nnx.max_pool`` in place of jaxseed's max-pool, to show what that gives. When
 PyTorch is importable (it is not a dependency: ``pip install torch``), the same
 CNN in PyTorch eager mode is timed too, as the bar the field sets on a CPU.
 jaxseed: data resident on the device, batches gathered inside the jitted call,
 steps grouped per call as ``step.execution_plan`` chooses for this backend;
 measured with augmentation off (same work as the reference) and on (default).
+Evaluation: the test set scored by one ``jax.jit`` call per numpy batch against
+the training loop's own evaluation.
 The loops are timed in turn for several rounds; each figure is the median.
 First, a fresh ``python -m jaxseed.train`` process is timed to its first training
 call (imports, data, compile), twice: with an empty compilation cache, then with the
@@ -33,8 +36,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import data, step, streams
+from jaxseed import data, loop, mesh, step, streams
 from jaxseed.config import Config
+from jaxseed.objectives import OBJECTIVES, Batch
 
 
 def seconds(fn) -> float:
@@ -44,8 +48,18 @@ def seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
-    """(run, images per run, compile seconds) of a plain one-step-per-call loop on numpy batches."""
+def flax_max_pool_logits(model, images: jax.Array, dropout_keys: jax.Array) -> jax.Array:
+    """The CNN's training forward pass with Flax's ``nnx.max_pool`` (whose gradient XLA
+    computes by select-and-scatter), as jaxseed ran it before ``models.max_pool_2x2``."""
+    x = nnx.max_pool(nnx.relu(model.conv1(images)), (2, 2), strides=(2, 2))
+    x = nnx.max_pool(nnx.relu(model.conv2(x)), (2, 2), strides=(2, 2))
+    x = nnx.relu(model.dense(x.reshape(x.shape[0], -1)))
+    return model.head(model.drop(x, dropout_keys))
+
+
+def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int, logits_fn=None):
+    """(run, images per run, compile seconds) of a plain one-step-per-call loop on numpy batches;
+    ``logits_fn(model, images, dropout_keys)`` replaces the model's own forward pass."""
     tx = step.make_optimizer(config, dataset.num_train)
     graphdef, state = step.init_state(config, keys, tx)
 
@@ -54,7 +68,9 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
         dropout_keys = streams.example_keys(keys, 0, index).dropout
 
         def loss_fn(params):
-            logits = nnx.merge(graphdef, params)(images, train=True, dropout_keys=dropout_keys)
+            model = nnx.merge(graphdef, params)
+            logits = (logits_fn(model, images, dropout_keys) if logits_fn
+                      else model(images, train=True, dropout_keys=dropout_keys))
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -136,6 +152,35 @@ def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys
     return run, (steps // per_call) * per_call * config.batch_size, compile_seconds, (loop, per_call)
 
 
+def evaluations(config: Config, dataset: data.Dataset, keys: streams.StreamKeys):
+    """(plain run, jaxseed run, test images per run): scoring the test set (metric sums and
+    class probabilities) with one ``jax.jit`` call per numpy batch, against the training
+    loop's evaluation (test set resident on the device, fixed-size chunks)."""
+    tx = step.make_optimizer(config, dataset.num_train)
+    graphdef, state = step.init_state(config, keys, tx)
+    objective = OBJECTIVES[config.model]
+    num, batch = dataset.test_images.shape[0], config.eval_batch_size
+
+    @jax.jit
+    def plain_batch(params, images, labels):
+        metrics, probabilities = objective.eval_metrics(nnx.merge(graphdef, params), Batch(images, labels, None), config)
+        return {name: value.sum() for name, value in metrics.items()}, probabilities
+
+    def plain():
+        outputs = [plain_batch(state.params, dataset.test_images[start:start + batch],
+                               dataset.test_labels[start:start + batch]) for start in range(0, num, batch)]
+        return [jax.device_get(output) for output in outputs]
+
+    evaluate = loop.make_evaluate(config, graphdef, dataset, 1, mesh.plan(1, config.batch_size))
+    replica_params = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], state.params)
+
+    def jaxseed():
+        return evaluate(replica_params)
+
+    plain(), jaxseed()  # warm-up: compile
+    return plain, jaxseed, num
+
+
 def startup(data_flags: list[str], compilation_cache: str) -> tuple[float, float]:
     """(seconds from the command to the end of its first jitted training call, peak RSS in MB
     of all runs so far) of ``python -m jaxseed.train`` with the default config for one epoch,
@@ -179,11 +224,16 @@ def main(argv: list[str] | None = None):
           f"(goal 5s; {cold:.1f}s the first time, compiling), peak RSS of a 1-epoch run {peak_rss:.0f} MB "
           "(goal 2048 MB)")
     ref_run, ref_images, ref_compile = reference(config, dataset, keys, args.steps)
+    flax_pool_run, *_ = reference(config, dataset, keys, args.steps, flax_max_pool_logits)
     loops = {augment: jaxseed_loop(config.replace(augment=augment), dataset, keys, args.steps)
              for augment in ("none", "affine")}
     torch = torch_reference(config, dataset, args.steps) if importlib.util.find_spec("torch") else None
-    times = {name: [] for name in ("reference", "torch", *loops)}
+    plain_evaluation, jaxseed_evaluation, test_images = evaluations(config, dataset, keys)
+    times = {name: [] for name in ("reference", "flax pool", "torch", *loops, "plain evaluation", "evaluation")}
     for _ in range(args.rounds):
+        times["flax pool"].append(seconds(flax_pool_run))
+        times["plain evaluation"].append(seconds(plain_evaluation))
+        times["evaluation"].append(seconds(jaxseed_evaluation))
         times["reference"].append(seconds(ref_run))
         if torch:
             times["torch"].append(seconds(torch[0]))
@@ -191,6 +241,8 @@ def main(argv: list[str] | None = None):
             times[augment].append(seconds(run))
     ref_speed = ref_images / statistics.median(times["reference"])
     print(f"reference (jit step per call, numpy batches): {ref_speed:8.0f} images/s, compile {ref_compile:.1f}s")
+    speed = ref_images / statistics.median(times["flax pool"])
+    print(f"the same with Flax's nnx.max_pool:            {speed:8.0f} images/s, ratio {speed / ref_speed:.2f}x")
     if torch:
         speed = torch[1] / statistics.median(times["torch"])
         print(f"PyTorch eager, same CNN, no augmentation:    {speed:8.0f} images/s, ratio {speed / ref_speed:.2f}x")
@@ -199,6 +251,9 @@ def main(argv: list[str] | None = None):
         versus_torch = f", {speed * statistics.median(times['torch']) / torch[1]:.2f}x PyTorch" if torch else ""
         print(f"jaxseed {plan[0]} x{plan[1]}, augment={augment:6s}:     {speed:8.0f} images/s, "
               f"compile {compile_seconds:.1f}s, ratio {speed / ref_speed:.2f}x{versus_torch}")
+    plain_speed, speed = (test_images / statistics.median(times[name]) for name in ("plain evaluation", "evaluation"))
+    print(f"evaluation, jit call per numpy batch:        {plain_speed:8.0f} images/s")
+    print(f"evaluation, jaxseed (test set on device):    {speed:8.0f} images/s, ratio {speed / plain_speed:.2f}x")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from tqdm import tqdm
 
@@ -57,6 +58,14 @@ def _evaluation_chunk(config: Config, graphdef: nnx.GraphDef, num: int, batch_si
 
 
 @functools.lru_cache(maxsize=16)
+def _initial_states(config: Config, tx: optax.GradientTransformation, num_replicas: int) -> Callable:
+    """(stream keys [R]) -> each replica's TrainState [R], built from its init stream in one
+    jitted program: building the model op by op ran ~50 small programs, each looked up in
+    the compilation cache on its own (a second of start-up)."""
+    return jax.jit(over_replicas(lambda keys: init_state(config, keys, tx)[1], num_replicas, (0,)))
+
+
+@functools.lru_cache(maxsize=16)
 def _permutations(num_replicas: int, replicas: jax.sharding.NamedSharding) -> Callable:
     """(shuffle roots key[R], epoch, num_examples) -> each replica's permutation int32[R, N]."""
     return jax.jit(over_replicas(streams.epoch_permutation, num_replicas, (0, None, None)), static_argnums=2,
@@ -67,7 +76,7 @@ def forget_compiled() -> None:
     """Drop every compiled program held in memory, so the next run compiles its own (the
     ablation's determinism control compares separate compilations, not only separate
     executions; jaxseed.ablate therefore uses no persistent compilation cache)."""
-    for cached in (make_run_steps, _evaluation_chunk, _permutations):
+    for cached in (make_run_steps, _evaluation_chunk, _initial_states, _permutations):
         cached.cache_clear()
     jax.clear_caches()
 
@@ -132,7 +141,7 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
     keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))
     tx = make_optimizer(config, num_train)
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build(config, keys.init[0])))
-    initial = over_replicas(lambda replica_keys: init_state(config, replica_keys, tx)[1], num_replicas, (0,))(keys)
+    initial = _initial_states(config, tx, num_replicas)(keys)
     init_param_hashes = [manifest.tree_hash(jax.tree.map(lambda leaf: leaf[r], initial.params))
                          for r in range(num_replicas)]
     state = jax.tree.map(lambda leaf: mesh.place(leaf, layout.replicas), initial)

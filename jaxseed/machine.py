@@ -21,8 +21,8 @@ from jax._src import xla_bridge  # backends_are_initialized has no public name
 from jaxseed.errors import UserError
 
 PORTABLE_FLAG = "--xla_cpu_max_isa=AVX2"
-# --xla_gpu_exclude_nondeterministic_ops would be stricter, but cannot compile the CNN's
-# max-pool gradient (select-and-scatter).
+# --xla_gpu_exclude_nondeterministic_ops would be stricter, but could not compile Flax's
+# max-pool gradient (select-and-scatter); the CNN no longer uses it, untried on a GPU since.
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 # The /proc/cpuinfo flags that decide which code XLA CPU can generate.
 VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",

@@ -8,7 +8,47 @@ split-out state holds parameters alone.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool with stride 2 of x float[B, H, W, C] (H, W even) -> float[B, H/2, W/2, C].
+
+    Same values and gradient, bit for bit, as ``nnx.max_pool(x, (2, 2), strides=(2, 2))``,
+    whose gradient XLA computes with select-and-scatter: on CPU the CNN's two pools took
+    77 ms per batch of 128 that way, 3 ms with the comparisons below
+    (``benchmarks/profile_step.py``).
+    """
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool_forward(x):
+    pooled = max_pool_2x2(x)
+    return pooled, (x, pooled)
+
+
+def _max_pool_backward(residuals, grad):
+    """Each window's gradient goes to its first maximum in row-major order, as
+    select-and-scatter sends it (ties, e.g. of a ReLU's zeros, get nothing else)."""
+    x, pooled = residuals
+    b, h, w, c = x.shape
+    windows = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    taken = jnp.zeros(pooled.shape, bool)
+    rows = []
+    for i in range(2):
+        row = []
+        for j in range(2):
+            first = (windows[:, :, i, :, j, :] == pooled) & ~taken
+            taken = taken | first
+            row.append(jnp.where(first, grad, 0))
+        rows.append(jnp.stack(row, axis=3))
+    return (jnp.stack(rows, axis=2).reshape(b, h, w, c),)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 class CNN(nnx.Module):
@@ -35,8 +75,8 @@ class CNN(nnx.Module):
         stream) are required: example b's mask is drawn from dropout_keys[b] alone."""
         if train and dropout_keys is None:
             raise ValueError("CNN in training mode needs dropout_keys (keys of the 'dropout' stream)")
-        x = nnx.max_pool(nnx.relu(self.conv1(images)), (2, 2), strides=(2, 2))
-        x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
+        x = max_pool_2x2(nnx.relu(self.conv1(images)))
+        x = max_pool_2x2(nnx.relu(self.conv2(x)))
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
         if train:
             x = self.drop(x, dropout_keys)

@@ -13,6 +13,8 @@ def test_throughput_benchmark_runs():
     lines = result.stdout.splitlines()
     assert sum(line.startswith("jaxseed") and "ratio" in line for line in lines) == 2  # without and with augment
     assert any(line.startswith("reference") for line in lines)
+    assert any(line.startswith("the same with Flax's nnx.max_pool") and "ratio" in line for line in lines)
+    assert any(line.startswith("evaluation, jaxseed") and "ratio" in line for line in lines)
     assert any(line.startswith("start-up") and "peak RSS" in line for line in lines)
 
 
@@ -31,3 +33,12 @@ def test_device_check_runs():
     assert len(table) == 6  # header and five checks
     assert "same draws as one by one: True" in result.stdout
     assert result.stdout.count("param_hash equal: True") == 2  # on CPU both pairs are bit-identical
+
+
+def test_step_profile_runs():
+    result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--calls", "1", "--rounds", "1"],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms per call" not in line]
+    assert len(rows) == 16
+    assert sum("max-pool gradient" in row for row in rows) == 4  # jaxseed's and Flax's, both layers
