@@ -1,18 +1,25 @@
-"""Training throughput of jaxseed's loop against a plain JAX reference, in one run.
+"""Training throughput of jaxseed's loop against a plain JAX reference and PyTorch, in one run.
 
-    python benchmarks/throughput.py [--data-dir DIR] [--steps 200] [--rounds 3]
+    python benchmarks/throughput.py [--data-dir DIR] [--steps 200] [--rounds 3] [--torch-python PATH]
 
 Reference: the same CNN, loss, optimiser and batch size, one ``jax.jit`` step per
 Python call, fed numpy batches gathered on the host (no augmentation); once more
-with Flax's ``nnx.max_pool`` in place of jaxseed's max-pool, to show what that gives. When
-PyTorch is importable (it is not a dependency: ``pip install torch``), the same
-CNN in PyTorch eager mode is timed too, as the bar the field sets on a CPU.
+with Flax's ``nnx.max_pool`` in place of jaxseed's max-pool, to show what that gives.
 jaxseed: data resident on the device, batches gathered inside the jitted call,
 steps grouped per call as ``step.execution_plan`` chooses for this backend;
 measured with augmentation off (same work as the reference) and on (default).
 Evaluation: the test set scored by one ``jax.jit`` call per numpy batch against
 the training loop's own evaluation.
-The loops are timed in turn for several rounds; each figure is the median.
+PyTorch (not a dependency: ``pip install torch``, here or in the interpreter given as
+``--torch-python``): the same CNN in eager mode, no augmentation, timed by
+``torch_cnn.py`` in a process of its own (none of JAX's threads or memory in it), as the
+bar the field sets on a CPU; skipped, and said so, where torch is not installed.
+The CLI: ``python -m jaxseed.train`` with the default config (augmentation on) for 2
+epochs of ``--steps`` steps (fewer where the data set is smaller), in its own process;
+its training images/s are those of epoch 2 in its ``metrics.jsonl`` (``training_seconds``),
+as epoch 1 includes compiling.
+Each round times the in-process loops in turn, then the PyTorch process, then the CLI
+process; each figure is the median over the rounds.
 First, a fresh ``python -m jaxseed.train`` process is timed to its first training
 call (imports, data, compile), twice: with an empty compilation cache, then with the
 programs the first run left there; and the peak memory (RSS) of a 1-epoch run taken.
@@ -21,7 +28,7 @@ programs the first run left there; and the peak memory (RSS) of a 1-epoch run ta
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
 import resource
 import statistics
@@ -94,37 +101,6 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
 
     run()  # warm-up
     return run, steps * batch, compile_seconds
-
-
-def torch_reference(config: Config, dataset: data.Dataset, steps: int):
-    """(run, images per run, 0) of the same CNN in PyTorch eager mode, AdamW, no augmentation.
-
-    conv3x3(32)-relu-maxpool2-conv3x3(64)-relu-maxpool2-dense(256)-relu-dropout-dense(10),
-    NCHW (PyTorch's native layout), batches gathered from a host tensor. Its own
-    seeding is irrelevant here: only its speed is measured.
-    """
-    import torch
-    from torch import nn
-
-    model = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(7 * 7 * 64, 256), nn.ReLU(), nn.Dropout(config.dropout_rate), nn.Linear(256, 10))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    images = torch.from_numpy(dataset.train_images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
-    labels = torch.from_numpy(dataset.train_labels.astype(np.int64))
-    batch = config.batch_size
-
-    def run():
-        for i in range(steps):
-            start = (i * batch) % (len(labels) - batch)
-            loss = nn.functional.cross_entropy(model(images[start:start + batch]), labels[start:start + batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    run()  # warm-up
-    return run, steps * batch, 0.0
 
 
 def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
@@ -204,11 +180,46 @@ def startup(data_flags: list[str], compilation_cache: str) -> tuple[float, float
     return first_call, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
 
 
+TORCH_CNN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_cnn.py")
+CLI_EPOCHS = 2  # the first compiles; the last is timed
+
+
+def has_torch(python: str) -> bool:
+    """Whether ``python`` can import torch (asked in a subprocess: it may be another interpreter)."""
+    check = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"
+    return subprocess.run([python, "-c", check]).returncode == 0
+
+
+def torch_speed(python: str, arrays: str, config: Config, steps: int) -> dict:
+    """The JSON line of ``torch_cnn.py`` (images per second, threads, ...) for ``steps`` steps of
+    the training set in ``arrays``, run by ``python`` in a process of its own."""
+    result = subprocess.run([python, TORCH_CNN, "--arrays", arrays, "--steps", str(steps),
+                             "--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate),
+                             "--weight-decay", str(config.weight_decay), "--dropout-rate", str(config.dropout_rate)],
+                            stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def cli_speed(data_flags: list[str], config: Config, steps: int, num_train: int) -> float:
+    """Training images per second of the last of CLI_EPOCHS epochs of ``python -m jaxseed.train``
+    (default config, ``steps`` steps an epoch or the whole training set), from its metrics.jsonl."""
+    train_limit = min(steps * config.batch_size, num_train)
+    with tempfile.TemporaryDirectory(prefix="jaxseed-cli-") as workdir:
+        subprocess.run([sys.executable, "-m", "jaxseed.train", "--epochs", str(CLI_EPOCHS), "--quiet",
+                        "--train-limit", str(train_limit), "--workdir", workdir, *data_flags],
+                       stdout=subprocess.DEVNULL, check=True)
+        with open(os.path.join(workdir, "metrics.jsonl")) as lines:
+            *_, before, last = (json.loads(line) for line in lines)
+    return (last["step"] - before["step"]) * config.batch_size / last["training_seconds"]
+
+
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="raw MNIST IDX folder (default: the synthetic set)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per timed run")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each loop, interleaved")
+    parser.add_argument("--torch-python", default=sys.executable,
+                        help="Python interpreter that runs the PyTorch comparison (default: this one)")
     args = parser.parse_args(argv)
     dataset = data.load("mnist", args.data_dir) if args.data_dir else data.load("synthetic")
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
@@ -227,30 +238,49 @@ def main(argv: list[str] | None = None):
     flax_pool_run, *_ = reference(config, dataset, keys, args.steps, flax_max_pool_logits)
     loops = {augment: jaxseed_loop(config.replace(augment=augment), dataset, keys, args.steps)
              for augment in ("none", "affine")}
-    torch = torch_reference(config, dataset, args.steps) if importlib.util.find_spec("torch") else None
+    torch_python = args.torch_python if has_torch(args.torch_python) else None
     plain_evaluation, jaxseed_evaluation, test_images = evaluations(config, dataset, keys)
-    times = {name: [] for name in ("reference", "flax pool", "torch", *loops, "plain evaluation", "evaluation")}
-    for _ in range(args.rounds):
-        times["flax pool"].append(seconds(flax_pool_run))
-        times["plain evaluation"].append(seconds(plain_evaluation))
-        times["evaluation"].append(seconds(jaxseed_evaluation))
-        times["reference"].append(seconds(ref_run))
-        if torch:
-            times["torch"].append(seconds(torch[0]))
-        for augment, (run, *_) in loops.items():
-            times[augment].append(seconds(run))
+    times = {name: [] for name in ("reference", "flax pool", *loops, "plain evaluation", "evaluation")}
+    torch_runs, cli_speeds = [], []
+    with tempfile.TemporaryDirectory(prefix="jaxseed-torch-") as folder:
+        arrays = os.path.join(folder, "train.npz")
+        if torch_python:
+            np.savez(arrays, images=dataset.train_images, labels=dataset.train_labels)
+        for _ in range(args.rounds):
+            times["flax pool"].append(seconds(flax_pool_run))
+            times["plain evaluation"].append(seconds(plain_evaluation))
+            times["evaluation"].append(seconds(jaxseed_evaluation))
+            times["reference"].append(seconds(ref_run))
+            for augment, (run, *_) in loops.items():
+                times[augment].append(seconds(run))
+            # The processes run while this one idles: each has the cores to itself.
+            if torch_python:
+                torch_runs.append(torch_speed(torch_python, arrays, config, args.steps))
+            cli_speeds.append(cli_speed(data_flags, config, args.steps, dataset.num_train))
     ref_speed = ref_images / statistics.median(times["reference"])
     print(f"reference (jit step per call, numpy batches): {ref_speed:8.0f} images/s, compile {ref_compile:.1f}s")
     speed = ref_images / statistics.median(times["flax pool"])
     print(f"the same with Flax's nnx.max_pool:            {speed:8.0f} images/s, ratio {speed / ref_speed:.2f}x")
-    if torch:
-        speed = torch[1] / statistics.median(times["torch"])
-        print(f"PyTorch eager, same CNN, no augmentation:    {speed:8.0f} images/s, ratio {speed / ref_speed:.2f}x")
+    torch_median = statistics.median(run["images_per_second"] for run in torch_runs) if torch_runs else None
+    if torch_median:
+        print(f"PyTorch eager, own process, no augmentation:  {torch_median:8.0f} images/s, ratio "
+              f"{torch_median / ref_speed:.2f}x ({torch_runs[0]['threads']} threads, torch {torch_runs[0]['torch']})")
+    else:
+        print(f"PyTorch eager: torch is not installed for {args.torch_python} (pip install torch, or "
+              "--torch-python PATH); not timed")
+
+    def versus_torch(speed: float) -> str:
+        return f", {speed / torch_median:.2f}x PyTorch" if torch_median else ""
+
+    loop_speeds = {}
     for augment, (_, images, compile_seconds, plan) in loops.items():
-        speed = images / statistics.median(times[augment])
-        versus_torch = f", {speed * statistics.median(times['torch']) / torch[1]:.2f}x PyTorch" if torch else ""
+        speed = loop_speeds[augment] = images / statistics.median(times[augment])
         print(f"jaxseed {plan[0]} x{plan[1]}, augment={augment:6s}:     {speed:8.0f} images/s, "
-              f"compile {compile_seconds:.1f}s, ratio {speed / ref_speed:.2f}x{versus_torch}")
+              f"compile {compile_seconds:.1f}s, ratio {speed / ref_speed:.2f}x{versus_torch(speed)}")
+    speed = statistics.median(cli_speeds)
+    print(f"jaxseed CLI training, augment={config.augment} (metrics.jsonl, epoch {CLI_EPOCHS} of {CLI_EPOCHS}): "
+          f"{speed:.0f} images/s, ratio {speed / ref_speed:.2f}x, {speed / loop_speeds[config.augment]:.2f}x the "
+          f"jitted call{versus_torch(speed)}")
     plain_speed, speed = (test_images / statistics.median(times[name]) for name in ("plain evaluation", "evaluation"))
     print(f"evaluation, jit call per numpy batch:        {plain_speed:8.0f} images/s")
     print(f"evaluation, jaxseed (test set on device):    {speed:8.0f} images/s, ratio {speed / plain_speed:.2f}x")

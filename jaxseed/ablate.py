@@ -18,6 +18,7 @@ ablation.csv, ablation.md and ablation.png.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from jaxseed import cli, data, loop, machine, manifest, plots, streams
+from jaxseed import cli, data, entry, loop, manifest, plots, rundir, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES
@@ -42,6 +43,7 @@ STRATEGIES = ("auto", "sequential", "vmap")
 STRATEGIES_FILE_NAME = "strategies.json"
 STRATEGIES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), STRATEGIES_FILE_NAME)
 LEVEL = 0.95  # of every interval in the report
+PROG = "python -m jaxseed.ablate"
 
 
 # ---------------------------------------------------------------- the plan
@@ -214,52 +216,47 @@ def run_dir(workdir: str, group: str, index: int) -> str:
     return os.path.join(workdir, "runs", f"{group}-{index:03d}")
 
 
-def load_result(path: str) -> dict | None:
-    """A finished run's result, or None if it has not finished."""
+def load_result(path: str, seeds: dict, num_test: int | None) -> dict | None:
+    """A finished run's result (seeds, param_hash, final metrics, and a classifier's test
+    probabilities [num_test, classes]), or None if it has not finished. Read as input: a
+    study folder may come from anyone."""
     try:
-        with open(os.path.join(path, "result.json")) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
+        recorded = rundir.read_manifest(path)
+    except FileNotFoundError:
         return None
-    probabilities = os.path.join(path, "test_probabilities.npy")
-    if os.path.exists(probabilities):
-        result["probabilities"] = np.load(probabilities)
+    if recorded.get("status") != "finished":
+        return None
+    if recorded["streams"] != seeds:
+        raise UserError(f"{path} holds a run of other seeds than this sweep planned; choose another --workdir")
+    result = {"seeds": seeds, "param_hash": recorded.get("param_hash"), "final": recorded.get("final")}
+    if not isinstance(result["final"], dict) or not isinstance(result["param_hash"], str):
+        raise UserError(f"{path}/manifest.json lacks the final metrics or param_hash of a finished run")
+    if num_test is not None:
+        result["probabilities"] = rundir.load_array(path, "test_probabilities.npy", np.float32,
+                                                    (num_test, data.NUM_CLASSES))
     return result
-
-
-def save_result(path: str, seeds: dict, info: dict, probabilities: np.ndarray | None) -> None:
-    os.makedirs(path, exist_ok=True)
-    if probabilities is not None:
-        np.save(os.path.join(path, "test_probabilities.npy"), probabilities)
-    # result.json last: its presence marks the run finished.
-    manifest.write_json(os.path.join(path, "result.json"),
-                        {"seeds": seeds, "param_hash": info["param_hash"], "final": info["final"]})
 
 
 def run_group(config: Config, group_seeds: list[dict], paths: list[str], strategy: str, checkpoint_dir: str,
               own_program: bool = False) -> None:
-    """Train the runs at ``paths`` and store their results: under vmap as the replicas of
-    one program (checkpointed in ``checkpoint_dir``), else one run after another. With
-    ``own_program``, nothing compiled before is reused (each ``none`` run)."""
+    """Train the runs at ``paths`` (each run's folder is claimed by its run): under vmap as the
+    replicas of one program (checkpointed in ``checkpoint_dir``), else one run after another.
+    With ``own_program``, nothing compiled before is reused (each ``none`` run)."""
     if own_program:
         loop.forget_compiled()
     if strategy == "vmap":
-        infos = loop.train(config, group_seeds, paths, checkpoint_dir=checkpoint_dir, progress=False, resume=True)
+        loop.train(config, group_seeds, paths, checkpoint_dir=checkpoint_dir, progress=False, resume=True)
+        shutil.rmtree(checkpoint_dir)  # the group's results are stored: its shared checkpoints are spent
     else:
-        infos = [loop.train_and_evaluate(config, seeds, path, progress=False, resume=True)  # resume: after a kill
-                 for path, seeds in zip(paths, group_seeds)]
-    for path, seeds, info in zip(paths, group_seeds, infos):
-        probabilities = os.path.join(path, "test_probabilities.npy")
-        save_result(path, seeds, info, np.load(probabilities) if os.path.exists(probabilities) else None)
-    if strategy == "vmap":  # the group's results are stored: its shared checkpoints are spent
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        for path, seeds in zip(paths, group_seeds):
+            loop.train_and_evaluate(config, seeds, path, progress=False, resume=True)  # resume: after a kill
 
 
 def plan_sweep(args) -> Sweep:
     """The sweep the flags ask for; UserError on bad input. Touches no file."""
     config = cli.config_from_args(args)
     # No persistent compilation cache here: the `none` group's runs must each compile their own program.
-    machine.require_flags(config)  # before jax.default_backend() starts JAX
+    entry.start_jax(config, compilation_cache=False)  # before jax.default_backend() starts JAX
     used = OBJECTIVES[config.model].streams
     chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else used
     base_seed = streams.check_seed(args.base_seed, "--base-seed")
@@ -272,53 +269,58 @@ def plan_sweep(args) -> Sweep:
     return Sweep(config, groups, strategy, workdir, header)
 
 
-def open_sweep(sweep: Sweep) -> None:
-    """Start the sweep's workdir, or check that the one there is this sweep, run the same way."""
-    path = os.path.join(sweep.workdir, "sweep.json")
-    if not os.path.exists(path):
-        cli.prepare_workdir(sweep.workdir, sweep.config, sweep.header["base_seed"])
-        manifest.write_json(path, sweep.header)
-        return
+def open_sweep(sweep: Sweep) -> rundir.RunFolder:
+    """Claim the sweep's folder: start it, or check that the one there is this sweep, run the same way."""
+    study = rundir.RunFolder.claim(sweep.workdir, "study", resume=True)
     try:
-        with open(path) as f:
-            recorded = json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
-    if (recorded.get("config"), recorded.get("groups_planned")) != (sweep.header["config"], sweep.groups):
-        raise UserError(f"{sweep.workdir} holds a different sweep; choose another --workdir")
-    # Runs of one group made by other programs would not be comparable (vmap sums in another order).
-    ran = (recorded.get("strategy"), recorded.get("backend"))
-    if ran != (sweep.strategy, sweep.header["backend"]):
-        raise UserError(f"the sweep in {sweep.workdir} ran with strategy {ran[0]} on backend {ran[1]}, this one "
-                        f"would use {sweep.strategy} on {sweep.header['backend']}; finish it with --strategy {ran[0]} "
-                        "on that backend, or choose another --workdir")
+        try:
+            recorded = rundir.read_json(sweep.workdir, "sweep.json")
+        except FileNotFoundError:
+            study.write_json("sweep.json", sweep.header)
+            return study
+        if (recorded.get("config"), recorded.get("groups_planned")) != (sweep.header["config"], sweep.groups):
+            raise UserError(f"{sweep.workdir} holds a different sweep; choose another --workdir")
+        # Runs of one group made by other programs would not be comparable (vmap sums in another order).
+        ran = (recorded.get("strategy"), recorded.get("backend"))
+        if ran != (sweep.strategy, sweep.header["backend"]):
+            raise UserError(f"the sweep in {sweep.workdir} ran with strategy {ran[0]} on backend {ran[1]}, this one "
+                            f"would use {sweep.strategy} on {sweep.header['backend']}; finish it with --strategy "
+                            f"{ran[0]} on that backend, or choose another --workdir")
+    except BaseException:
+        study.release()
+        raise
+    return study
 
 
-def run_sweep(sweep: Sweep, quiet: bool) -> str:
+def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool) -> str:
     """Train every missing run, then write the report; returns its markdown."""
+    config = sweep.config
+    labels = data.load(config.data, config.data_dir).test_labels if config.model == "cnn" else None
+    num_test = None if labels is None else len(labels)
+
+    def result(name: str, k: int) -> dict | None:
+        return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], num_test)
+
     num_seeds = len(sweep.groups["none"])
-    todo = {name: [k for k in range(num_seeds) if load_result(run_dir(sweep.workdir, name, k)) is None]
-            for name in sweep.groups}
+    todo = {name: [k for k in range(num_seeds) if result(name, k) is None] for name in sweep.groups}
     total = len(sweep.groups) * num_seeds
     if not quiet:
         print(f"strategy {sweep.strategy}: {sweep.header['strategy_reason']}", file=sys.stderr)
     start = time.perf_counter()
+    study.folder("runs")
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
               desc=f"ablation ({sweep.strategy})", disable=quiet) as bar:
         for name, missing in todo.items():
             for batch in batches(name, missing, sweep.strategy):
-                run_group(sweep.config, [sweep.groups[name][k] for k in batch],
-                          [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy,
-                          os.path.join(sweep.workdir, "runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"),
+                checkpoints = study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"))
+                run_group(config, [sweep.groups[name][k] for k in batch],
+                          [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy, checkpoints,
                           own_program=name == "none")
                 bar.update(len(batch))
-    config = sweep.config
-    labels = data.load(config.data, config.data_dir).test_labels if config.model == "cnn" else None
-    results = {name: [load_result(run_dir(sweep.workdir, name, k)) for k in range(num_seeds)]
-               for name in sweep.groups}
+    results = {name: [result(name, k) for k in range(num_seeds)] for name in sweep.groups}
     rows = [summarize(name, group, labels) for name, group in results.items()]
     header = {**sweep.header, "seconds_this_invocation": time.perf_counter() - start}
-    return write_report(sweep.workdir, rows, results, header)
+    return write_report(study, rows, results, header)
 
 
 # ---------------------------------------------------------------- report
@@ -340,7 +342,7 @@ def ranking_lines(rows: list[dict], metric: str) -> list[str]:
             for a, b in pairs]
 
 
-def write_report(workdir: str, rows: list[dict], results: dict[str, list[dict]], header: dict) -> str:
+def write_report(study: rundir.RunFolder, rows: list[dict], results: dict[str, list[dict]], header: dict) -> str:
     """ablation.json, ablation.csv, ablation.md and ablation.png; returns the markdown.
 
     ablation.json holds every run (seeds, param_hash, final metrics), so anyone can
@@ -348,12 +350,13 @@ def write_report(workdir: str, rows: list[dict], results: dict[str, list[dict]],
     """
     runs = {name: [{k: r[k] for k in ("seeds", "param_hash", "final")} for r in group]
             for name, group in results.items()}
-    manifest.write_json(os.path.join(workdir, "ablation.json"), {**header, "runs": runs, "summary": rows})
+    study.write_json("ablation.json", {**header, "runs": runs, "summary": rows})
     flat = [{k: (f"{v[0]:.6g}..{v[1]:.6g}" if isinstance(v, tuple) else v) for k, v in row.items()} for row in rows]
-    with open(os.path.join(workdir, "ablation.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(flat[0]))
-        writer.writeheader()
-        writer.writerows(flat)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(flat[0]))
+    writer.writeheader()
+    writer.writerows(flat)
+    study.write_text("ablation.csv", table.getvalue())
     classifier = "test_accuracy_mean" in rows[0]
     metrics = ["test_accuracy", "test_loss"] if classifier else ["test_loss"]
     titles = {"test_accuracy": "test accuracy", "test_loss": "test loss"}
@@ -383,12 +386,11 @@ def write_report(workdir: str, rows: list[dict], results: dict[str, list[dict]],
         lines.append("\nDeterminism control: the `none` group's reruns, each its own program, are bit-identical "
                      "(one param_hash, zero spread).")
     markdown = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "ablation.md"), "w") as f:
-        f.write(markdown)
+    study.write_text("ablation.md", markdown)
     metric = metrics[0]
-    plots.plot_spread([row["group"] for row in rows], [row[f"{metric}_std"] for row in rows],
-                      [row[f"{metric}_std_ci"] for row in rows], f"std of final {titles[metric]}",
-                      os.path.join(workdir, "ablation.png"))
+    study.save_picture("ablation.png", lambda f: plots.plot_spread(
+        [row["group"] for row in rows], [row[f"{metric}_std"] for row in rows],
+        [row[f"{metric}_std_ci"] for row in rows], f"std of final {titles[metric]}", f))
     return markdown
 
 
@@ -396,7 +398,7 @@ def write_report(workdir: str, rows: list[dict], results: dict[str, list[dict]],
 
 
 def ablate_parser():
-    parser = cli.new_parser("python -m jaxseed.ablate",
+    parser = cli.new_parser(PROG,
                             "Vary one key stream at a time and report the spread each causes.")
     parser.add_argument("--seeds", type=cli.int_at_least(2), default=5, help="runs per group, K (default 5)")
     parser.add_argument("--streams", help="comma-separated streams to vary (default: every stream the model uses)")
@@ -415,21 +417,20 @@ def ablate_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = ablate_parser().parse_args(argv)
-    sweep = None
-    try:
+
+    def ablate() -> int:
         sweep = plan_sweep(args)
-        open_sweep(sweep)
-        markdown = run_sweep(sweep, args.quiet)
-    except KeyboardInterrupt:
-        again = "the same command" if args.workdir or sweep is None else f"it with --workdir {sweep.workdir}"
-        print(f"jaxseed.ablate: interrupted; finished runs are kept: rerun {again} to complete the sweep",
-              file=sys.stderr)
-        return 130
-    except (UserError, FloatingPointError) as error:
-        print(f"jaxseed.ablate: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, UserError) else 3
-    print(markdown + f"\nreport in {sweep.workdir}: ablation.md, ablation.csv, ablation.json, ablation.png")
-    return 0
+        with open_sweep(sweep) as study:
+            try:
+                markdown = run_sweep(sweep, study, args.quiet)
+            except KeyboardInterrupt:
+                again = "the same command" if args.workdir else f"it with --workdir {sweep.workdir}"
+                raise entry.Interrupted(f"interrupted; finished runs are kept: rerun {again} to complete the "
+                                        "sweep") from None
+        print(markdown + f"\nreport in {sweep.workdir}: ablation.md, ablation.csv, ablation.json, ablation.png")
+        return 0
+
+    return entry.run("jaxseed.ablate", ablate)
 
 
 if __name__ == "__main__":

@@ -1,66 +1,125 @@
 """Checkpoints of the training state with orbax-checkpoint.
 
 orbax writes each checkpoint into a temporary folder and renames it when
-complete, so a kill during a save leaves the previous checkpoints as they were.
-No key is stored: every draw is a function of (seed, position), so the position
-(epoch, step in epoch) is all a resumed run needs.
+complete, so a kill or a full disk during a save leaves the previous checkpoints
+as they were. The state is saved as the named pytree (``params``, ``opt_state``,
+``step``) and restored against the abstract target, so a checkpoint is readable
+by name. No key is stored: every draw is a function of (seed, position), so the
+position (epoch, step in epoch) is all a resumed run needs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxseed import mesh
+from jaxseed.errors import UserError
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _reason(error: BaseException) -> str:
+    """The OS error behind a failed write, as the OS words it (tensorstore reports its code), else the first line."""
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    return os.strerror(int(code.group(1))) if code else _first_line(error)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax logs a failed write's traceback from its writer thread before raising it here,
+    where it becomes one line: hold that log back."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
 
 class Checkpointer:
     """Save and restore (state, progress) pairs; keeps the last ``max_to_keep``.
 
     ``progress`` is a JSON-able dict: epoch, next step in that epoch, global
-    step, and the epoch's running metric sums.
+    step, and the epoch's running metric sums. Saves are synchronous: a failed
+    write (no space, quota, permission) is raised by the save that made it, as a
+    UserError, never later from a background thread.
     """
 
     def __init__(self, directory: str, max_to_keep: int = 3):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+                "state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()})
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot open the checkpoints in {self.directory}: {_first_line(error)}") from None
 
     def save(self, state: Any, progress: dict) -> None:
-        # Leaves by position: restoring into the structure of a fresh state needs
-        # nothing of the pytree's own node types.
-        leaves = {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(state))}
-        self.manager.save(progress["global_step"], force=True, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(leaves), progress=ocp.args.JsonSave(progress)))
+        try:
+            with _quiet_orbax():
+                self.manager.save(progress["global_step"], force=True, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+        except Exception as error:  # orbax/tensorstore report a failed write in their own error types
+            raise UserError(f"cannot write a checkpoint in {self.directory} at step {progress['global_step']}: "
+                            f"{_reason(error)}; the checkpoints saved before are kept: free space, then resume "
+                            "with --resume") from None
+
+    def _is_named(self, step: int, like: Any) -> bool:
+        """Whether the checkpoint at ``step`` holds ``like``'s fields by name (an older jaxseed saved
+        positional leaves, "00000", ...)."""
+        return set(self.manager.item_metadata(step)["state"].keys()) == set(like._fields)
 
     def restore_latest(self, like: Any) -> tuple[Any, dict] | None:
-        """(state, progress) of the newest readable checkpoint, shaped like ``like``.
+        """(state, progress) of the newest readable checkpoint, shaped and placed like ``like``.
 
-        An unreadable checkpoint is moved to ``<directory>-unreadable/`` (kept for
-        inspection, out of the way of new saves), reported on stderr, and the
-        previous one tried.
+        A checkpoint whose files cannot be read is moved to ``<directory>-unreadable/``
+        by the writing process (kept for inspection, out of the way of new saves),
+        reported on stderr, and the previous one tried. One written by an older
+        jaxseed (positional leaves) is refused in one line.
         """
-        leaves, treedef = jax.tree.flatten(like)
-        target = {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                if not self._is_named(step, like):
+                    raise UserError(f"the checkpoint at step {step} in {self.directory} was written by an older "
+                                    "jaxseed (or holds another model); it cannot be resumed: start afresh with "
+                                    "--overwrite")
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()))
-            except Exception as error:  # corrupt or partial files: any reader error
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-                aside = os.path.join(f"{self.directory}-unreadable", str(step))
-                os.makedirs(os.path.dirname(aside), exist_ok=True)
-                os.replace(os.path.join(self.directory, str(step)), aside)
-                self.manager.reload()
-                print(f"jaxseed: checkpoint at step {step} is unreadable ({reason}); moved to {aside}, "
-                      "trying the previous one", file=sys.stderr)
+                error = None
+            except (OSError, ValueError, KeyError, TypeError) as failure:  # missing, corrupt or partial files
+                error = failure
+            if mesh.any_process(error is not None):  # every process skips it together
+                self._set_aside(step, error)
                 continue
-            state = jax.tree.unflatten(treedef, [restored.state[key] for key in sorted(target)])
-            return state, dict(restored.progress)
+            return restored.state, dict(restored.progress)
         return None
 
+    def _set_aside(self, step: int, error: BaseException | None) -> None:
+        aside = os.path.join(f"{self.directory}-unreadable", str(step))
+        if mesh.is_writer():
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), aside)
+            reason = _first_line(error) if error else "on another process"
+            print(f"jaxseed: checkpoint at step {step} is unreadable ({reason}); moved to {aside}, trying the "
+                  "previous one", file=sys.stderr)
+        mesh.wait_for_all(f"checkpoint {step} set aside")
+        self.manager.reload()
+
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.manager.close()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 import typing
 
-from jaxseed import manifest, streams
+from jaxseed import manifest, rundir, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.objectives import OBJECTIVES
@@ -44,9 +43,9 @@ def int_at_least(low: int):
     return parse
 
 
-EXIT_CODES = ("exit codes: 0 done; 1 verify or diff found a difference; 2 bad input (one line on stderr, "
-              "nothing you had is changed); 3 non-finite loss; 130 interrupted (train saves a checkpoint, "
-              "ablate keeps its finished runs)")
+EXIT_CODES = ("exit codes: 0 done; 1 verify or diff found a difference; 2 bad input or a failed write (one line "
+              "on stderr, nothing you had is changed); 3 non-finite loss; 130 interrupted (train saves a "
+              "checkpoint, ablate keeps its finished runs)")
 _ALIASES = {"learning_rate": ["--lr"]}
 
 
@@ -96,7 +95,8 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --workdir from its latest checkpoint, bit for bit")
     p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in a workdir that already holds a run (its checkpoints are deleted)")
+                   help="start afresh in a workdir that already holds a run (exactly the files a run writes are "
+                        "deleted first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_process_flags(p)
     add_config_flags(p)
@@ -145,18 +145,20 @@ def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
 
 
 def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, dict[str, int]]:
-    """The config and seeds recorded in ``workdir``; UserError if a given flag differs."""
+    """The config and seeds recorded in ``workdir``; UserError if a given flag differs.
+
+    ``--data-dir`` may be given: it names where the data is now (the run's data
+    hash, checked when training resumes, says whether it is the same data).
+    """
     try:
-        with open(os.path.join(workdir, "manifest.json")) as f:
-            recorded = json.load(f)
-        config = manifest.config_from_record(recorded["config"], workdir)
-        seeds = {k: int(v) for k, v in recorded["streams"].items()}
+        recorded = rundir.read_manifest(workdir)
     except FileNotFoundError:
         raise UserError(f"{workdir} holds no run to resume (no manifest.json)") from None
-    except (OSError, ValueError, TypeError, KeyError, UserError) as error:
-        raise UserError(f"cannot read the manifest in {workdir}: {error}") from None
+    config = manifest.config_from_record(recorded["config"], workdir, data_dir=args.data_dir)
+    seeds = manifest.seeds_from_record(recorded["streams"], workdir)
     differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
-                   for field, value in config_changes(args).items() if getattr(config, field) != value]
+                   for field, value in config_changes(args).items()
+                   if field != "data_dir" and getattr(config, field) != value]
     if args.seed is not None or args.stream:
         given = _seeds(args, config)[1]
         differences += [f"seed of stream {name!r} is {seeds.get(name)} in the run, {given[name]} given"
@@ -166,23 +168,7 @@ def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, dict
     return config, seeds
 
 
-def prepare_workdir(workdir: str | None, config: Config, seed: int, overwrite: bool = False) -> tuple[str, bool]:
-    """Create the run's folder; refuse one that holds a run unless ``overwrite``.
-
-    Returns (path, whether this call created it).
-    """
-    if workdir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        workdir = os.path.join("runs", f"{config.model}-{config.data.replace(':', '-')}-seed{seed}-{stamp}")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"workdir {workdir} exists and is not a folder")
-    if os.path.exists(os.path.join(workdir, "manifest.json")) and not overwrite:
-        raise UserError(f"workdir {workdir} already holds a run; pass --overwrite or choose another --workdir")
-    created = not os.path.exists(workdir)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create workdir {workdir}: {error.strerror}") from None
-    if not os.access(workdir, os.W_OK | os.X_OK):
-        raise UserError(f"workdir {workdir} is not writable")
-    return workdir, created
+def default_workdir(config: Config, seed: int) -> str:
+    """A new folder under ./runs/ named after the run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.model}-{config.data.replace(':', '-')}-seed{seed}-{stamp}")

@@ -1,6 +1,6 @@
 """Every setting of a run, with its default, in one frozen dataclass.
 
-Each field carries its help text, and its valid values or lower bound, as field
+Each field carries its help text, its type and its valid values or bounds, as field
 metadata: the CLI builds one flag per field from it (``cli.add_config_flags``),
 and ``Config`` checks them when it is built, from the CLI or from Python alike.
 The whole object is written into the manifest.
@@ -9,6 +9,7 @@ The whole object is written into the manifest.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 from jaxseed.errors import UserError
@@ -23,10 +24,15 @@ LOOPS = ("auto", "unroll", "scan")
 
 
 def setting(default, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
-            above: float | None = None, below: float | None = None):
+            maximum: float | None = None, above: float | None = None, below: float | None = None):
     """A Config field with its help text and what values are valid."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
-                                                        "above": above, "below": below})
+                                                        "maximum": maximum, "above": above, "below": below})
+
+
+# The Python type each annotation admits: a manifest is input, so "10" is not 10, nor 1 True.
+_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+          "bool": ((bool,), "true or false")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +40,7 @@ class Config:
     # What is trained.
     model: str = setting("cnn", "model", choices=MODELS)
     dropout_rate: float = setting(0.5, "CNN: dropout rate of the dense layer", minimum=0.0, below=1.0)
-    latents: int = setting(20, "VAE: dimensions of the Gaussian latent", minimum=1)
+    latents: int = setting(20, "VAE: dimensions of the Gaussian latent", minimum=1, maximum=4096)
     # Data.
     data: str = setting("mnist", "data set", choices=DATASETS)
     data_dir: Optional[str] = setting(None, "read the raw IDX files (train-images-idx3-ubyte[.gz], ...) from this "
@@ -42,21 +48,22 @@ class Config:
     train_limit: Optional[int] = setting(None, "train on the first N training examples", minimum=1)
     # Augmentation (drawn from the `augment` stream, applied inside the jitted step).
     augment: str = setting("affine", "CNN: on-device augmentation from the 'augment' stream", choices=AUGMENTATIONS)
-    max_translation: float = setting(2.0, "pixels; shifts are uniform in [-max, max] on each axis", minimum=0.0)
-    max_rotation: float = setting(10.0, "degrees; rotations are uniform in [-max, max]", minimum=0.0)
+    max_translation: float = setting(2.0, "pixels; shifts are uniform in [-max, max] on each axis", minimum=0.0,
+                                     maximum=1000.0)
+    max_rotation: float = setting(10.0, "degrees; rotations are uniform in [-max, max]", minimum=0.0, maximum=180.0)
     binarize: str = setting("dynamic", "VAE inputs: each pixel ~ Bernoulli(grey level) from the 'augment' stream, "
                                        "or a fixed threshold at 0.5", choices=BINARIZATIONS)
     # Optimisation: AdamW, linear warm-up then cosine decay to zero.
-    epochs: int = setting(10, "training epochs", minimum=1)
-    batch_size: int = setting(128, "examples per step", minimum=1)
+    epochs: int = setting(10, "training epochs", minimum=1, maximum=100_000)
+    batch_size: int = setting(128, "examples per step", minimum=1, maximum=1 << 20)
     learning_rate: float = setting(3e-3, "peak learning rate of AdamW", above=0.0)
     warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warm-up", minimum=0.0)
     weight_decay: float = setting(1e-4, "AdamW's decoupled weight decay", minimum=0.0)
     # Execution (changes speed, never the numbers beyond float noise).
     loop: str = setting("auto", "how steps are compiled: unrolled in one jit or lax.scan (auto: per backend)",
                         choices=LOOPS)
-    steps_per_call: int = setting(0, "training steps per jitted call (0: per backend)", minimum=0)
-    eval_batch_size: int = setting(1000, "test examples per evaluation call", minimum=1)
+    steps_per_call: int = setting(0, "training steps per jitted call (0: per backend)", minimum=0, maximum=100_000)
+    eval_batch_size: int = setting(1000, "test examples per evaluation call", minimum=1, maximum=1 << 20)
     # Where it runs (see jaxseed.mesh): replicas over "seed", each batch over "data".
     devices: int = setting(0, "devices to run on (0: all, of every process)", minimum=0)
     mesh: Optional[str] = setting(None, "split of the devices as seed=S,data=D (default: replicas first, "
@@ -72,19 +79,30 @@ class Config:
     # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every
     # `checkpoint_every` steps when > 0.
     checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)
-    keep_checkpoints: int = setting(3, "checkpoints kept", minimum=1)
+    keep_checkpoints: int = setting(3, "checkpoints kept", minimum=1, maximum=1000)
     trace: bool = setting(False, "write trace.jsonl: each step's loss and parameter checksum (for jaxseed.diff)")
-    importance_samples: int = setting(100, "VAE: samples per test image for the final log-likelihood", minimum=1)
+    importance_samples: int = setting(100, "VAE: samples per test image for the final log-likelihood", minimum=1,
+                                     maximum=100_000)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value, rules = getattr(self, field.name), field.metadata
-            if value is None or isinstance(value, bool):
+            optional = field.type.startswith("Optional[")
+            kinds, described = _TYPES[field.type.removeprefix("Optional[").removesuffix("]")]
+            if value is None and optional:
                 continue
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise UserError(f"{field.name} must be {described}{' or null' if optional else ''}, got {value!r}")
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{field.name} must be a finite number, got {value}")
             if rules["choices"] and value not in rules["choices"]:
                 raise UserError(f"{field.name} must be one of {', '.join(rules['choices'])}; got {value!r}")
             if rules["minimum"] is not None and not value >= rules["minimum"]:
                 raise UserError(f"{field.name} must be >= {rules['minimum']}, got {value}")
+            if rules["maximum"] is not None and not value <= rules["maximum"]:
+                raise UserError(f"{field.name} must be <= {rules['maximum']}, got {value}")
             if rules["above"] is not None and not value > rules["above"]:
                 raise UserError(f"{field.name} must be > {rules['above']}, got {value}")
             if rules["below"] is not None and not value < rules["below"]:

@@ -15,10 +15,11 @@ from the device-resident arrays by index (see ``step.py``).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,9 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IDX_UBYTE = 0x08
+# MNIST has 60,000 training examples; the cap bounds what a header can make the reader allocate.
+MAX_EXAMPLES = 1_000_000
+_READ_CHUNK = 1 << 20  # gzip reads through a temporary buffer of this size
 NUM_CLASSES = 10
 _TFDS_PREFIX = "tfds:"
 
@@ -50,30 +54,58 @@ class Dataset(NamedTuple):
         return int(self.train_images.shape[0])
 
 
-def read_idx(path: str, expected_ndim: int) -> np.ndarray:
-    """Parse one IDX file (optionally gzipped) of unsigned bytes.
+def read_idx(path: str, item_shape: tuple[int, ...], max_examples: int = MAX_EXAMPLES) -> np.ndarray:
+    """Parse one IDX file (optionally gzipped) of unsigned bytes: at most ``max_examples`` items of ``item_shape``.
 
     Layout: two zero bytes, the type code 0x08, the number of dimensions d, then
-    d big-endian uint32 sizes, then the data. Anything else raises UserError.
+    d big-endian uint32 sizes, then the data. The header is checked before the
+    body is read, so a header claiming a huge shape costs nothing; then exactly
+    the bytes it announces are read. Anything else raises UserError (one line).
     """
     try:
         with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            raw = f.read()
+            shape = _read_header(f, path, 1 + len(item_shape))
+            _check_shape(path, shape, item_shape, max_examples)
+            return _read_body(f, path, shape)
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise UserError(f"cannot read IDX file {path}: {error}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] != expected_ndim:
-        raise UserError(
-            f"{path} is not an IDX file of unsigned bytes with {expected_ndim} dimension(s) (bad magic number)"
-        )
-    header = 4 + 4 * expected_ndim
-    if len(raw) < header:
+
+
+def _read_header(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:3] != bytes((0, 0, _IDX_UBYTE)) or magic[3] != ndim:
+        raise UserError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s) (bad magic number)")
+    sizes = f.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
         raise UserError(f"{path} is truncated: its header is incomplete")
-    shape = struct.unpack(f">{expected_ndim}I", raw[4:header])
-    size = int(np.prod(shape))
-    if len(raw) - header != size:
-        state = "truncated" if len(raw) - header < size else "longer than its header says"
-        raise UserError(f"{path} is {state}: header gives shape {shape} ({size} bytes), file has {len(raw) - header}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    return struct.unpack(f">{ndim}I", sizes)  # Python ints: their product cannot overflow
+
+
+def _check_shape(path: str, shape: tuple[int, ...], item_shape: tuple[int, ...], max_examples: int) -> None:
+    if shape[1:] != item_shape:
+        raise UserError(f"{path}: each example is {_dims(shape[1:])}, expected {_dims(item_shape)}")
+    if shape[0] > max_examples:
+        raise UserError(f"{path}: its header claims {shape[0]} examples, more than the {max_examples} "
+                        "this reader accepts")
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _read_body(f: BinaryIO, path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The ``prod(shape)`` bytes after the header, which must end the file."""
+    size = math.prod(shape)
+    body = np.empty(size, np.uint8)  # pages are committed only as bytes arrive: a short file costs little
+    view, filled = memoryview(body), 0
+    while filled < size and (count := f.readinto(view[filled:filled + _READ_CHUNK])):
+        filled += count
+    if filled < size:
+        raise UserError(f"{path} is truncated: header gives shape {shape} ({size} bytes), file has {filled}")
+    if f.read(1):  # also makes gzip check its CRC and length trailer
+        raise UserError(f"{path} is longer than its header says: header gives shape {shape} ({size} bytes), "
+                        "more follow")
+    return body.reshape(shape)
 
 
 def _find_idx(data_dir: str, stem: str) -> str:
@@ -89,16 +121,15 @@ def load_idx_dir(data_dir: str) -> Dataset:
         raise UserError(f"data dir {data_dir} does not exist or is not a folder")
     arrays = []
     for split, (images_stem, labels_stem) in IDX_FILES.items():
-        images = read_idx(_find_idx(data_dir, images_stem), 3)
-        labels = read_idx(_find_idx(data_dir, labels_stem), 1)
+        images = read_idx(_find_idx(data_dir, images_stem), (28, 28))
+        labels_path = _find_idx(data_dir, labels_stem)
+        labels = read_idx(labels_path, ())
         if images.shape[0] != labels.shape[0]:
             raise UserError(
                 f"{data_dir}: {split} split has {images.shape[0]} images but {labels.shape[0]} labels"
             )
-        if images.shape[1:] != (28, 28):
-            raise UserError(f"{data_dir}: {split} images are {images.shape[1:]}, expected 28x28")
         if labels.size and labels.max() >= NUM_CLASSES:
-            raise UserError(f"{data_dir}: {split} labels go up to {labels.max()}, expected 0..9")
+            raise UserError(f"{labels_path}: labels go up to {labels.max()}, expected 0..9")
         arrays += [images[..., None], labels.astype(np.int32)]
     return Dataset(*arrays)
 

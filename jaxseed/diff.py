@@ -9,27 +9,33 @@ identical, 1 if they diverge, 2 on bad input.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from jaxseed import cli, manifest
+from jaxseed import cli, entry, rundir
 from jaxseed.errors import UserError
+
+PROG = "python -m jaxseed.diff"
 
 
 def read_run(workdir: str) -> tuple[list[dict], dict]:
-    """(trace rows, manifest) of a run folder."""
+    """(trace rows, manifest) of a run folder, each checked to be what jaxseed writes."""
     try:
-        with open(os.path.join(workdir, "trace.jsonl")) as f:
-            trace = [json.loads(line) for line in f if line.strip()]
-        with open(os.path.join(workdir, "manifest.json")) as f:
-            recorded = json.load(f)
-        # data_dir is stored relative to each workdir: compare where it points, not how it is written.
-        recorded["config"] = manifest.config_from_record(recorded["config"], workdir).to_dict()
+        trace = rundir.read_trace(workdir)
+        recorded = rundir.read_manifest(workdir)
     except FileNotFoundError as error:
-        raise UserError(f"{workdir} has no {os.path.basename(error.filename)} (train it with --trace)") from None
-    except (ValueError, TypeError, KeyError, UserError) as error:
-        raise UserError(f"cannot read the run in {workdir}: {error}") from None
+        raise UserError(f"{workdir} has no {os.path.basename(error.filename)}") from None
+    if not trace:
+        raise UserError(f"{workdir} has no trace.jsonl (train it with --trace)")
+    # data_dir is stored relative to each workdir: compare where it points, not how it is written
+    # (only compared, never read, so it may point anywhere).
+    config = dict(recorded["config"])
+    if isinstance(config.get("data_dir"), str):
+        config["data_dir"] = os.path.normpath(os.path.join(os.path.abspath(workdir), config["data_dir"]))
+    recorded["config"] = config
+    used = recorded.get("streams_used")
+    recorded["streams_used"] = ([name for name in used if isinstance(name, str)] if isinstance(used, list)
+                                else list(recorded["streams"]))
     return trace, recorded
 
 
@@ -59,7 +65,7 @@ def describe(difference: dict | None, manifest_a: dict, manifest_b: dict, steps:
         lines.append(f"  {name}: " + (f"loss {row['loss']!r}, param_checksum {row['param_checksum']}"
                                       if row else "no such step"))
     seeds = [f"{name} {manifest_a['streams'].get(name)} vs {manifest_b['streams'].get(name)}"
-             for name in manifest_a.get("streams_used", manifest_a["streams"])
+             for name in manifest_a["streams_used"]
              if manifest_a["streams"].get(name) != manifest_b["streams"].get(name)]
     config = [f"{key} {value!r} vs {manifest_b['config'].get(key)!r}"
               for key, value in manifest_a["config"].items() if manifest_b["config"].get(key) != value]
@@ -69,18 +75,18 @@ def describe(difference: dict | None, manifest_a: dict, manifest_b: dict, steps:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.new_parser("python -m jaxseed.diff", __doc__.splitlines()[0])
+    parser = cli.new_parser(PROG, __doc__.splitlines()[0])
     parser.add_argument("run_a")
     parser.add_argument("run_b")
     args = parser.parse_args(argv)
-    try:
+
+    def compare() -> int:
         (trace_a, manifest_a), (trace_b, manifest_b) = read_run(args.run_a), read_run(args.run_b)
-    except UserError as error:
-        print(f"jaxseed.diff: error: {error}", file=sys.stderr)
-        return 2
-    difference = first_difference(trace_a, trace_b)
-    print("\n".join(describe(difference, manifest_a, manifest_b, len(trace_a))))
-    return 0 if difference is None else 1
+        difference = first_difference(trace_a, trace_b)
+        print("\n".join(describe(difference, manifest_a, manifest_b, len(trace_a))))
+        return 0 if difference is None else 1
+
+    return entry.run("jaxseed.diff", compare)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,16 @@ Where to: ``<root>/<data set>/``, the root being the first that is set of
 ``$JAXSEED_DATA_DIR``, ``$TFDS_DATA_DIR/jaxseed``, ``$XDG_CACHE_HOME/jaxseed``,
 then ``~/.cache/jaxseed``.
 
-What is checked: the sha256 of every file before it enters the cache. MNIST's
-checksums are those of the decompressed files, so a mirror may wrap the same
-bytes in any gzip; Fashion-MNIST's are those tensorflow-datasets registers for
-the ``.gz`` downloads. A file is written under a temporary name in the cache
-folder and renamed into place only once verified, so the cache never holds a
-partial or unverified file, whatever fails or interrupts the download.
+What is checked: the sha256 of every file, before it enters the cache and
+again each time it is loaded from there. MNIST's checksums are those of the
+decompressed files, so a mirror may wrap the same bytes in any gzip;
+Fashion-MNIST's are those tensorflow-datasets registers for the ``.gz``
+downloads. A file is written under a temporary name in the cache folder and
+renamed into place only once verified, so the cache never holds a partial or
+unverified file, whatever fails or interrupts the download. No file may exceed
+its size cap (``MAX_BYTES``, downloaded or decompressed) nor take longer than
+its deadline to download, so a wrong mirror (a link to an endless file, a
+server that trickles) fails as one line instead of filling the disk or hanging.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import hashlib
 import http.client
 import os
 import secrets
+import stat
 import sys
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -47,7 +53,17 @@ FASHION_MNIST_SHA256 = {  # of the .gz files, as tensorflow-datasets registers t
     "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
     "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
-TIMEOUT_S = 30.0  # per connection attempt and per read, not for the whole file
+# The most bytes a download, or its decompressed content, may hold, per file: a bit above the full files'
+# content (47,040,016, 60,008, 7,840,016 and 10,008 bytes), which any gzip of it stays under, even one
+# that does not compress; so also above the .gz files (the largest, Fashion-MNIST's, is 26.4 MB).
+MAX_BYTES = {
+    "train-images-idx3-ubyte": 48 << 20,
+    "train-labels-idx1-ubyte": 64 << 10,
+    "t10k-images-idx3-ubyte": 8 << 20,
+    "t10k-labels-idx1-ubyte": 16 << 10,
+}
+TIMEOUT_S = 30.0  # per connection attempt and per read
+DEADLINE_S = 600.0  # for one whole file: 26 MB take 10 minutes at 44 kB/s
 _CHUNK = 1 << 16
 # Failures of the network or the server (ssl.SSLError and socket errors are OSErrors);
 # a failed write to the cache is told apart where it happens.
@@ -87,71 +103,142 @@ def fetch(name: str) -> str:
 
 
 def download(folder: str, base_url: str, sha256: Mapping[str, str] = MNIST_SHA256, *,
-             mirror_variable: str = "JAXSEED_MNIST_MIRROR", timeout: float = TIMEOUT_S) -> str:
+             max_bytes: Mapping[str, int] = MAX_BYTES, mirror_variable: str = "JAXSEED_MNIST_MIRROR",
+             timeout: float = TIMEOUT_S, deadline: float = DEADLINE_S) -> str:
     """Make ``folder`` hold the verified ``<stem>.gz`` of every file in ``sha256``; return ``folder``.
 
     ``sha256`` maps a file name to the sha256 of its bytes: ``"<stem>.gz"`` is
-    checked as downloaded, a bare ``"<stem>"`` on its decompressed content. A
-    file already in ``folder`` is trusted without rehashing: it only got its
-    name after passing this check (renames are atomic), and the IDX reader
-    checks its structure on every load anyway; so later runs need no network.
-    Raises UserError (one line) on any failure, leaving no partial file behind.
+    checked as downloaded, a bare ``"<stem>"`` on its decompressed content;
+    ``max_bytes`` maps each stem to its size cap (see ``MAX_BYTES``). A file
+    already in ``folder`` is rehashed by the same rule, so a copy damaged on
+    disk is never trusted (hashing all four MNIST files takes well under a
+    second); one that fails is reported on stderr, deleted, and downloaded
+    again like a missing one. A download slower than ``deadline`` seconds, or
+    with a read stalled for ``timeout`` seconds, fails. Raises UserError (one
+    line) on any failure, leaving no partial file behind.
     """
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the data cache folder {folder} ({error.strerror}); set JAXSEED_DATA_DIR "
                         "to a writable folder, or pass --data-dir DIR with the four IDX files") from None
-    for name, expected in sha256.items():
+    for name, digest in sha256.items():
         stem = name.removesuffix(".gz")
         path = os.path.join(folder, stem + ".gz")
-        if not os.path.exists(path):
-            _fetch_one(base_url.rstrip("/") + f"/{stem}.gz", path, name.endswith(".gz"), expected,
-                       mirror_variable, timeout)
+        expected = _Expected(digest, name.endswith(".gz"), max_bytes[stem])
+        if not _verified_in_cache(path, expected):
+            _fetch_one(base_url.rstrip("/") + f"/{stem}.gz", path, expected, mirror_variable, timeout, deadline)
     return folder
 
 
-def _fetch_one(url: str, path: str, hash_download: bool, expected: str, mirror_variable: str,
-               timeout: float) -> None:
+class _Expected(NamedTuple):
+    """What one file must be."""
+
+    sha256: str
+    of_download: bool  # sha256 of the .gz itself, else of its decompressed content
+    max_bytes: int  # cap on the .gz and on its decompressed content
+
+
+class _Rejected(Exception):
+    """A file that cannot be the one expected; the message completes "<file> ..."."""
+
+
+def _verified_in_cache(path: str, expected: _Expected) -> bool:
+    """Whether the cache holds ``path`` and it passes its check; a copy that fails is deleted."""
+    if not os.path.lexists(path):
+        return False
+    reason = _cache_problem(path, expected)
+    if reason is None:
+        return True
+    try:
+        os.remove(path)
+    except OSError as error:
+        raise UserError(f"{path} in the data cache {reason}; delete it ({error.strerror})") from None
+    print(f"jaxseed: {path} in the data cache {reason}; deleted it, downloading it again", file=sys.stderr)
+    return False
+
+
+def _cache_problem(path: str, expected: _Expected) -> str | None:
+    """Why the cached ``path`` fails the check of a download (completing "<path> ..."), or None."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read
+            return "is not a regular file"
+        digest = _sha256(path, not expected.of_download, expected.max_bytes)
+    except _Rejected as error:
+        return str(error)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    return None if digest == expected.sha256 else f"fails its checksum ({_mismatch(digest, expected)})"
+
+
+def _fetch_one(url: str, path: str, expected: _Expected, mirror_variable: str, timeout: float,
+               deadline: float) -> None:
     """Download ``url`` to a unique temporary name beside ``path``, verify it, rename it to ``path``."""
-    partial = f"{path}.{secrets.token_hex(4)}.part"  # unique: concurrent runs may fill one cache
+    # Unique, and created with O_EXCL (which follows no planted link): concurrent runs may fill one cache.
+    partial = f"{path}.{secrets.token_hex(4)}.part"
     try:
         try:
             with open(partial, "xb") as f:
-                digest = _stream(url, f, mirror_variable, timeout)
+                digest = _stream(url, f, expected.max_bytes, mirror_variable, timeout, deadline)
                 f.flush()
                 os.fsync(f.fileno())  # the rename must not outlive the bytes after a crash
+            if not expected.of_download:
+                digest = _sha256(partial, True, expected.max_bytes)
+        except _Rejected as error:
+            raise UserError(f"download of {url} {error}; the file was deleted (a broken download or a wrong "
+                            "mirror?)") from None
         except OSError as error:  # the disk: _stream turned the network's OSErrors into UserError
             raise _unwritable(os.path.dirname(path), error) from None
-        if not hash_download:
-            digest = _content_sha256(partial, url)
-        if digest != expected:
-            of = "" if hash_download else " of its decompressed content"
-            raise UserError(f"checksum mismatch for {url}: sha256{of} is {digest}, expected {expected}; "
+        if digest != expected.sha256:
+            raise UserError(f"checksum mismatch for {url}: {_mismatch(digest, expected)}; "
                             "the file was deleted (a wrong or corrupted mirror?)")
-        os.replace(partial, path)
+        try:
+            os.replace(partial, path)
+        except OSError as error:
+            raise _unwritable(os.path.dirname(path), error) from None
     finally:
         if os.path.exists(partial):
             os.remove(partial)
 
 
-def _stream(url: str, out, mirror_variable: str, timeout: float) -> str:
-    """Copy ``url``'s body to the file ``out`` with a progress bar; return the sha256 of the body."""
+def _mismatch(digest: str, expected: _Expected) -> str:
+    of = "" if expected.of_download else " of its decompressed content"
+    return f"sha256{of} is {digest}, expected {expected.sha256}"
+
+
+def _stream(url: str, out, max_bytes: int, mirror_variable: str, timeout: float, deadline: float) -> str:
+    """Copy ``url``'s body to the file ``out`` with a progress bar; return the sha256 of the body.
+
+    The body may hold at most ``max_bytes`` and must arrive within ``deadline`` seconds, checked after
+    every read (so it stops at most ``timeout`` later).
+    """
     digest, received = hashlib.sha256(), 0
+    give_up = time.monotonic() + deadline
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=min(timeout, deadline)) as response:
             length = response.headers.get("Content-Length")
             length = int(length) if length and length.isdigit() else None
+            if length is not None and length > max_bytes:
+                raise UserError(f"download of {url} is larger than expected: the server announces {length} "
+                                f"bytes, at most {max_bytes} expected (a wrong mirror?)")
             # disable=None: a bar on a terminal only, so a piped stderr carries just errors.
             with tqdm(total=length, desc=os.path.basename(url), unit="B", unit_scale=True, unit_divisor=1024,
                       file=sys.stderr, disable=None, leave=False) as bar:
-                while chunk := response.read(_CHUNK):
+                # read1: what has arrived, so that a trickling server cannot hold one read for long
+                while chunk := response.read1(_CHUNK):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise UserError(f"download of {url} is larger than expected: more than {max_bytes} "
+                                        "bytes; the partial file was deleted (a wrong mirror?)")
+                    if time.monotonic() > give_up:
+                        raise UserError(f"download of {url} took longer than its deadline of {deadline:g} s "
+                                        f"({received} bytes in); the partial file was deleted, try again, or "
+                                        f"set {mirror_variable} to a faster mirror")
                     try:
                         out.write(chunk)
                     except OSError as error:
                         raise _unwritable(os.path.dirname(out.name), error) from None
                     digest.update(chunk)
-                    received += len(chunk)
                     bar.update(len(chunk))
     except _NETWORK_ERRORS as error:
         # URLError wraps the socket's error ("[Errno 111] Connection refused"); HTTPError reads well as is.
@@ -170,14 +257,17 @@ def _unwritable(folder: str, error: OSError) -> UserError:
                      "set JAXSEED_DATA_DIR to a writable folder, or pass --data-dir DIR")
 
 
-def _content_sha256(path: str, url: str) -> str:
-    """sha256 of the decompressed content of the gzip file ``path`` (downloaded from ``url``)."""
-    digest = hashlib.sha256()
+def _sha256(path: str, decompress: bool, max_bytes: int) -> str:
+    """sha256 of the file ``path``, or with ``decompress`` of its gzip content; either may hold ``max_bytes``."""
+    digest, size = hashlib.sha256(), 0
     try:
-        with gzip.open(path, "rb") as f:
+        with (gzip.open if decompress else open)(path, "rb") as f:
             while chunk := f.read(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:  # also stops a gzip bomb early
+                    what = "its content is" if decompress else "it is"
+                    raise _Rejected(f"is larger than expected: {what} more than {max_bytes} bytes")
                 digest.update(chunk)
-    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise UserError(f"download of {url} is truncated or not gzip ({error}); the file was deleted, "
-                        "try again") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise _Rejected(f"is truncated or not gzip ({error})") from None
     return digest.hexdigest()

@@ -1,20 +1,17 @@
-"""The one training loop: replicas x epochs x jitted calls, with evaluation,
-checkpoints, resume, signals and the non-finite check.
+"""The one training loop: set up → restore → one epoch at a time → finish.
 
 A single run is one replica (R = 1); ``jaxseed.ablate --strategy vmap`` trains a
 group's runs as R replicas of one program. Each replica writes its own run
-folder — metrics.jsonl, trace.jsonl, manifest.json, curves.png — the same files
+folder (``rundir.RunFolder``, claimed for the loop's lifetime) — the same files
 whichever way it was trained; the replicas share one checkpoint.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import sys
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +20,12 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, plots, streams
+from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, plots, rundir, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
-from jaxseed.objectives import OBJECTIVES, Batch
-from jaxseed.step import execution_plan, init_state, make_optimizer, make_run_steps, over_replicas, steps_per_epoch
+from jaxseed.objectives import OBJECTIVES, Batch, Objective
+from jaxseed.step import (TrainState, execution_plan, init_state, make_optimizer, make_run_steps, over_replicas,
+                          steps_per_epoch)
 
 
 class Interrupted(Exception):
@@ -84,7 +82,8 @@ def forget_compiled() -> None:
 def make_evaluate(config: Config, graphdef: nnx.GraphDef, dataset: data.Dataset, num_replicas: int,
                   layout: mesh.Layout) -> Callable:
     """params [R, ...] -> ({test_<metric>: float64[R], mean over the test set},
-    class probabilities float32[R, N, C] or None). Runs in fixed-size chunks."""
+    class probabilities float32[R, N, C] or None). Runs in fixed-size chunks; the
+    last is padded, and only real examples count."""
     num = int(dataset.test_images.shape[0])
     batch_size = min(config.eval_batch_size, num)
     padded = -(-num // batch_size) * batch_size
@@ -103,182 +102,284 @@ def make_evaluate(config: Config, graphdef: nnx.GraphDef, dataset: data.Dataset,
     return evaluate
 
 
+class Position(NamedTuple):
+    """Where training stands: the epoch, the next step in it, and the epoch's running metric sums."""
+
+    epoch: int
+    first: int
+    sums: dict
+
+
+class Run(NamedTuple):
+    """Everything one loop over R replicas holds fixed while it trains."""
+
+    config: Config
+    objective: Objective
+    seeds: list[dict[str, int]]
+    folders: list[rundir.RunFolder]
+    data: data.Dataset  # on the host
+    layout: mesh.Layout
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    keys: streams.StreamKeys  # placed, key[R] per stream
+    images: jax.Array  # the training set, on the devices
+    labels: jax.Array
+    num_steps: int  # per epoch
+    loop_form: str
+    per_call: int
+    evaluate: Callable
+    checkpointer: checkpoint.Checkpointer
+    progress: bool
+
+    @property
+    def writer(self) -> bool:
+        return self.folders[0].writes
+
+
+def _claim(workdirs: list[str], resume: bool, overwrite: bool) -> list[rundir.RunFolder]:
+    """Claim every replica's folder on the writing process; a refusal stops every process."""
+    folders, refused = [], None
+    try:
+        for workdir in workdirs:
+            folders.append(rundir.RunFolder.claim(workdir, resume=resume, overwrite=overwrite,
+                                                  writer=mesh.is_writer()))
+    except UserError as error:
+        refused = error
+    if mesh.any_process(refused is not None):
+        for folder in folders:
+            folder.release()
+        raise refused or UserError(f"process 0 could not start the run in {workdirs[0]}")
+    return folders
+
+
+def setup(config: Config, seeds: list[dict[str, int]], folders: list[rundir.RunFolder], checkpoint_dir: str | None,
+          dataset: data.Dataset | None, progress: bool) -> tuple[Run, TrainState, list[str]]:
+    """(the run, its initial state [R] on the mesh, each replica's initial parameter hash)."""
+    machine.require_flags(config)
+    objective = OBJECTIVES[config.model]
+    host_data = load_data(config) if dataset is None else dataset
+    num_train = host_data.num_train
+    if not 0 < config.batch_size <= num_train:
+        raise UserError(f"--batch-size must be in [1, {num_train}] (the training set size), got {config.batch_size}")
+    layout = mesh.plan(len(seeds), config.batch_size, config.devices, config.mesh)
+    backend = jax.default_backend()
+    if config.deterministic and backend != "gpu" and folders[0].writes:
+        print(f"jaxseed: --deterministic has no effect on {backend} (it selects GPU kernels)", file=sys.stderr)
+    keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))
+    tx = make_optimizer(config, num_train)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build(config, keys.init[0])))
+    initial = _initial_states(config, tx, len(seeds))(keys)
+    init_hashes = [manifest.tree_hash(jax.tree.map(lambda leaf: leaf[r], initial.params)) for r in range(len(seeds))]
+    state = jax.tree.map(lambda leaf: mesh.place(leaf, layout.replicas), initial)
+    num_steps = steps_per_epoch(config, num_train)
+    loop_form, per_call = execution_plan(config, backend, num_steps)
+    checkpoints = checkpoint.Checkpointer(checkpoint_dir or folders[0].folder("checkpoints"), config.keep_checkpoints)
+    run = Run(config, objective, seeds, folders, host_data, layout, graphdef, tx,
+              mesh.place_keys(keys, layout.replicas),
+              *(mesh.place(array, layout.replicated) for array in (host_data.train_images, host_data.train_labels)),
+              num_steps, loop_form, per_call, make_evaluate(config, graphdef, host_data, len(seeds), layout),
+              checkpoints, progress)
+    return run, state, init_hashes
+
+
+def restore(run: Run, state: TrainState, data_hash: str) -> tuple[TrainState, Position]:
+    """The newest readable checkpoint's state and position, checked against this run; else the start."""
+    for folder in run.folders:
+        try:
+            recorded = rundir.read_manifest(folder.path)
+        except FileNotFoundError:
+            continue
+        if recorded.get("data_hash") not in (None, data_hash):
+            raise UserError(f"the data differs from the data {folder.path} was trained on (data_hash "
+                            f"{str(recorded['data_hash'])[:16]}…, here {data_hash[:16]}…); "
+                            "pass the same --data-dir")
+    restored = run.checkpointer.restore_latest(state)
+    if not restored:
+        return state, Position(0, 0, {})
+    state, progress = restored
+    position = _checked_position(run, progress)
+    if run.progress and run.writer:
+        print(f"resuming at epoch {position.epoch + 1}, step {progress['global_step']}", file=sys.stderr)
+    return state, position
+
+
+def _checked_position(run: Run, progress: dict) -> Position:
+    """A checkpoint's position, refused unless it is one this run can be at (a checkpoint is input)."""
+    try:
+        epoch, first, step = int(progress["epoch"]), int(progress["first"]), int(progress["global_step"])
+        sums = {str(name): np.asarray(value, np.float64) for name, value in dict(progress["sums"]).items()}
+        valid = (0 <= epoch <= run.config.epochs and 0 <= first < run.num_steps
+                 and step == epoch * run.num_steps + first
+                 and (epoch < run.config.epochs or first == 0) and (first > 0) == bool(sums)
+                 and all(value.shape == (len(run.seeds),) for value in sums.values()))
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise UserError(f"the checkpoint in {run.checkpointer.directory} holds a position that is not one of this "
+                        f"run ({str(progress)[:120]}); start afresh with --overwrite")
+    return Position(epoch, first, sums)
+
+
 def _first_non_finite(step_losses: np.ndarray) -> tuple[int, int] | None:
     """(step in the call, replica) of the first non-finite loss in float[n, R], or None."""
     bad = np.argwhere(~np.isfinite(step_losses))
     return tuple(int(i) for i in bad[0]) if bad.size else None
 
 
-@streams.pinned_generator
-def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], checkpoint_dir: str | None = None,
-          progress: bool = True, resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
-          dataset: data.Dataset | None = None) -> list[dict]:
-    """Train one run per entry of ``seeds`` together, replica r writing into ``workdirs[r]``.
+def _save(run: Run, state: TrainState, at: Position) -> None:
+    run.checkpointer.save(state, {"epoch": at.epoch, "first": at.first,
+                                  "global_step": at.epoch * run.num_steps + at.first,
+                                  "sums": {name: value.tolist() for name, value in at.sums.items()}})
 
-    Each replica draws exactly what it would alone: its state, stream keys and
-    permutations sit on a leading replica axis, which the step is mapped over
-    (``step.over_replicas``) and the mesh splits over its ``seed`` devices.
-    Evaluates after each epoch. With ``resume``, continues from the newest
-    readable checkpoint in ``checkpoint_dir`` (default: ``<workdirs[0]>/checkpoints``);
-    the result is bitwise the uninterrupted run's. ``should_stop`` is polled after
-    each jitted call: when true, a checkpoint is saved and Interrupted raised.
-    ``dataset`` (host arrays) replaces the config's data (experiments that alter it).
-    Returns each replica's manifest.
+
+def train_epoch(run: Run, state: TrainState, at: Position,
+                should_stop: Callable[[], bool]) -> tuple[TrainState, list[dict], np.ndarray | None]:
+    """Train epoch ``at.epoch`` from step ``at.first`` to its end, then evaluate.
+
+    Returns (state, each replica's metrics row, class probabilities [R, N, C] or
+    None). Raises Interrupted when ``should_stop`` (polled after each call, agreed
+    by every process) asks, after a checkpoint; FloatingPointError on a non-finite loss.
     """
-    machine.require_flags(config)
-    objective = OBJECTIVES[config.model]
-    num_replicas = len(seeds)
-    host_data = load_data(config) if dataset is None else dataset
-    num_train = host_data.num_train
-    if not 0 < config.batch_size <= num_train:
-        raise UserError(f"--batch-size must be in [1, {num_train}] (the training set size), got {config.batch_size}")
-    layout = mesh.plan(num_replicas, config.batch_size, config.devices, config.mesh)
-    backend, writer = jax.default_backend(), mesh.is_writer()
-    if config.deterministic and backend != "gpu" and writer:
-        print(f"jaxseed: --deterministic has no effect on {backend} (it selects GPU kernels)", file=sys.stderr)
-
-    # ---- state: built on the host from each replica's init stream, then placed on the mesh
-    keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))
-    tx = make_optimizer(config, num_train)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build(config, keys.init[0])))
-    initial = _initial_states(config, tx, num_replicas)(keys)
-    init_param_hashes = [manifest.tree_hash(jax.tree.map(lambda leaf: leaf[r], initial.params))
-                         for r in range(num_replicas)]
-    state = jax.tree.map(lambda leaf: mesh.place(leaf, layout.replicas), initial)
-    placed_keys = mesh.place_keys(keys, layout.replicas)
-    images, labels = (mesh.place(array, layout.replicated) for array in (host_data.train_images,
-                                                                          host_data.train_labels))
-
-    num_steps = steps_per_epoch(config, num_train)
-    loop_form, per_call = execution_plan(config, backend, num_steps)
-    permute = _permutations(num_replicas, layout.replicas)
-    evaluate = make_evaluate(config, graphdef, host_data, num_replicas, layout)
-
-    # ---- checkpoints and the files a resumed run keeps
-    checkpoint_dir = checkpoint_dir or os.path.join(workdirs[0], "checkpoints")
-    if not resume and writer:  # a fresh start: checkpoints of an earlier run here would collide with ours
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    mesh.wait_for_all("checkpoints cleared")
-    checkpointer = checkpoint.Checkpointer(checkpoint_dir, config.keep_checkpoints)
-    epoch, first, sums, probabilities, evaluated = 0, 0, {}, None, False
-    restored = checkpointer.restore_latest(state) if resume else None
-    if restored:
-        state, position = restored
-        epoch, first = position["epoch"], position["first"]
-        sums = {name: np.asarray(value, np.float64) for name, value in position["sums"].items()}
-        if progress and writer:
-            print(f"resuming at epoch {epoch + 1}, step {position['global_step']}", file=sys.stderr)
-    metrics_paths = [os.path.join(workdir, "metrics.jsonl") for workdir in workdirs]
-    trace_paths = [os.path.join(workdir, "trace.jsonl") for workdir in workdirs]
-    histories = [outputs.kept_lines(path, lambda row: row["epoch"] <= epoch) for path in metrics_paths]
-    if writer:
-        for workdir, path, history in zip(workdirs, metrics_paths, histories):
-            os.makedirs(workdir, exist_ok=True)
-            outputs.write_lines(path, history)
+    config, epoch, first, sums = run.config, at.epoch, at.first, at.sums
+    start = time.perf_counter()
+    permutation = _permutations(len(run.seeds), run.layout.replicas)(run.keys.shuffle, epoch, run.data.num_train)
+    bar = tqdm(total=run.num_steps, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+               disable=not (run.progress and run.writer), dynamic_ncols=True)
+    while first < run.num_steps:
+        # Calls start at multiples of per_call, so a resumed run replays the same programs.
+        n = min(run.per_call - first % run.per_call, run.num_steps - first)
+        run_steps = make_run_steps(config, run.graphdef, run.tx, len(run.seeds), n, run.loop_form, run.layout)
+        state, metrics, steps = run_steps(state, run.images, run.labels, permutation, run.keys, epoch, first)
+        metrics, steps = mesh.fetch((metrics, steps))
+        global_step = epoch * run.num_steps + first
         if config.trace:
-            for path in trace_paths:
-                outputs.write_lines(path, outputs.kept_lines(path, lambda row: row["step"] < epoch * num_steps + first))
+            for r, folder in enumerate(run.folders):
+                folder.append_lines("trace.jsonl", [
+                    {"step": global_step + j, "epoch": epoch + 1, "loss": float(steps["loss"][j, r]),
+                     "param_checksum": int(steps["param_checksum"][j, r])} for j in range(n)])
+        failed = _first_non_finite(steps["loss"])
+        if failed:
+            j, r = failed
+            raise FloatingPointError(f"non-finite loss at step {global_step + j} (epoch {epoch + 1}); these stream "
+                                     f"seeds reproduce it: {run.seeds[r]}; checkpoints saved before it are kept")
+        sums = {name: sums.get(name, 0.0) + np.asarray(value, np.float64) for name, value in metrics.items()}
+        first += n
+        bar.update(n)
+        bar.set_postfix({k: f"{v[0] / sums['count'][0]:.4f}" for k, v in sums.items() if k != "count"})
+        every = config.checkpoint_every
+        passed_multiple = every and (global_step + n) // every > global_step // every
+        stop = mesh.any_process(should_stop())
+        if first < run.num_steps and (passed_multiple or stop):
+            _save(run, state, Position(epoch, first, sums))
+            if stop:
+                raise Interrupted(global_step + n)
+    bar.close()
+    training_seconds = time.perf_counter() - start
+    test_metrics, probabilities = run.evaluate(state.params)
+    step_counts = mesh.fetch(state.step)
+    rows = [{"epoch": epoch + 1, "step": int(step_counts[r]),
+             **{name: float(value[r]) for name, value in outputs.train_means(sums).items()},
+             **{name: float(value[r]) for name, value in test_metrics.items()},
+             "training_seconds": training_seconds,
+             "evaluation_seconds": time.perf_counter() - start - training_seconds} for r in range(len(run.seeds))]
+    return state, rows, probabilities
 
-    common = {"streams_used": list(objective.streams), "data_hash": manifest.arrays_hash(host_data),
-              "execution": {"loop": loop_form, "steps_per_call": per_call, "replicas": num_replicas,
-                            **layout.describe()},
-              **manifest.environment(), "status": "running"}
-    infos = [{**common, "streams": replica_seeds, "config": manifest.config_record(config, workdir),
-              "init_param_hash": init_hash}
-             for replica_seeds, workdir, init_hash in zip(seeds, workdirs, init_param_hashes)]
-    if writer:
-        for info, workdir in zip(infos, workdirs):
-            manifest.write_json(os.path.join(workdir, "manifest.json"), info)
-    fingerprints = [outputs.Fingerprints(config, replica_seeds, num_train) for replica_seeds in seeds]
-    for done in range(epoch):  # draws are pure functions of position: recompute, don't store
-        for replica in fingerprints:
-            replica.add_epoch(done)
 
-    def save(epoch, first, sums):
-        checkpointer.save(state, {"epoch": epoch, "first": first, "global_step": epoch * num_steps + first,
-                                  "sums": {name: value.tolist() for name, value in sums.items()}})
-
-    # ---- the loop
-    try:
-        while epoch < config.epochs:
-            start = time.perf_counter()
-            permutation = permute(placed_keys.shuffle, epoch, num_train)
-            bar = tqdm(total=num_steps, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-                       disable=not (progress and writer), dynamic_ncols=True)
-            while first < num_steps:
-                # Calls start at multiples of per_call, so a resumed run replays the same programs.
-                n = min(per_call - first % per_call, num_steps - first)
-                run_steps = make_run_steps(config, graphdef, tx, num_replicas, n, loop_form, layout)
-                state, metrics, steps = run_steps(state, images, labels, permutation, placed_keys, epoch, first)
-                metrics, steps = mesh.fetch((metrics, steps))
-                global_step = epoch * num_steps + first
-                if config.trace and writer:
-                    for r, path in enumerate(trace_paths):
-                        outputs.append_lines(path, [
-                            {"step": global_step + j, "epoch": epoch + 1, "loss": float(steps["loss"][j, r]),
-                             "param_checksum": int(steps["param_checksum"][j, r])} for j in range(n)])
-                failed = _first_non_finite(steps["loss"])
-                if failed:
-                    j, r = failed
-                    raise FloatingPointError(
-                        f"non-finite loss at step {global_step + j} (epoch {epoch + 1}); these stream seeds "
-                        f"reproduce it: {seeds[r]}; checkpoints saved before it are kept")
-                sums = {name: sums.get(name, 0.0) + np.asarray(value, np.float64) for name, value in metrics.items()}
-                first += n
-                bar.update(n)
-                bar.set_postfix({k: f"{v[0] / sums['count'][0]:.4f}" for k, v in sums.items() if k != "count"})
-                every = config.checkpoint_every
-                passed_multiple = every and (global_step + n) // every > global_step // every
-                stop = mesh.any_process(should_stop())
-                if first < num_steps and (passed_multiple or stop):
-                    save(epoch, first, sums)
-                    if stop:
-                        raise Interrupted(global_step + n)
-            bar.close()
-            training_seconds = time.perf_counter() - start
-            test_metrics, probabilities = evaluate(state.params)
-            evaluated = True
-            step_counts = mesh.fetch(state.step)
-            for r, history in enumerate(histories):
-                history.append({"epoch": epoch + 1, "step": int(step_counts[r]),
-                                **{name: float(value[r]) for name, value in outputs.train_means(sums).items()},
-                                **{name: float(value[r]) for name, value in test_metrics.items()},
-                                "training_seconds": training_seconds,
-                                "evaluation_seconds": time.perf_counter() - start - training_seconds})
-            if writer:
-                for path, history in zip(metrics_paths, histories):
-                    outputs.write_lines(path, history)
-                if progress:
-                    row = histories[0][-1]
-                    scores = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("test_"))
-                    print(f"epoch {row['epoch']}: {scores} (training {row['training_seconds']:.1f}s, "
-                          f"evaluation {row['evaluation_seconds']:.1f}s)", file=sys.stderr)
-            for replica in fingerprints:  # after the epoch's steps: bookkeeping, not on the way to the first step
-                replica.add_epoch(epoch)
-            epoch, first, sums = epoch + 1, 0, {}
-            save(epoch, first, sums)
-            if mesh.any_process(should_stop()) and epoch < config.epochs:
-                raise Interrupted(epoch * num_steps)
-    finally:
-        checkpointer.close()
-
-    # ---- after training: each replica's outputs
-    if not evaluated and histories[0]:  # resumed after the last epoch
-        probabilities = evaluate(state.params)[1]
+def finish(run: Run, state: TrainState, infos: list[dict], histories: list[list[dict]],
+           fingerprints: list[outputs.Fingerprints], probabilities: np.ndarray | None) -> list[dict]:
+    """Each replica's final files: curves, probabilities, the objective's pictures, the finished manifest."""
     final_params = mesh.fetch(state.params)
-    for r, (info, workdir, history) in enumerate(zip(infos, workdirs, histories)):
+    for r, (info, folder, history) in enumerate(zip(infos, run.folders, histories)):
         params = jax.tree.map(lambda leaf: leaf[r], final_params)
         info.update(status="finished", param_hash=manifest.tree_hash(params),
                     fingerprints=fingerprints[r].summary(info["init_param_hash"]),
                     final=history[-1] if history else None)
-        if not writer:
+        if not folder.writes:
             continue
-        plots.plot_curves(history, os.path.join(workdir, "curves.png"), objective.panels)
+        folder.save_picture("curves.png", lambda f: plots.plot_curves(history, f, run.objective.panels))
         if probabilities is not None:  # for comparing runs' predictions (ablate's disagreement, ensembles)
-            np.save(os.path.join(workdir, "test_probabilities.npy"), probabilities[r])
-        info.update(objective.final_evaluation(config, graphdef, params, host_data, workdir))
-        manifest.write_json(os.path.join(workdir, "manifest.json"), info)
+            folder.save_array("test_probabilities.npy", probabilities[r])
+        added, pictures = run.objective.final_evaluation(run.config, run.graphdef, params, run.data)
+        for name, (images, columns) in pictures.items():
+            folder.save_picture(name, lambda f: plots.save_grid(images, f, columns))
+        info.update(added)
+        folder.write_json("manifest.json", info)
     return infos
+
+
+@streams.pinned_generator
+def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], checkpoint_dir: str | None = None,
+          progress: bool = True, resume: bool = False, overwrite: bool = False,
+          should_stop: Callable[[], bool] = lambda: False, dataset: data.Dataset | None = None) -> list[dict]:
+    """Train one run per entry of ``seeds`` together, replica r in the folder ``workdirs[r]``.
+
+    Each replica draws exactly what it would alone: its state, stream keys and
+    permutations sit on a leading replica axis, which the step is mapped over
+    (``step.over_replicas``) and the mesh splits over its ``seed`` devices.
+    Evaluates after each epoch. Each folder is claimed for the loop's lifetime
+    (``rundir``; ``resume`` and ``overwrite`` as there). With ``resume``, continues
+    from the newest readable checkpoint in ``checkpoint_dir`` (default:
+    ``<workdirs[0]>/checkpoints``); the result is bitwise the uninterrupted run's.
+    ``should_stop`` is polled after each jitted call: when true, a checkpoint is
+    saved and Interrupted raised. ``dataset`` (host arrays) replaces the config's
+    data (experiments that alter it). Returns each replica's manifest.
+    """
+    folders = _claim(workdirs, resume, overwrite)
+    try:
+        run, state, init_hashes = setup(config, seeds, folders, checkpoint_dir, dataset, progress)
+        try:
+            return _train(run, state, init_hashes, resume, should_stop)
+        finally:
+            run.checkpointer.close()
+    finally:
+        for folder in folders:
+            folder.release()
+
+
+def _train(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
+           should_stop: Callable[[], bool]) -> list[dict]:
+    data_hash = manifest.arrays_hash(run.data)
+    state, at = restore(run, state, data_hash) if resume else (state, Position(0, 0, {}))
+    histories = [folder.kept_lines("metrics.jsonl", lambda row: row["epoch"] <= at.epoch, rundir.METRICS_FIELDS)
+                 for folder in run.folders]
+    for folder, history in zip(run.folders, histories):
+        folder.write_lines("metrics.jsonl", history)
+        if run.config.trace:
+            done = at.epoch * run.num_steps + at.first
+            folder.write_lines("trace.jsonl", folder.kept_lines("trace.jsonl", lambda row: row["step"] < done,
+                                                                rundir.TRACE_FIELDS))
+    common = {"streams_used": list(run.objective.streams), "data_hash": data_hash,
+              "execution": {"loop": run.loop_form, "steps_per_call": run.per_call, "replicas": len(run.seeds),
+                            **run.layout.describe()},
+              **manifest.environment(), "status": "running"}
+    infos = [{**common, "streams": seeds, "config": manifest.config_record(run.config, folder.path),
+              "init_param_hash": init_hash} for seeds, folder, init_hash in zip(run.seeds, run.folders, init_hashes)]
+    for info, folder in zip(infos, run.folders):
+        folder.write_json("manifest.json", info)
+    fingerprints = [outputs.Fingerprints(run.config, seeds, run.data.num_train) for seeds in run.seeds]
+    for done in range(at.epoch):  # draws are pure functions of position: recompute, don't store
+        for replica in fingerprints:
+            replica.add_epoch(done)
+
+    probabilities = None
+    while at.epoch < run.config.epochs:
+        state, rows, probabilities = train_epoch(run, state, at, should_stop)
+        for folder, history, row in zip(run.folders, histories, rows):
+            history.append(row)
+            folder.write_lines("metrics.jsonl", history)
+        if run.progress and run.writer:
+            scores = " ".join(f"{k} {v:.4f}" for k, v in rows[0].items() if k.startswith("test_"))
+            print(f"epoch {rows[0]['epoch']}: {scores} (training {rows[0]['training_seconds']:.1f}s, "
+                  f"evaluation {rows[0]['evaluation_seconds']:.1f}s)", file=sys.stderr)
+        for replica in fingerprints:  # after the epoch's steps: bookkeeping, not on the way to the first step
+            replica.add_epoch(at.epoch)
+        at = Position(at.epoch + 1, 0, {})
+        _save(run, state, at)  # after the metrics: a resumed run redoes an epoch whose line may be missing
+        if mesh.any_process(should_stop()) and at.epoch < run.config.epochs:
+            raise Interrupted(at.epoch * run.num_steps)
+    if probabilities is None and histories[0]:  # resumed after the last epoch
+        probabilities = run.evaluate(state.params)[1]
+    return finish(run, state, infos, histories, fingerprints, probabilities)
 
 
 def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, **options) -> dict:

@@ -14,9 +14,11 @@ import hashlib
 import json
 import os
 import platform
+import sys
 
 import jax
 from jax._src import xla_bridge  # backends_are_initialized has no public name
+from jax.experimental.compilation_cache import compilation_cache
 
 from jaxseed.errors import UserError
 
@@ -30,7 +32,7 @@ VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512b
 
 
 def cpu() -> dict:
-    """{"model", "architecture", "vector_extensions"} of this machine's CPU."""
+    """{"model", "architecture", "vector_extensions", "cpuid_features"} of this machine's CPU."""
     fields = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -41,7 +43,8 @@ def cpu() -> dict:
         pass
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     return {"model": fields.get("model name") or platform.processor() or None, "architecture": platform.machine(),
-            "vector_extensions": [name for name in VECTOR_EXTENSIONS if name in flags]}
+            "vector_extensions": [name for name in VECTOR_EXTENSIONS if name in flags],
+            "cpuid_features": runtime_cpu_features()}
 
 
 def xla_flags() -> str:
@@ -67,22 +70,60 @@ def require_flags(config) -> None:
         _require_flag(DETERMINISTIC_FLAG, "--deterministic")
 
 
+def runtime_cpu_features() -> list[str]:
+    """Every CPU feature found by the ``cpuid`` instruction at run time, as numpy's dispatcher
+    detects it: what a compiler that asks the CPU (LLVM, kernel libraries) sees. Unlike
+    /proc/cpuinfo, which under qemu-user is still the host's, it is the emulated CPU's."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # another numpy layout: the identity falls back to /proc/cpuinfo alone
+        return []
+    return sorted(name for name, present in __cpu_features__.items() if present)
+
+
+def _private_folder(folder: str) -> bool:
+    """Make ``folder`` (and its parents) as needed, private to this user; False if it exists
+    and is not (another user's, or writable by others): its programs could be anyone's."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    status = os.stat(folder)
+    return status.st_uid == os.getuid() and not status.st_mode & 0o022
+
+
+def no_compilation_cache() -> None:
+    """Compile every program of this process afresh, even where an earlier call in it (a notebook
+    that trained before it ablates or verifies) turned the persistent cache on."""
+    if jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
+
+
 def use_compilation_cache() -> str | None:
     """Keep compiled programs on disk (JAX's persistent compilation cache), so a second run of
-    the same shape starts without compiling; returns the folder, or None when turned off.
+    the same shape starts without compiling; returns the folder, or None when not used.
 
     ``$JAXSEED_COMPILATION_CACHE`` names the folder ("" turns it off); default
-    ``~/.cache/jaxseed/xla`` (or under ``$XDG_CACHE_HOME``). XLA CPU compiles for the host's
-    vector extensions, so each CPU model and set of XLA flags gets its own subfolder: a cache
-    on a shared home folder never hands one machine's code to another. A cached program is the
+    ``~/.cache/jaxseed/xla`` (or under ``$XDG_CACHE_HOME``). Cache entries are native code,
+    so the folder is made private to the user (one that is not is not used), and each CPU
+    identity gets its own subfolder: ``cpu()`` (the model, /proc/cpuinfo's extensions and
+    every feature ``cpuid`` reports at run time), the XLA flags and jaxlib's version. A cache on a
+    shared home folder never hands one CPU's programs to another. A cached program is the
     compiled program itself, so results are the same bits as with a fresh compile.
+    ``jaxseed.verify`` does not use it: a verification compiles its own programs.
     """
     root = os.environ.get("JAXSEED_COMPILATION_CACHE")
     if root == "":
         return None
     root = root or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxseed", "xla")
-    host = hashlib.sha256(json.dumps([cpu(), xla_flags()], sort_keys=True).encode()).hexdigest()[:16]
-    folder = os.path.join(root, host)
+    identity = [cpu(), xla_flags(), jax.lib.__version__]
+    folder = os.path.join(root, hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16])
+    try:
+        private = _private_folder(root) and _private_folder(folder)
+    except OSError as error:
+        print(f"jaxseed: no compilation cache ({root}: {error.strerror})", file=sys.stderr)
+        return None
+    if not private:
+        print(f"jaxseed: not using the compilation cache in {root}: it is not private to you", file=sys.stderr)
+        return None
     jax.config.update("jax_compilation_cache_dir", folder)
     # Every program, however quick to compile: building the model op by op compiles ~50 small
     # ones, ~2.5 s of a start-up otherwise.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxseed import machine, streams
 from jaxseed.config import Config
+from jaxseed.errors import UserError
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
 
@@ -52,6 +53,23 @@ def _git_commit() -> str | None:
         return None
 
 
+def command(argv: list[str]) -> list[str]:
+    """The command line without this machine's paths: an absolute path becomes relative to the
+    working folder when inside it, else only its last part ("<...>/name").
+
+    ``sys.orig_argv`` keeps "-m jaxseed.train" where argv[0] would be the module's path.
+    """
+    def local(text: str) -> str:
+        flag, equals, value = text.partition("=") if text.startswith("--") else ("", "", text)
+        if not os.path.isabs(value):
+            return text
+        relative = os.path.relpath(value)
+        value = relative if not relative.startswith("..") else f"<...>/{os.path.basename(value.rstrip('/'))}"
+        return f"{flag}{equals}{value}"
+
+    return [os.path.basename(argv[0]), *map(local, argv[1:])]
+
+
 def environment() -> dict:
     """Versions, backend and compiler settings that can change a result."""
     versions = {"python": platform.python_version()}
@@ -74,8 +92,7 @@ def environment() -> dict:
         "generator": {"impl": streams.GENERATOR, "threefry_partitionable": streams.THREEFRY_PARTITIONABLE},
         "default_matmul_precision": jax.config.jax_default_matmul_precision,
         "platform": platform.platform(),
-        # orig_argv keeps "-m jaxseed.train" where argv[0] would be this machine's path of the module.
-        "command": [os.path.basename(sys.orig_argv[0]), *sys.orig_argv[1:]],
+        "command": command(sys.orig_argv),
         "git_commit": _git_commit(),
     }
 
@@ -89,18 +106,32 @@ def config_record(config: Config, workdir: str) -> dict:
     return record
 
 
-def config_from_record(record: dict, workdir: str) -> Config:
-    """Inverse of ``config_record``: the Config of a run recorded in ``workdir``."""
+def config_from_record(record: Any, workdir: str, data_dir: str | None = None) -> Config:
+    """Inverse of ``config_record``: the Config of a run recorded in ``workdir``, checked
+    like the CLI's flags (a manifest is input: it may come from anyone).
+
+    The recorded ``data_dir`` is followed only inside the run folder: data read from
+    anywhere else is named by the user (``data_dir``, from ``--data-dir``), never by a manifest.
+    """
+    if not isinstance(record, dict) or not set(record) <= {f.name for f in dataclasses.fields(Config)}:
+        raise UserError(f"the manifest in {workdir} holds a config with fields jaxseed does not know")
     config = Config(**record)
+    if data_dir:
+        return config.replace(data_dir=os.path.abspath(data_dir))
     if config.data_dir:
-        config = config.replace(data_dir=os.path.normpath(os.path.join(os.path.abspath(workdir), config.data_dir)))
+        root = os.path.abspath(workdir)
+        resolved = os.path.normpath(os.path.join(root, config.data_dir))
+        if os.path.isabs(config.data_dir) or os.path.commonpath([root, resolved]) != root:
+            raise UserError(f"the run in {workdir} read its data from {config.data_dir!r}, outside its folder; "
+                            "pass --data-dir DIR to name the data yourself")
+        config = config.replace(data_dir=resolved)
     return config
 
 
-def write_json(path: str, data: dict) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+def seeds_from_record(record: Any, workdir: str) -> dict[str, int]:
+    """The seed of every stream recorded in a manifest, checked like ``--seed`` and ``--stream``."""
+    if not isinstance(record, dict) or set(record) != set(streams.STREAMS):
+        raise UserError(f"the manifest in {workdir} must give the seed of each stream: {', '.join(streams.STREAMS)}")
+    if any(isinstance(seed, bool) or not isinstance(seed, int) for seed in record.values()):
+        raise UserError(f"the manifest in {workdir} holds a seed that is not an integer")
+    return {name: streams.check_seed(seed, f"seed of stream {name!r}") for name, seed in record.items()}

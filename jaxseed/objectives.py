@@ -12,8 +12,8 @@ every run, whatever its seeds, is scored on the same test draws.
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 from typing import Callable, NamedTuple
 
 import jax
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import augment, data, manifest, plots, streams
+from jaxseed import augment, data, manifest, streams
 from jaxseed.config import Config
 from jaxseed.models import CNN, VAE
 
@@ -48,9 +48,9 @@ class Objective(NamedTuple):
     # config -> the streams this config really draws from (dropout at rate 0 draws nothing)
     drawn: Callable[[Config], tuple[str, ...]]
     panels: dict[str, tuple[str, ...]]
-    # (config, graphdef, params, host data set, workdir) -> what the manifest adds after training;
-    # may write pictures into workdir
-    final_evaluation: Callable[[Config, nnx.GraphDef, nnx.State, data.Dataset, str], dict]
+    # (config, graphdef, params, host data set) -> (what the manifest adds after training,
+    #                                              pictures: {file name: (images float[N, H, W, 1], columns)})
+    final_evaluation: Callable[[Config, nnx.GraphDef, nnx.State, data.Dataset], tuple[dict, dict]]
 
 
 def to_unit(images: jax.Array) -> jax.Array:
@@ -90,7 +90,7 @@ CLASSIFIER = Objective(
     drawn=lambda config: tuple(name for name in CNN.STREAMS if not (
         (name == "dropout" and config.dropout_rate == 0) or (name == "augment" and config.augment == "none"))),
     panels={"loss": ("train_loss", "test_loss"), "accuracy": ("train_accuracy", "test_accuracy")},
-    final_evaluation=lambda config, graphdef, params, dataset, workdir: {},
+    final_evaluation=lambda config, graphdef, params, dataset: ({}, {}),
 )
 
 
@@ -178,38 +178,40 @@ def importance_nll(model: VAE, batch: Batch, config: Config, samples: int) -> ja
     return -(jax.nn.logsumexp(log_weights, axis=1) - math.log(samples))
 
 
-def vae_final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State, dataset: data.Dataset,
-                         workdir: str) -> dict:
-    """Importance-sampled test -log p(x), samples.png and reconstructions.png.
+@functools.lru_cache(maxsize=16)  # runs of one shape (an ablation's, a test's) compile it once
+def _importance_chunk(config: Config, graphdef: nnx.GraphDef):
+    """(params, images, labels, index) -> ``importance_nll`` of a chunk of test images."""
+    return jax.jit(lambda params, images, labels, index: importance_nll(
+        nnx.merge(graphdef, params), Batch(images, labels, index), config, config.importance_samples))
+
+
+def vae_final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
+                         dataset: data.Dataset) -> tuple[dict, dict]:
+    """Importance-sampled test -log p(x); the pictures samples.png and reconstructions.png.
 
     Every draw here comes from the fixed evaluation key, so runs compare fairly.
     """
     model = nnx.merge(graphdef, params)
     num_test = dataset.test_images.shape[0]
     batch_size = min(100, num_test)
-
-    @jax.jit
-    def chunk_nll(params, images, labels, index):
-        return importance_nll(nnx.merge(graphdef, params), Batch(images, labels, index), config,
-                              config.importance_samples)
-
+    chunk_nll = _importance_chunk(config, graphdef)
     nll = []
     for start in range(0, num_test, batch_size):
         stop = min(start + batch_size, num_test)
         nll.append(chunk_nll(params, dataset.test_images[start:stop], dataset.test_labels[start:stop],
                              jnp.arange(start, stop)))
     noise = latent_noise(eval_keys(EVAL_SAMPLES, jnp.arange(64)), config.latents)
-    plots.save_grid(jax.nn.sigmoid(model.decode(noise)), os.path.join(workdir, "samples.png"), columns=8)
+    samples = jax.nn.sigmoid(model.decode(noise))
     shown = Batch(dataset.test_images[:32], dataset.test_labels[:32], jnp.arange(32))
     originals = binarize(shown.images, eval_keys(EVAL_BINARIZE, shown.index), config)
     reconstructions = jax.nn.sigmoid(model.decode(model.encode(originals)[0]))
     pairs = jnp.stack([originals.reshape(4, 8, 28, 28, 1), reconstructions.reshape(4, 8, 28, 28, 1)], 1)
-    plots.save_grid(pairs.reshape(64, 28, 28, 1), os.path.join(workdir, "reconstructions.png"), columns=8)
     test_inputs = binarize(dataset.test_images, eval_keys(EVAL_BINARIZE, jnp.arange(num_test)), config)
     test_noise = latent_noise(eval_keys(EVAL_LATENT, jnp.arange(num_test)), config.latents)
-    return {"test_nll_importance": float(jnp.concatenate(nll).mean()),
-            "importance_samples": config.importance_samples,
-            "evaluation_fingerprint": manifest.arrays_hash([np.packbits(np.asarray(test_inputs, bool)), test_noise])}
+    return ({"test_nll_importance": float(jnp.concatenate(nll).mean()),
+             "importance_samples": config.importance_samples,
+             "evaluation_fingerprint": manifest.arrays_hash([np.packbits(np.asarray(test_inputs, bool)), test_noise])},
+            {"samples.png": (samples, 8), "reconstructions.png": (pairs.reshape(64, 28, 28, 1), 8)})
 
 
 VAE_OBJECTIVE = Objective(

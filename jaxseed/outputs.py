@@ -1,12 +1,9 @@
-"""What a run writes besides its checkpoints: metrics lines, trace lines, and
-fingerprints of what each stream drew."""
+"""What a run computes about itself besides its checkpoints: fingerprints of what each
+stream drew, and the training metrics' means (``rundir`` writes them)."""
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,32 +56,3 @@ class Fingerprints:
 def train_means(sums: dict) -> dict:
     """{train_<metric>: sum / count} from a training epoch's metric sums (scalars or per replica)."""
     return {f"train_{name}": value / sums["count"] for name, value in sums.items() if name != "count"}
-
-
-def kept_lines(path: str, keep: Callable[[dict], bool]) -> list[dict]:
-    """The JSON lines of ``path`` that ``keep`` accepts (a resumed run redoes the others).
-
-    A last line cut short by a kill is dropped with the rest that is redone.
-    """
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
-    return [row for row in rows if keep(row)]
-
-
-def write_lines(path: str, rows: list[dict]) -> None:
-    """Replace ``path`` with these JSON lines, atomically."""
-    with open(f"{path}.tmp", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(f"{path}.tmp", path)
-
-
-def append_lines(path: str, rows: list[dict]) -> None:
-    with open(path, "a") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)

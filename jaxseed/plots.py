@@ -4,16 +4,19 @@ Drawn with matplotlib's object API (``Figure``, ``fig.savefig``, ``image.imsave`
 which renders to files without pyplot: importing this module selects no backend
 and changes no global state. matplotlib is imported by the functions, when a
 picture is drawn: importing it took ~0.4 s of a ~5 s warm start-up, and pictures
-come only after training.
+come only after training. Each writes into an open file: the run folder
+(``rundir``) owns where and how files are written.
 """
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import numpy as np
 
 
-def plot_curves(metrics: list[dict], path: str, panels: dict[str, tuple[str, ...]]) -> None:
-    """One panel per entry of ``panels`` (title -> metric names), against epoch."""
+def plot_curves(metrics: list[dict], out: BinaryIO, panels: dict[str, tuple[str, ...]]) -> None:
+    """One panel per entry of ``panels`` (title -> metric names), against epoch; a PNG into ``out``."""
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in metrics]
@@ -27,11 +30,11 @@ def plot_curves(metrics: list[dict], path: str, panels: dict[str, tuple[str, ...
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(out, format="png", dpi=100)
 
 
-def save_grid(images, path: str, columns: int) -> None:
-    """Tile images float[N, H, W, 1] in [0, 1] into one grayscale PNG."""
+def save_grid(images, out: BinaryIO, columns: int) -> None:
+    """Tile images float[N, H, W, 1] in [0, 1] into one grayscale PNG, written into ``out``."""
     import matplotlib.image
 
     images = np.asarray(images)[..., 0]
@@ -41,11 +44,11 @@ def save_grid(images, path: str, columns: int) -> None:
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         canvas[2 + r * (height + 2):2 + r * (height + 2) + height, 2 + c * (width + 2):2 + c * (width + 2) + width] = image
-    matplotlib.image.imsave(path, canvas, cmap="gray", vmin=0.0, vmax=1.0)
+    matplotlib.image.imsave(out, canvas, cmap="gray", vmin=0.0, vmax=1.0, format="png")
 
 
 def plot_spread(groups: list[str], stds: list[float], intervals: list[tuple[float, float]], label: str,
-                path: str) -> None:
+                out: BinaryIO) -> None:
     """Bar chart of each group's standard deviation with its confidence interval as error bars."""
     from matplotlib.figure import Figure
 
@@ -57,4 +60,4 @@ def plot_spread(groups: list[str], stds: list[float], intervals: list[tuple[floa
     ax.set_title("spread due to each random source\n(std with its 95% chi-square interval)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(out, format="png", dpi=100)

@@ -10,13 +10,13 @@ cause and whether the final test metrics agree within ``METRIC_TOLERANCE``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 
-from jaxseed import cli, loop, machine
-from jaxseed.errors import UserError
+from jaxseed import cli, entry, loop, rundir
+
+PROG = "python -m jaxseed.verify"
 
 _ENVIRONMENT = ("versions", "backend", "device_count", "device_kinds", "xla_flags", "generator",
                 "default_matmul_precision", "data_hash", "cpu")
@@ -27,19 +27,12 @@ _ENVIRONMENT = ("versions", "backend", "device_count", "device_kinds", "xla_flag
 METRIC_TOLERANCE = 0.02
 
 
-def _metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_metrics: list[dict]) -> list[str]:
     """Lines explaining how two manifests (and their metrics) differ."""
     lines = [f"{field}: recorded {recorded.get(field)!r}, here {rerun.get(field)!r}"
              for field in _ENVIRONMENT if recorded.get(field) != rerun.get(field)]
-    drawn = [name for name, value in (recorded.get("fingerprints") or {}).items()
+    fingerprints = recorded.get("fingerprints")
+    drawn = [name for name, value in (fingerprints if isinstance(fingerprints, dict) else {}).items()
              if rerun["fingerprints"].get(name) != value]
     lines.append(f"streams that drew differently: {', '.join(drawn)}" if drawn
                  else "every stream drew the same values")
@@ -50,7 +43,7 @@ def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_met
             lines.append(f"first epoch whose metrics differ: {old['epoch']} ({', '.join(changed)})")
             break
     if recorded.get("cpu") != rerun.get("cpu") and not drawn and recorded_metrics and rerun_metrics:
-        portable = (recorded.get("config") or {}).get("portable")
+        portable = recorded.get("config", {}).get("portable")
         lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1], portable)
     return lines
 
@@ -59,7 +52,9 @@ def _across_machines(old: dict, new: dict, portable: bool) -> list[str]:
     """Another CPU, same draws: name the likely cause and compare the final metrics within tolerance."""
     lines = ["likely cause: another CPU (XLA CPU compiles for the host's vector extensions, so float "
              "rounding differs)" + ("" if portable else "; runs made with --portable may match across x86 machines")]
-    for name in sorted(k for k in old if k.startswith("test_")):
+    numbers = (int, float)
+    for name in sorted(k for k in old if k.startswith("test_") and isinstance(old[k], numbers)
+                       and isinstance(new.get(k), numbers)):
         close = abs(new[name] - old[name]) <= METRIC_TOLERANCE * abs(old[name])
         lines.append(f"{name}: recorded {old[name]:.6g}, here {new[name]:.6g} "
                      f"({'within' if close else 'OUTSIDE'} {METRIC_TOLERANCE:.0%})")
@@ -67,35 +62,37 @@ def _across_machines(old: dict, new: dict, portable: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.new_parser("python -m jaxseed.verify", __doc__.splitlines()[0])
+    parser = cli.new_parser(PROG, __doc__.splitlines()[0])
     parser.add_argument("workdir", help="folder of a finished run (holds manifest.json)")
+    parser.add_argument("--data-dir", help="read the run's IDX files from this folder (needed when the manifest's "
+                                           "data_dir is outside the run folder: a manifest never chooses what is read)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        no_flags = cli.train_parser().parse_args([])  # everything comes from the manifest
+
+    def rerun() -> int:
+        recorded = rundir.read_manifest(args.workdir, finished=True)
+        no_flags = cli.train_parser().parse_args([] if args.data_dir is None else ["--data-dir", args.data_dir])
         config, seeds = cli.resolve_resume(no_flags, args.workdir)
-        machine.require_flags(config)  # first: the cache's folder is named after the XLA flags
-        machine.use_compilation_cache()
-        with open(os.path.join(args.workdir, "manifest.json")) as f:
-            recorded = json.load(f)
-        if recorded.get("status") != "finished":
-            raise UserError(f"the run in {args.workdir} has not finished; nothing to compare")
-        with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as rerun_dir:
-            rerun = loop.train_and_evaluate(config, seeds, rerun_dir, progress=not args.quiet)
-            rerun_metrics = _metrics(rerun_dir)
-    except KeyboardInterrupt:
-        print("jaxseed.verify: interrupted; nothing was compared", file=sys.stderr)
-        return 130
-    except (UserError, FloatingPointError) as error:
-        print(f"jaxseed.verify: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, UserError) else 3
-    if rerun["param_hash"] == recorded["param_hash"]:
-        print(f"MATCH param_hash {rerun['param_hash']}")
-        return 0
-    print(f"MISMATCH param_hash recorded {recorded['param_hash']}, here {rerun['param_hash']}")
-    for line in compare(recorded, rerun, _metrics(args.workdir), rerun_metrics):
-        print(f"  {line}")
-    return 1
+        # Its own programs, compiled here: no persistent cache, which could hand back the original run's.
+        entry.start_jax(config, compilation_cache=False)
+        with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as scratch:
+            try:
+                rerun = loop.train_and_evaluate(config, seeds, os.path.join(scratch, "run"), progress=not args.quiet)
+            except KeyboardInterrupt:
+                raise entry.Interrupted("interrupted; nothing was compared") from None
+            rerun_metrics = rundir.read_metrics(os.path.join(scratch, "run"))
+        print(f"data: {config.data}{f' from {config.data_dir}' if config.data_dir else ''}, data_hash "
+              f"{rerun['data_hash']} ({'the same as' if rerun['data_hash'] == recorded.get('data_hash') else 'NOT'} "
+              "the recorded one)")
+        if rerun["param_hash"] == recorded["param_hash"]:
+            print(f"MATCH param_hash {rerun['param_hash']}")
+            return 0
+        print(f"MISMATCH param_hash recorded {recorded['param_hash']}, here {rerun['param_hash']}")
+        for line in compare(recorded, rerun, rundir.read_metrics(args.workdir), rerun_metrics):
+            print(f"  {line}")
+        return 1
+
+    return entry.run("jaxseed.verify", rerun)
 
 
 if __name__ == "__main__":

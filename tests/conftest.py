@@ -4,16 +4,35 @@ import pytest
 
 from jaxseed.config import Config
 
-# Tests read and write nothing outside the repository: no persistent compilation cache in
-# ~/.cache (the CLI's default) for them or the commands they start.
+# Tests read and write nothing outside the repository and their temporary folders: no persistent
+# compilation cache in ~/.cache (the CLI's default) for them or the commands they start.
 os.environ["JAXSEED_COMPILATION_CACHE"] = ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the whole session, in a temporary folder: the
+    commands the tests start (and the CLI called in-process) compile the same tiny programs
+    again and again, and a cached program is the same program (same bits). Where a test is
+    about compiling (the cache itself, ablate's determinism control, verify), the code under
+    test turns it off or names its own."""
+    from jaxseed import machine
+
+    folder = tmp_path_factory.mktemp("xla-cache")
+    os.environ["JAXSEED_COMPILATION_CACHE"] = str(folder)
+    machine.use_compilation_cache()  # this process's own compiles too (xdist workers share them)
+    yield folder
+    os.environ["JAXSEED_COMPILATION_CACHE"] = ""
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The first 2000 training and 500 test examples of MNIST, cut by tests/data/cut_mnist_slice.py.
 MNIST_SLICE_DIR = os.path.join(PROJECT_ROOT, "tests", "data", "mnist-slice")
 
 
+# Two epochs of four steps on the synthetic set: one compiled call per epoch.
+TINY_CONFIG = Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=4)
+
+
 @pytest.fixture
 def tiny_config() -> Config:
-    """Two epochs of four steps on the synthetic set: one compiled call per epoch."""
-    return Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=4)
+    return TINY_CONFIG

@@ -1,5 +1,6 @@
 """Benchmarks cannot rot: a tiny mode of each benchmark script runs here."""
 
+import importlib.util
 import subprocess
 import sys
 
@@ -11,7 +12,14 @@ def test_throughput_benchmark_runs():
                             capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert sum(line.startswith("jaxseed") and "ratio" in line for line in lines) == 2  # without and with augment
+    # the jitted call without and with augment, and the CLI's own training (epoch 2 of its metrics.jsonl)
+    assert sum(line.startswith("jaxseed") and "ratio" in line for line in lines) == 3
+    assert any(line.startswith("jaxseed CLI training") and "epoch 2 of 2" in line and "the jitted call" in line
+               for line in lines)
+    # PyTorch is timed in its own process where torch is installed, and said to be missing otherwise
+    torch_installed = importlib.util.find_spec("torch") is not None
+    assert any(line.startswith("PyTorch eager") and ("own process" if torch_installed else "not installed") in line
+               for line in lines)
     assert any(line.startswith("reference") for line in lines)
     assert any(line.startswith("the same with Flax's nnx.max_pool") and "ratio" in line for line in lines)
     assert any(line.startswith("evaluation, jaxseed") and "ratio" in line for line in lines)

@@ -2,7 +2,9 @@
 
 import gzip
 import os
+import re
 import shutil
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -59,11 +61,58 @@ def _rewrite(path, transform):
     ("t10k-images-idx3-ubyte", lambda raw: raw + b"\x00", "longer than its header says"),
     ("t10k-labels-idx1-ubyte",
      lambda raw: raw[:4] + (499).to_bytes(4, "big") + raw[8:-1], "500 images but 499 labels"),
+    ("t10k-images-idx3-ubyte", lambda raw: raw[:12] + (27).to_bytes(4, "big") + raw[16:],
+     "t10k-images-idx3-ubyte: each example is 28x27, expected 28x28"),
+    ("train-labels-idx1-ubyte", lambda raw: raw[:8] + b"\x0c" + raw[9:],
+     "train-labels-idx1-ubyte: labels go up to 12, expected 0..9"),
+    ("train-labels-idx1-ubyte", lambda raw: raw[:4] + b"\xff" * 4 + raw[8:], "claims 4294967295 examples"),
 ])
 def test_corrupt_idx_is_a_clear_error(mnist_copy, target, transform, message):
     _rewrite(mnist_copy / target, transform)
     with pytest.raises(UserError, match=message):
         data.load_idx_dir(str(mnist_copy))
+
+
+def _idx_header(*shape):
+    return bytes((0, 0, 8, len(shape))) + b"".join(size.to_bytes(4, "big") for size in shape)
+
+
+@pytest.mark.parametrize("target, shape, message", [
+    ("train-images-idx3-ubyte", (2**31, 2**31, 4), "each example is 2147483648x4, expected 28x28"),
+    ("train-labels-idx1-ubyte", (2**32 - 1,), "its header claims 4294967295 examples, more than the 1000000"),
+], ids=["images", "labels"])
+def test_huge_header_is_refused_before_the_body(mnist_copy, target, shape, message):
+    """The body is a gzip stream cut short: reading it would fail otherwise ("cannot read IDX file")."""
+    body = np.random.default_rng(0).integers(0, 256, 1 << 20, np.uint8).tobytes()  # incompressible
+    (mnist_copy / target).unlink()
+    (mnist_copy / (target + ".gz")).write_bytes(gzip.compress(_idx_header(*shape) + body)[: 1 << 19])
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=f"^{re.escape(str(mnist_copy / target))}.gz: {message}") as error:
+            data.load_idx_dir(str(mnist_copy))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20 and len(str(error.value).splitlines()) == 1
+
+
+def test_data_behind_a_small_header_is_not_read(tmp_path):
+    """A small .gz claiming one label but unpacking to 256 MB stops after the first byte too many."""
+    path = tmp_path / "labels.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(_idx_header(1) + b"\x07")
+        for _ in range(256):
+            f.write(bytes(1 << 20))
+    assert path.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="labels.gz is longer than its header says: header gives shape "
+                                            r"\(1,\) \(1 bytes\), more follow"):
+            data.read_idx(str(path), ())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
 
 
 def test_corrupt_gzip_is_a_clear_error(mnist_copy):

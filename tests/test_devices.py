@@ -51,7 +51,7 @@ def test_device_count_changes_no_draw(eight_devices):
 
 def test_one_of_eight_devices_is_bit_for_bit_a_plain_run(eight_devices, tmp_path):
     """--devices 1 in a process with 8 devices computes what a process with one device does."""
-    config = Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=4)
+    config = Config(data="synthetic", train_limit=256, batch_size=64, epochs=1, steps_per_call=4)
     alone = loop.train_and_evaluate(config, {name: 1 + i for i, name in enumerate(streams.STREAMS)}, str(tmp_path),
                                     progress=False)
     assert eight_devices["by_devices"]["1"]["param_hash"] == alone["param_hash"]

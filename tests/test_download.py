@@ -5,11 +5,13 @@ import gzip
 import hashlib
 import http.server
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -31,14 +33,32 @@ class Mirror:
     """An HTTP server on 127.0.0.1 serving a copy of the slice, to alter per test.
 
     Files named in ``short`` are sent with their full Content-Length but only
-    half of their bytes, as when a connection drops mid-download.
+    half of their bytes, as when a connection drops mid-download. Files named
+    in ``endless`` are a stream of zeros with no Content-Length, one KiB every
+    so many seconds (the value), for 64 MiB or 10 s.
     """
 
     def __init__(self, folder):
-        self.folder, self.short = folder, set()
+        self.folder, self.short, self.endless = folder, set(), {}
         mirror = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                delay = mirror.endless.get(self.path.lstrip("/"))
+                if delay is None:
+                    return super().do_GET()
+                self.send_response(200)
+                self.end_headers()
+                stop = time.monotonic() + 10  # endless for a client that works; a test that fails ends
+                try:
+                    for _ in range(1 << 16):
+                        self.wfile.write(bytes(1024))
+                        time.sleep(delay)
+                        if time.monotonic() > stop:
+                            break
+                except OSError:  # the client hung up
+                    pass
+
             def copyfile(self, source, outputfile):
                 body = source.read()
                 outputfile.write(body[: len(body) // 2] if self.path.lstrip("/") in mirror.short else body)
@@ -147,6 +167,91 @@ def test_unwritable_cache_is_an_error(mirror, tmp_path):
     with pytest.raises(UserError, match="cannot create the data cache folder .*JAXSEED_DATA_DIR"):
         download.download(str(tmp_path / "file" / "mnist"), mirror.url, SLICE_SHA256)
     assert (tmp_path / "file").read_text() == "mine"
+
+
+# Caps for the slice: above its files, even decompressed (the largest holds 1,568,016 bytes).
+SLICE_MAX_BYTES = dict.fromkeys(SLICE_SHA256, 2 << 20)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("announced", "the server announces 1073741824 bytes, at most 50331648 expected"),
+    ("endless", "more than 2097152 bytes; the partial file was deleted"),
+    ("bomb", "its content is more than 2097152 bytes"),  # a small gzip that unpacks to 64 MB
+], ids=["announced", "endless", "bomb"])
+def test_oversized_download_is_refused_and_leaves_nothing(mirror, tmp_path, how, message):
+    name = "train-images-idx3-ubyte.gz"  # fetched first: nothing is in the cache before it
+    base_url, max_bytes = mirror.url, SLICE_MAX_BYTES
+    if how == "announced":  # a file:// mirror holding a sparse 1 GiB file, refused by its size, unread
+        os.truncate(mirror.folder / name, 1 << 30)
+        base_url, max_bytes = mirror.folder.as_uri(), download.MAX_BYTES
+    elif how == "endless":
+        mirror.endless[name] = 0
+    else:
+        (mirror.folder / name).write_bytes(gzip.compress(bytes(64 << 20), compresslevel=1))
+    cache = tmp_path / "cache"
+    start = time.monotonic()
+    with pytest.raises(UserError, match=f"download of .*{name} is larger than expected: .*{message}"):
+        download.download(str(cache), base_url, SLICE_SHA256, max_bytes=max_bytes)
+    assert time.monotonic() - start < 10
+    assert cached_files(cache) == []
+
+
+def test_download_past_its_deadline_stops_and_leaves_nothing(mirror, tmp_path):
+    """A mirror that trickles (one KiB every 20 ms, forever): each read is quick, the whole never ends."""
+    mirror.endless["train-images-idx3-ubyte.gz"] = 0.02
+    cache = tmp_path / "cache"
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"download of .*train-images-idx3-ubyte.gz took longer than its deadline "
+                                        r"of 0.5 s \(.* bytes in\); the partial file was deleted.*MIRROR"):
+        download.download(str(cache), mirror.url, SLICE_SHA256, max_bytes=SLICE_MAX_BYTES, deadline=0.5)
+    assert time.monotonic() - start < 5
+    assert cached_files(cache) == []
+
+
+def _corrupt_content(path):
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[8] = (raw[8] + 1) % 10  # one label changed: still a valid IDX file in a valid gzip
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (_corrupt_content, "fails its checksum \\(sha256 of its decompressed content is [0-9a-f]{64}, expected 9079"),
+    (lambda path: path.write_bytes(path.read_bytes()[:-10]), "is truncated or not gzip"),
+    (lambda path: (path.unlink(), os.mkfifo(path)), "is not a regular file"),
+], ids=["content", "truncated", "fifo"])
+def test_damaged_cached_file_is_deleted_and_downloaded_again(mirror, tmp_path, capsys, corrupt, message):
+    cache = tmp_path / "cache"
+    download.download(str(cache), mirror.url, SLICE_SHA256)
+    cached = cache / "train-labels-idx1-ubyte.gz"
+    corrupt(cached)
+    download.download(str(cache), mirror.url, SLICE_SHA256)
+    assert cached.is_file()  # before reading it: a FIFO would block
+    assert cached.read_bytes() == (mirror.folder / cached.name).read_bytes()
+    assert cached_files(cache) == sorted(name + ".gz" for name in SLICE_SHA256)
+    assert re.fullmatch(f"jaxseed: {cached} in the data cache {message}.*; deleted it, downloading it again\n",
+                        capsys.readouterr().err)
+
+
+def test_damaged_cached_file_offline_is_deleted_and_reported(mirror, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    download.download(str(cache), mirror.url, SLICE_SHA256)
+    _corrupt_content(cache / "t10k-labels-idx1-ubyte.gz")
+    mirror.stop()
+    with pytest.raises(UserError, match="cannot download .*t10k-labels-idx1-ubyte.gz"):
+        download.download(str(cache), mirror.url, SLICE_SHA256)
+    assert "t10k-labels-idx1-ubyte.gz in the data cache fails its checksum" in capsys.readouterr().err
+    assert "t10k-labels-idx1-ubyte.gz" not in cached_files(cache)
+
+
+def test_link_planted_in_the_cache_is_replaced_not_followed(mirror, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (cache / "train-labels-idx1-ubyte.gz").symlink_to(victim)
+    download.download(str(cache), mirror.url, SLICE_SHA256)
+    assert victim.read_text() == "mine" and not (cache / "train-labels-idx1-ubyte.gz").is_symlink()
+    assert "train-labels-idx1-ubyte.gz in the data cache is truncated or not gzip" in capsys.readouterr().err
 
 
 def test_cache_location(monkeypatch, tmp_path):

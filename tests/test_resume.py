@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import PROJECT_ROOT
-from jaxseed import loop, streams, verify
+from jaxseed import loop, streams, train, verify
+from jaxseed.errors import UserError
 
 SEEDS = {name: 8 for name in streams.STREAMS}
 
@@ -74,11 +75,6 @@ def test_non_finite_loss_names_step_and_seeds(config, tmp_path):
         loop.train_and_evaluate(config.replace(learning_rate=1e20), SEEDS, str(tmp_path), progress=False)
 
 
-def cli(*args, module="jaxseed.train"):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=PROJECT_ROOT, timeout=600)
-
-
 # Long enough to be killed part way: 40 steps of one step per call, a checkpoint every 5.
 KILL_RUN = ["--data", "synthetic", "--train-limit", "1280", "--batch-size", "64", "--epochs", "2",
             "--steps-per-call", "1", "--checkpoint-every", "5", "--quiet", "--seed", "4"]
@@ -101,8 +97,7 @@ def start_and_wait_for_checkpoint(workdir):
 @pytest.fixture(scope="module")
 def kill_reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
-    result = cli(*KILL_RUN, "--workdir", str(workdir))
-    assert result.returncode == 0, result.stderr
+    assert train.main([*KILL_RUN, "--workdir", str(workdir)]) == 0  # the same program in this process
     return json.loads((workdir / "manifest.json").read_text())["param_hash"], read_metrics(workdir)
 
 
@@ -110,8 +105,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, kill_reference):
     process = start_and_wait_for_checkpoint(tmp_path)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    result = cli("--resume", "--workdir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
+    assert train.main(["--resume", "--workdir", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "manifest.json").read_text())["param_hash"] == kill_reference[0]
     assert read_metrics(tmp_path) == kill_reference[1]
 
@@ -122,8 +116,7 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path, kill_reference):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert f"resume with: python -m jaxseed.train --resume --workdir {tmp_path}" in stderr
-    result = cli("--resume", "--workdir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
+    assert train.main(["--resume", "--workdir", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "manifest.json").read_text())["param_hash"] == kill_reference[0]
 
 
@@ -131,29 +124,22 @@ def snapshot(folder):
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_resume_refuses_other_settings_and_touches_nothing(config, tmp_path):
+def test_resume_refuses_other_settings_and_touches_nothing(config, tmp_path, capsys):
     with pytest.raises(loop.Interrupted):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
     before = snapshot(tmp_path)
-    result = cli("--resume", "--workdir", str(tmp_path), "--epochs", "3", "--stream", "shuffle=1")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "epochs is 2 in the run, 3 given" in result.stderr
-    assert "seed of stream 'shuffle' is 8 in the run, 1 given" in result.stderr
+    capsys.readouterr()
+    assert train.main(["--resume", "--workdir", str(tmp_path), "--epochs", "3", "--stream", "shuffle=1"]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1
+    assert "epochs is 2 in the run, 3 given" in error
+    assert "seed of stream 'shuffle' is 8 in the run, 1 given" in error
     assert snapshot(tmp_path) == before
 
 
-def test_resume_needs_a_run(tmp_path):
-    result = cli("--resume", "--workdir", str(tmp_path))
-    assert result.returncode == 2 and "holds no run to resume" in result.stderr
-
-
-def test_verify_matches_a_fresh_run(tmp_path, uninterrupted):
-    workdir = tmp_path / "run"
-    result = cli("--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1",
-                 "--steps-per-call", "4", "--quiet", "--workdir", str(workdir))
-    assert result.returncode == 0, result.stderr
-    result = cli(str(workdir), "--quiet", module="jaxseed.verify")
-    assert result.returncode == 0 and result.stdout.startswith("MATCH"), result.stdout + result.stderr
+def test_resume_needs_a_run(tmp_path, capsys):
+    assert train.main(["--resume", "--workdir", str(tmp_path)]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
 
 
 def test_verify_explains_a_mismatch():
@@ -230,3 +216,61 @@ def test_non_finite_loss_of_a_replica_names_its_seeds_and_step(tiny_config, tmp_
         loop.train(config, REPLICA_SEEDS, [str(tmp_path / str(r)) for r in range(2)], progress=False,
                    dataset=dataset._replace(train_labels=labels))
     assert f"at step {steps[first]} (epoch 1)" in str(error.value) and str(REPLICA_SEEDS[first]) in str(error.value)
+
+
+def test_an_old_positional_checkpoint_is_refused_in_one_line(config, tmp_path):
+    """Checkpoints are restored by name; one of an older jaxseed (leaves by position) is refused."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    with pytest.raises(loop.Interrupted):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
+    folder = tmp_path / "checkpoints"
+    step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    manager = ocp.CheckpointManager(str(folder), item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                                "progress": ocp.JsonCheckpointHandler()})
+    restored = manager.restore(step)
+    leaves = {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(restored.state))}
+    manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
+                                                   progress=ocp.args.JsonSave({**restored.progress})))
+    manager.wait_until_finished()
+    manager.close()
+    with pytest.raises(UserError, match=f"checkpoint at step {step + 1} .* written by an older jaxseed"):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
+
+
+def test_a_checkpoint_position_is_checked_against_the_run(config, tmp_path):
+    with pytest.raises(loop.Interrupted):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
+    progress_files = [p for p in (tmp_path / "checkpoints").rglob("*") if p.parent.name == "progress"
+                      and p.is_file() and p.read_text().startswith("{")]
+    assert progress_files
+    for path in progress_files:
+        recorded = json.loads(path.read_text())
+        path.write_text(json.dumps({**recorded, "epoch": 99, "global_step": 99 * 4 + recorded["first"]}))
+    with pytest.raises(UserError, match="holds a position that is not one of this run"):
+        loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
+
+
+def test_scan_loop_resumes_bit_for_bit_and_stops_on_a_non_finite_loss(config, tmp_path):
+    """The lax.scan form through the whole loop: checkpoints, resume, the non-finite check."""
+    scan = config.replace(loop="scan")
+    whole = loop.train_and_evaluate(scan, SEEDS, str(tmp_path / "whole"), progress=False)
+    with pytest.raises(loop.Interrupted):
+        loop.train_and_evaluate(scan, SEEDS, str(tmp_path / "resumed"), progress=False, should_stop=stop_after(3))
+    resumed = loop.train_and_evaluate(scan, SEEDS, str(tmp_path / "resumed"), progress=False, resume=True)
+    assert resumed["param_hash"] == whole["param_hash"] and resumed["execution"]["loop"] == "scan"
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+ \(epoch 1\)"):
+        loop.train_and_evaluate(scan.replace(learning_rate=1e20), SEEDS, str(tmp_path / "nan"), progress=False)
+
+
+def test_one_epoch_alone(config, tmp_path):
+    """The loop's parts can be driven by hand: set up, then one epoch from its first step."""
+    from jaxseed import rundir
+
+    with rundir.RunFolder.claim(str(tmp_path)) as folder:
+        run, state, _ = loop.setup(config, [SEEDS], [folder], None, None, progress=False)
+        state, rows, probabilities = loop.train_epoch(run, state, loop.Position(0, 0, {}), lambda: False)
+        run.checkpointer.close()
+    assert int(state.step[0]) == run.num_steps == 4 and rows[0]["epoch"] == 1 and rows[0]["step"] == 4
+    assert probabilities.shape == (1, 512, 10) and set(rows[0]) >= {"train_loss", "test_loss", "test_accuracy"}

@@ -21,21 +21,30 @@ def vae_config(tiny_config) -> Config:
     return tiny_config.replace(model="vae", importance_samples=8)
 
 
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """(manifest, folder) of the tiny VAE run every stream at 5, trained once for the tests that compare against it."""
+    from conftest import TINY_CONFIG
+
+    workdir = tmp_path_factory.mktemp("base")
+    return run(TINY_CONFIG.replace(model="vae", importance_samples=8), SEEDS, workdir), workdir
+
+
 def run(config, seeds, workdir):
     os.makedirs(workdir, exist_ok=True)
     return loop.train_and_evaluate(config, seeds, str(workdir), progress=False)
 
 
-def test_same_seed_same_params_and_pictures(vae_config, tmp_path):
-    first, second = run(vae_config, SEEDS, tmp_path / "a"), run(vae_config, SEEDS, tmp_path / "b")
+def test_same_seed_same_params_and_pictures(vae_config, tmp_path, base):
+    (first, folder), second = base, run(vae_config, SEEDS, tmp_path / "b")
     assert first["param_hash"] == second["param_hash"]
     for picture in ("samples.png", "reconstructions.png", "curves.png"):
-        assert (tmp_path / "a" / picture).read_bytes() == (tmp_path / "b" / picture).read_bytes()
+        assert (folder / picture).read_bytes() == (tmp_path / "b" / picture).read_bytes()
 
 
 @pytest.mark.parametrize("varied", VAE.STREAMS)
-def test_varying_one_stream_changes_only_its_draws(vae_config, tmp_path, varied):
-    base = run(vae_config, SEEDS, tmp_path / "base")
+def test_varying_one_stream_changes_only_its_draws(vae_config, tmp_path, varied, base):
+    base = base[0]
     other = run(vae_config, {**SEEDS, varied: 6}, tmp_path / varied)
     assert set(base["fingerprints"]) == set(VAE.STREAMS)
     for name, value in base["fingerprints"].items():
@@ -45,10 +54,9 @@ def test_varying_one_stream_changes_only_its_draws(vae_config, tmp_path, varied)
     assert other["evaluation_fingerprint"] == base["evaluation_fingerprint"]
 
 
-def test_batch_size_leaves_every_example_draw(vae_config, tmp_path):
-    base = run(vae_config, SEEDS, tmp_path / "a")
+def test_batch_size_leaves_every_example_draw(vae_config, tmp_path, base):
     rebatched = run(vae_config.replace(batch_size=32), SEEDS, tmp_path / "b")
-    assert rebatched["fingerprints"] == base["fingerprints"]
+    assert rebatched["fingerprints"] == base[0]["fingerprints"]
 
 
 def test_threshold_binarisation_draws_nothing(vae_config, tmp_path):

@@ -1,4 +1,4 @@
-"""Runs of one tiny config on 1, 2, 4 and 8 devices, and 8 seeds as replicas on 8 devices.
+"""Runs of one tiny config (one epoch) on 1, 2, 4 and 8 devices, and 8 seeds as replicas on 8 devices.
 
 Run by tests/test_devices.py in a fresh process with JAX_NUM_CPU_DEVICES=8 (the
 device count is fixed when JAX starts); prints one JSON object of manifests.
@@ -12,7 +12,7 @@ from jaxseed import loop, mesh, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 
-CONFIG = Config(data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=4)
+CONFIG = Config(data="synthetic", train_limit=256, batch_size=64, epochs=1, steps_per_call=4)
 
 
 def seeds(base):

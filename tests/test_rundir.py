@@ -1,0 +1,319 @@
+"""The run folder: one owner at a time, never a write outside it or through a link, failed
+writes as one line, and every file read back checked (rundir.py, through the entry points)."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import PROJECT_ROOT
+from jaxseed import diff, manifest, rundir, train, verify
+from jaxseed.errors import UserError
+
+TINY = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "2", "--steps-per-call", "4",
+        "--quiet"]
+
+
+def one_error_line(capsys, *fragments):
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    for fragment in fragments:
+        assert fragment in error, error
+    return error
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() and not p.is_symlink() else os.readlink(p)
+                                         if p.is_symlink() else None) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished, traced tiny run (trained once for the whole module); tests copy it before changing it."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    assert train.main([*TINY, "--trace", "--seed", "3", "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+def copy_of(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "run", symlinks=True)
+    return tmp_path / "run"
+
+
+# ---------------------------------------------------------------- one owner
+
+
+def test_a_second_claim_is_refused_naming_the_holder(tmp_path):
+    with rundir.RunFolder.claim(str(tmp_path / "w")):
+        with pytest.raises(UserError, match=rf"in use by process {os.getpid()} on "):
+            rundir.RunFolder.claim(str(tmp_path / "w"), resume=True)
+    with rundir.RunFolder.claim(str(tmp_path / "w"), resume=True):  # released: claimable again
+        pass
+
+
+def test_a_killed_holder_leaves_no_claim(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from jaxseed import rundir; "
+                               f"rundir.RunFolder.claim({str(tmp_path / 'w')!r}); print('held', flush=True); "
+                               "time.sleep(600)"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
+        rundir.RunFolder.claim(str(tmp_path / "w"))
+    holder.kill()
+    holder.wait()
+    rundir.RunFolder.claim(str(tmp_path / "w")).release()  # the OS released the lock with the process
+
+
+def test_two_runs_on_one_folder(tmp_path):
+    """The issue's reproduction: a second run started on a folder in use is refused in one line,
+    and the first finishes intact, its own seed in every file."""
+    workdir = tmp_path / "w"
+    first = subprocess.Popen([sys.executable, "-m", "jaxseed.train", *TINY, "--train-limit", "1280", "--epochs", "1",
+                              "--steps-per-call", "1", "--seed", "1", "--workdir", str(workdir)],
+                             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (workdir / "manifest.json").exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "jaxseed.train", *TINY, "--seed", "2", "--workdir", str(workdir)],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"is in use by process {first.pid}" in second.stderr
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    info = json.loads((workdir / "manifest.json").read_text())
+    assert info["streams"]["init"] == 1 and info["status"] == "finished"
+    assert info["final"] == rundir.read_metrics(str(workdir))[-1]
+
+
+# ---------------------------------------------------------------- what it may touch
+
+
+def test_a_folder_of_the_users_is_refused_untouched(tmp_path, capsys):
+    (tmp_path / "proj" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "proj" / "checkpoints" / "important.pt").write_text("weights")
+    before = snapshot(tmp_path / "proj")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert train.main([*TINY, "--workdir", str(tmp_path / "proj"), *flags]) == 2
+        one_error_line(capsys, "error: ")
+    assert snapshot(tmp_path / "proj") == before
+
+
+def test_overwrite_removes_exactly_what_a_run_writes(finished, tmp_path, capsys):
+    workdir = copy_of(finished, tmp_path)
+    (workdir / "notes.txt").write_text("mine")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    os.symlink(outside, workdir / "checkpoints-unreadable")  # a planted link among the run's names
+    assert train.main([*TINY, "--seed", "4", "--workdir", str(workdir)]) == 2  # holds a run: refused
+    one_error_line(capsys, "already holds a run", "--overwrite")
+    assert train.main([*TINY, "--seed", "4", "--workdir", str(workdir), "--overwrite"]) == 0
+    assert not (workdir / "trace.jsonl").exists()  # the old run's trace is not left beside the new manifest
+    assert (workdir / "notes.txt").read_text() == "mine" and (outside / "keep").read_text() == "keep"
+    assert not (workdir / "checkpoints-unreadable").exists()
+    assert json.loads((workdir / "manifest.json").read_text())["streams"]["init"] == 4
+
+
+def test_no_write_goes_through_a_planted_link(finished, tmp_path, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not jaxseed's")
+    workdir = copy_of(finished, tmp_path)
+    (workdir / "manifest.json.tmp").symlink_to(outside)  # the name writes used to go through
+    os.replace(workdir / "curves.png", tmp_path / "curves.png")
+    (workdir / "curves.png").symlink_to(outside)  # a whole-file write replaces the link, not its target
+    assert train.main(["--resume", "--workdir", str(workdir)]) == 0
+    assert outside.read_text() == "not jaxseed's" and not (workdir / "curves.png").is_symlink()
+    (workdir / "trace.jsonl").unlink()
+    (workdir / "trace.jsonl").symlink_to(outside)  # appends: refused
+    assert train.main([*TINY, "--trace", "--workdir", str(workdir), "--overwrite"]) == 0  # the link is removed
+    (workdir / "trace.jsonl").unlink()
+    os.symlink(outside, workdir / "trace.jsonl")
+    folder = rundir.RunFolder.claim(str(workdir), resume=True)
+    with pytest.raises(UserError, match="symbolic link"):
+        folder.append_lines("trace.jsonl", [{"step": 0}])
+    folder.release()
+    assert outside.read_text() == "not jaxseed's"
+
+
+def test_a_linked_checkpoints_folder_is_refused(finished, tmp_path, capsys):
+    workdir, elsewhere = copy_of(finished, tmp_path), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(workdir / "checkpoints")
+    (workdir / "checkpoints").symlink_to(elsewhere)  # orbax would save and prune there
+    assert train.main(["--resume", "--workdir", str(workdir)]) == 2
+    one_error_line(capsys, "checkpoints is not a folder jaxseed made")
+    assert list(elsewhere.iterdir()) == []
+
+
+# ---------------------------------------------------------------- failed writes
+
+
+def fail_writes_of(monkeypatch, name, after=0):
+    """Writes of ``name`` fail with 'No space left on device' from the (after+1)-th on."""
+    real = rundir.RunFolder._replace
+    calls = []
+
+    def replace(self, target, write, mode="w"):
+        if target == name:
+            calls.append(1)
+            if len(calls) > after:
+                raise rundir._os_error(self.file(target), OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return real(self, target, write, mode)
+
+    monkeypatch.setattr(rundir.RunFolder, "_replace", replace)
+
+
+def test_a_failed_write_is_one_line_and_resume_completes_bit_for_bit(finished, tmp_path, monkeypatch, capsys):
+    workdir = tmp_path / "w"
+    fail_writes_of(monkeypatch, "metrics.jsonl", after=2)  # the first epoch's line is written, the second's not
+    assert train.main([*TINY, "--trace", "--seed", "3", "--workdir", str(workdir)]) == 2
+    one_error_line(capsys, f"cannot write {workdir / 'metrics.jsonl'}: No space left on device")
+    monkeypatch.undo()  # space freed
+    assert train.main(["--resume", "--workdir", str(workdir)]) == 0
+    resumed = json.loads((workdir / "manifest.json").read_text())
+    assert resumed["param_hash"] == json.loads((finished / "manifest.json").read_text())["param_hash"]
+    assert [row["epoch"] for row in rundir.read_metrics(str(workdir))] == [1, 2]
+    assert (workdir / "trace.jsonl").read_text() == (finished / "trace.jsonl").read_text()
+
+
+def mount_tmpfs(path, size):
+    path.mkdir(exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return result.returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_resume_completes_bit_for_bit(finished, tmp_path):
+    """A real full disk (a small tmpfs; needs root): the CNN's checkpoints (~10 MB each) fill it."""
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, "14m"):
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        result = subprocess.run([sys.executable, "-m", "jaxseed.train", *TINY, "--trace", "--seed", "3",
+                                 "--workdir", str(disk / "w")], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.count("\n") == 1 and "No space left on device" in result.stderr, result.stderr[-3000:]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space freed
+        result = subprocess.run([sys.executable, "-m", "jaxseed.train", "--resume", "--workdir", str(disk / "w")],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        resumed = json.loads((disk / "w" / "manifest.json").read_text())
+        assert resumed["param_hash"] == json.loads((finished / "manifest.json").read_text())["param_hash"]
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+# ---------------------------------------------------------------- reading what others wrote
+
+
+def test_crafted_files_are_refused_in_one_line(tmp_path):
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than the parser goes
+    with pytest.raises(UserError, match="not valid JSON"):
+        rundir.read_manifest(str(tmp_path))
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {}, "streams": [1, 2]}))
+    with pytest.raises(UserError, match="field 'streams'"):
+        rundir.read_manifest(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "step": 4}\nnot json\n')
+    with pytest.raises(UserError, match="metrics.jsonl line 2: not valid JSON"):
+        rundir.read_metrics(str(tmp_path))
+    (tmp_path / "trace.jsonl").write_text('{"step": 0, "epoch": 1, "loss": 0.5}\n')
+    with pytest.raises(UserError, match="field 'param_checksum'"):
+        rundir.read_trace(str(tmp_path))
+    with open(tmp_path / "big.npy", "wb") as f:  # a header claiming 2^40 x 10 floats over a tiny body
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2**40, 10)})
+    with pytest.raises(UserError, match=r"holds float32\[1099511627776, 10\], expected float32\[500, 10\]"):
+        rundir.load_array(str(tmp_path), "big.npy", np.float32, (500, 10))
+    np.save(tmp_path / "short.npy", np.zeros((499, 10), np.float32))
+    with pytest.raises(UserError, match="expected"):
+        rundir.load_array(str(tmp_path), "short.npy", np.float32, (500, 10))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("param_hash"), "field 'param_hash'"),
+    (lambda m: m.update(streams=[1, 2, 3]), "field 'streams'"),
+    (lambda m: m["config"].update(epochs="2"), "epochs must be an integer"),
+    (lambda m: m["config"].update(epochs=10**9), "epochs must be <="),
+    (lambda m: m["config"].update(trace=1), "trace must be true or false"),
+    (lambda m: m["config"].update(data_dir="../../../etc"), "outside its folder; pass --data-dir"),
+    (lambda m: m["config"].update(data_dir="/data/mnist"), "outside its folder; pass --data-dir"),
+    (lambda m: m["config"].update(surprise=1), "fields jaxseed does not know"),
+    (lambda m: m["streams"].update(init=-1), "[0, 4294967295]"),
+    (lambda m: m["streams"].update(init=True), "not an integer"),
+])
+def test_a_foreign_manifest_is_checked_like_flags(finished, tmp_path, capsys, change, message):
+    workdir = copy_of(finished, tmp_path)
+    recorded = json.loads((workdir / "manifest.json").read_text())
+    change(recorded)
+    (workdir / "manifest.json").write_text(json.dumps(recorded))
+    before = snapshot(workdir)
+    assert verify.main([str(workdir), "--quiet"]) == 2
+    one_error_line(capsys, message)
+    if "param_hash" not in message:
+        assert train.main(["--resume", "--workdir", str(workdir)]) == 2
+        one_error_line(capsys, message)
+    assert snapshot(workdir) == before
+
+
+def test_verify_prints_the_data_and_reports_a_mismatch(finished, tmp_path, capsys):
+    workdir = copy_of(finished, tmp_path)
+    recorded = json.loads((workdir / "manifest.json").read_text())
+    assert verify.main([str(workdir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"data: synthetic, data_hash {recorded['data_hash']} (the same as the recorded one)" in out
+    assert f"MATCH param_hash {recorded['param_hash']}" in out
+    recorded["param_hash"] = "0" * 64
+    recorded["fingerprints"]["shuffle"] = "tampered"
+    (workdir / "manifest.json").write_text(json.dumps(recorded))
+    assert verify.main([str(workdir), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH param_hash recorded 0000" in out and "streams that drew differently: shuffle" in out
+
+
+def test_diff_refuses_crafted_traces(finished, tmp_path, capsys):
+    workdir = copy_of(finished, tmp_path)
+    (workdir / "trace.jsonl").write_text('{"step": 0, "epoch": 1}\n')
+    assert diff.main([str(finished), str(workdir)]) == 2
+    one_error_line(capsys, "field 'loss'")
+    assert diff.main([str(finished), str(finished)]) == 0
+
+
+def test_the_recorded_command_holds_no_path_of_the_machine():
+    cwd = os.getcwd()
+    argv = ["/usr/bin/python3", "-m", "jaxseed.train", "--workdir", os.path.join(cwd, "runs", "a"),
+            "--data-dir=/home/someone/mnist", "--seed", "1"]
+    assert manifest.command(argv) == ["python3", "-m", "jaxseed.train", "--workdir", os.path.join("runs", "a"),
+                                      "--data-dir=<...>/mnist", "--seed", "1"]
+
+
+def test_data_dir_round_trips_through_a_manifest_relative_to_the_run(tmp_path):
+    from jaxseed.config import Config
+
+    config = Config(data_dir=str(tmp_path / "run" / "data"))
+    record = manifest.config_record(config, str(tmp_path / "run"))
+    assert record["data_dir"] == "data"
+    assert manifest.config_from_record(record, str(tmp_path / "run")) == config
+    moved = manifest.config_from_record(record, str(tmp_path / "moved"))  # the folder moved with its data
+    assert moved.data_dir == str(tmp_path / "moved" / "data")
+    elsewhere = manifest.config_record(Config(data_dir=str(tmp_path / "mnist")), str(tmp_path / "run"))
+    with pytest.raises(UserError, match="outside its folder"):
+        manifest.config_from_record(elsewhere, str(tmp_path / "run"))
+    given = manifest.config_from_record(elsewhere, str(tmp_path / "run"), data_dir=str(tmp_path / "mnist"))
+    assert given.data_dir == str(tmp_path / "mnist")
+
+
+def test_the_compilation_cache_is_private(tmp_path, monkeypatch, capsys):
+    from jaxseed import machine
+
+    monkeypatch.setattr(machine.jax.config, "update", lambda *args: None)  # leave this process's JAX alone
+    monkeypatch.setenv("JAXSEED_COMPILATION_CACHE", str(tmp_path / "cache"))
+    folder = machine.use_compilation_cache()
+    assert os.stat(tmp_path / "cache").st_mode & 0o777 == 0o700 and os.stat(folder).st_mode & 0o777 == 0o700
+    os.chmod(tmp_path / "cache", 0o777)
+    assert machine.use_compilation_cache() is None
+    assert "not private to you" in capsys.readouterr().err
+    assert machine.cpu()["cpuid_features"]  # what the compiler sees, part of the cache's key
