@@ -21,9 +21,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import augment, models, step, streams
+from jaxseed import augment, step, streams
 from jaxseed.config import Config
-from jaxseed.objectives import OBJECTIVES, Batch, to_unit
+from jaxseed.models import cnn
+from jaxseed.objective import Batch, DataSpec, to_unit
 
 CONVOLUTION = ("NHWC", "HWIO", "NHWC")
 MNIST_TRAIN = 60000  # sets only the optimiser's schedule length, not the timing
@@ -51,19 +52,19 @@ def parts(config: Config, batch_size: int) -> dict[str, tuple]:
     random = np.random.default_rng(0)
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
     tx = step.make_optimizer(config, MNIST_TRAIN)
-    graphdef, state = step.init_state(config, keys, tx)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, config, DataSpec((28, 28, 1), 10), keys, tx)
     index = jnp.arange(batch_size)
     batch = Batch(jnp.asarray(random.integers(0, 256, (batch_size, 28, 28, 1)), jnp.uint8),
                   jnp.asarray(random.integers(0, 10, batch_size), jnp.int32), index)
-    draws = streams.example_keys(keys, 0, index)
+    draws = streams.example_keys(keys, cnn.OBJECTIVE.streams, 0, index)
     images = to_unit(batch.images)
 
     def whole_step(config):
-        return jax.jit(lambda state: step.train_step(state, batch, keys, 0, graphdef=graphdef, tx=tx, config=config))
+        return jax.jit(lambda state: step.train_step(state, batch, keys, 0, objective=cnn.OBJECTIVE, graphdef=graphdef,
+                                                     tx=tx, config=config))
 
     def loss(params):
-        return OBJECTIVES["cnn"].train_loss(nnx.merge(graphdef, params), batch, config.replace(augment="none"),
-                                            augment_keys=draws.augment, dropout_keys=draws.dropout)[0]
+        return cnn.train_loss(nnx.merge(graphdef, params), batch, config.replace(augment="none"), draws)[0]
 
     grads = jax.grad(loss)(state.params)
     table = {
@@ -90,7 +91,7 @@ def parts(config: Config, batch_size: int) -> dict[str, tuple]:
                 jax.jit(lambda x, k, g: jax.vjp(lambda x: convolve(x, k), x)[1](g)[0]), (x, kernel, cotangent))
         pooled = jax.nn.relu(jnp.asarray(random.normal(size=(batch_size, size, size, features)), jnp.float32))
         half = jnp.ones((batch_size, size // 2, size // 2, features))
-        for label, pool in {"jaxseed's": models.max_pool_2x2,
+        for label, pool in {"jaxseed's": cnn.max_pool_2x2,
                             "Flax's": lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2))}.items():
             table[f"{name} max-pool gradient, {label}"] = (
                 jax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g)[0]), (pooled, half))

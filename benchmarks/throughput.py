@@ -20,6 +20,9 @@ its training images/s are those of epoch 2 in its ``metrics.jsonl`` (``training_
 as epoch 1 includes compiling.
 Each round times the in-process loops in turn, then the PyTorch process, then the CLI
 process; each figure is the median over the rounds.
+With ``--objective SPEC --data D``, any objective instead (examples/resnet_cifar10.py on
+CIFAR-10): its own step jitted alone, called once per numpy batch, against jaxseed's
+jitted call and CLI.
 First, a fresh ``python -m jaxseed.train`` process is timed to its first training
 call (imports, data, compile), twice: with an empty compilation cache, then with the
 programs the first run left there; and the peak memory (RSS) of a 1-epoch run taken.
@@ -28,6 +31,7 @@ programs the first run left there; and the peak memory (RSS) of a 1-epoch run ta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -43,9 +47,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import data, loop, mesh, step, streams
+from jaxseed import data, loop, mesh, objective, step, streams
 from jaxseed.config import Config
-from jaxseed.objectives import OBJECTIVES, Batch
+from jaxseed.objective import Batch
+
+
+def initial_state(config: Config, dataset: data.Dataset, keys: streams.Keys, tx: optax.GradientTransformation):
+    """(graphdef, TrainState) of ``config.model`` built for ``dataset`` from the init stream."""
+    return step.init_state(objective.resolve(config.model), config, objective.data_spec(dataset), keys, tx)
 
 
 def seconds(fn) -> float:
@@ -57,22 +66,22 @@ def seconds(fn) -> float:
 
 def flax_max_pool_logits(model, images: jax.Array, dropout_keys: jax.Array) -> jax.Array:
     """The CNN's training forward pass with Flax's ``nnx.max_pool`` (whose gradient XLA
-    computes by select-and-scatter), as jaxseed ran it before ``models.max_pool_2x2``."""
+    computes by select-and-scatter), as jaxseed ran it before ``models.cnn.max_pool_2x2``."""
     x = nnx.max_pool(nnx.relu(model.conv1(images)), (2, 2), strides=(2, 2))
     x = nnx.max_pool(nnx.relu(model.conv2(x)), (2, 2), strides=(2, 2))
     x = nnx.relu(model.dense(x.reshape(x.shape[0], -1)))
     return model.head(model.drop(x, dropout_keys))
 
 
-def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int, logits_fn=None):
+def reference(config: Config, dataset: data.Dataset, keys: streams.Keys, steps: int, logits_fn=None):
     """(run, images per run, compile seconds) of a plain one-step-per-call loop on numpy batches;
     ``logits_fn(model, images, dropout_keys)`` replaces the model's own forward pass."""
     tx = step.make_optimizer(config, dataset.num_train)
-    graphdef, state = step.init_state(config, keys, tx)
+    graphdef, state = initial_state(config, dataset, keys, tx)
 
     @jax.jit
     def plain_step(params, opt_state, images, labels, index):
-        dropout_keys = streams.example_keys(keys, 0, index).dropout
+        dropout_keys = streams.example_keys(keys, ("dropout",), 0, index).dropout
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
@@ -103,14 +112,14 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, s
     return run, steps * batch, compile_seconds
 
 
-def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys, steps: int):
+def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.Keys, steps: int):
     """(run, images per run, compile seconds, plan) of the training loop's jitted call for
     ``steps`` steps of one run (one replica, as ``jaxseed.train`` runs it)."""
     tx = step.make_optimizer(config, dataset.num_train)
-    graphdef, state = step.init_state(config, keys, tx)
+    graphdef, state = initial_state(config, dataset, keys, tx)
     state, replica_keys = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], (state, keys))
     loop, per_call = step.execution_plan(config, jax.default_backend(), steps)
-    runner = step.make_run_steps(config, graphdef, tx, 1, per_call, loop)
+    runner = step.make_run_steps(objective.resolve(config.model), config, graphdef, tx, 1, per_call, loop)
     permutation = streams.epoch_permutation(keys.shuffle, 0, dataset.num_train)[None]
     args = (*jax.device_put((dataset.train_images, dataset.train_labels)), permutation, replica_keys, 0)
     start = time.perf_counter()
@@ -128,18 +137,18 @@ def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.StreamKeys
     return run, (steps // per_call) * per_call * config.batch_size, compile_seconds, (loop, per_call)
 
 
-def evaluations(config: Config, dataset: data.Dataset, keys: streams.StreamKeys):
+def evaluations(config: Config, dataset: data.Dataset, keys: streams.Keys):
     """(plain run, jaxseed run, test images per run): scoring the test set (metric sums and
     class probabilities) with one ``jax.jit`` call per numpy batch, against the training
     loop's evaluation (test set resident on the device, fixed-size chunks)."""
     tx = step.make_optimizer(config, dataset.num_train)
-    graphdef, state = step.init_state(config, keys, tx)
-    objective = OBJECTIVES[config.model]
+    graphdef, state = initial_state(config, dataset, keys, tx)
+    found = objective.resolve(config.model)
     num, batch = dataset.test_images.shape[0], config.eval_batch_size
 
     @jax.jit
     def plain_batch(params, images, labels):
-        metrics, probabilities = objective.eval_metrics(nnx.merge(graphdef, params), Batch(images, labels, None), config)
+        metrics, probabilities = found.eval_metrics(nnx.merge(graphdef, params), Batch(images, labels, None), config)
         return {name: value.sum() for name, value in metrics.items()}, probabilities
 
     def plain():
@@ -147,7 +156,7 @@ def evaluations(config: Config, dataset: data.Dataset, keys: streams.StreamKeys)
                                dataset.test_labels[start:start + batch]) for start in range(0, num, batch)]
         return [jax.device_get(output) for output in outputs]
 
-    evaluate = loop.make_evaluate(config, graphdef, dataset, 1, mesh.plan(1, config.batch_size))
+    evaluate = loop.make_evaluate(found, config, graphdef, dataset, 1, mesh.plan(1, config.batch_size))
     replica_params = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], state.params)
 
     def jaxseed():
@@ -213,6 +222,51 @@ def cli_speed(data_flags: list[str], config: Config, steps: int, num_train: int)
     return (last["step"] - before["step"]) * config.batch_size / last["training_seconds"]
 
 
+def objective_speeds(args) -> None:
+    """``--objective``: a user's objective (or a built-in model) on ``--data``, its training step
+    jitted alone and called once per numpy batch (the plain loop), against jaxseed's jitted call
+    and its CLI; interleaved rounds, medians."""
+    config = Config(model=args.objective, data=args.data, data_dir=args.data_dir, augment=args.augment)
+    found = objective.resolve(config.model)
+    dataset = data.load(config.data, config.data_dir)
+    keys = streams.root_keys(streams.resolve_seeds(0, None, found.run_streams))
+    print(f"objective {found.name} on {config.data}: {dataset.num_train} training images {dataset.image_shape}, "
+          f"augment={config.augment}, batch {config.batch_size}, {args.steps} steps x {args.rounds} rounds, "
+          f"backend {jax.default_backend()}")
+    tx = step.make_optimizer(config, dataset.num_train)
+    graphdef, state = initial_state(config, dataset, keys, tx)
+    plain_step = jax.jit(functools.partial(step.train_step, objective=found, graphdef=graphdef, tx=tx, config=config))
+    order = np.asarray(streams.epoch_permutation(keys.shuffle, 0, dataset.num_train))
+    batch = config.batch_size
+
+    def plain():
+        nonlocal state
+        for i in range(args.steps):
+            index = order[(i * batch) % (len(order) - batch):][:batch]
+            state, metrics = plain_step(state, Batch(dataset.train_images[index], dataset.train_labels[index], index),
+                                        keys, 0)
+        jax.block_until_ready(metrics)
+
+    plain()  # warm-up: compile
+    run, images, compile_seconds, plan = jaxseed_loop(config, dataset, keys, args.steps)
+    flags = ["--objective", args.objective, "--data", args.data, "--augment", args.augment,
+             *(["--data-dir", args.data_dir] if args.data_dir else [])]
+    times = {"plain": [], "jaxseed": []}
+    cli_speeds = []
+    for _ in range(args.rounds):
+        times["plain"].append(seconds(plain))
+        times["jaxseed"].append(seconds(run))
+        cli_speeds.append(cli_speed(flags, config, args.steps, dataset.num_train))
+    plain_speed = args.steps * batch / statistics.median(times["plain"])
+    speed = images / statistics.median(times["jaxseed"])
+    print(f"plain loop (its step jitted alone, numpy batches): {plain_speed:8.0f} images/s")
+    print(f"jaxseed {plan[0]} x{plan[1]} (data on device):          {speed:8.0f} images/s, compile "
+          f"{compile_seconds:.1f}s, ratio {speed / plain_speed:.2f}x")
+    speed = statistics.median(cli_speeds)
+    print(f"jaxseed CLI (metrics.jsonl, epoch {CLI_EPOCHS} of {CLI_EPOCHS}):            {speed:8.0f} images/s, "
+          f"ratio {speed / plain_speed:.2f}x")
+
+
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="raw MNIST IDX folder (default: the synthetic set)")
@@ -220,7 +274,13 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each loop, interleaved")
     parser.add_argument("--torch-python", default=sys.executable,
                         help="Python interpreter that runs the PyTorch comparison (default: this one)")
+    parser.add_argument("--objective", help="time this objective (a built-in model, package.module:NAME or "
+                                            "path.py:NAME) on --data against a plain loop of its own step, instead")
+    parser.add_argument("--data", default="synthetic", help="with --objective: the data set (default synthetic)")
+    parser.add_argument("--augment", default="affine", help="with --objective: the augmentation (default affine)")
     args = parser.parse_args(argv)
+    if args.objective:
+        return objective_speeds(args)
     dataset = data.load("mnist", args.data_dir) if args.data_dir else data.load("synthetic")
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
     config = Config()

@@ -2,6 +2,7 @@
 
     python -m jaxseed.ablate --model cnn --seeds 10
     python -m jaxseed.ablate --model vae --seeds 5 --streams latent,init
+    python -m jaxseed.ablate --objective my_model.py:OBJECTIVE --data npz:my_data.npz --seeds 5
 
 Groups of K runs each:
   * one per chosen stream: only that stream's seed varies, the others stay at the base seed;
@@ -33,10 +34,9 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from jaxseed import cli, data, entry, loop, manifest, plots, rundir, streams
+from jaxseed import cli, data, entry, loop, manifest, objective, plots, rundir, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
-from jaxseed.objectives import OBJECTIVES
 
 STRATEGIES = ("auto", "sequential", "vmap")
 # Runs per hour of each strategy per backend, measured by benchmarks/sweep.py --record.
@@ -55,13 +55,12 @@ def plan_groups(base_seed: int, num_seeds: int, chosen: tuple[str, ...], used: t
     Run k of a varied group gets seed base_seed + 1 + k on the varied stream(s),
     so no varied run repeats the base configuration.
     """
-    base = streams.resolve_seeds(base_seed)
+    base = streams.resolve_seeds(base_seed, None, used)
     for name in chosen:
         streams.resolve_seeds(base_seed, {name: base_seed}, used)  # unknown or unused stream: UserError
     groups = {name: [{**base, name: streams.check_seed(base_seed + 1 + k)} for k in range(num_seeds)]
               for name in chosen}
-    groups["all"] = [{name: streams.check_seed(base_seed + 1 + k) for name in streams.STREAMS}
-                     for k in range(num_seeds)]
+    groups["all"] = [{name: streams.check_seed(base_seed + 1 + k) for name in base} for k in range(num_seeds)]
     groups["none"] = [dict(base) for _ in range(num_seeds)]
     return groups
 
@@ -206,6 +205,7 @@ class Sweep(NamedTuple):
     """What one ablation trains, how, and where."""
 
     config: Config
+    objective: objective.Objective
     groups: dict  # group -> seeds of each run
     strategy: str  # resolved: sequential or vmap
     workdir: str
@@ -216,10 +216,10 @@ def run_dir(workdir: str, group: str, index: int) -> str:
     return os.path.join(workdir, "runs", f"{group}-{index:03d}")
 
 
-def load_result(path: str, seeds: dict, num_test: int | None) -> dict | None:
+def load_result(path: str, seeds: dict, shape: tuple[int, int] | None) -> dict | None:
     """A finished run's result (seeds, param_hash, final metrics, and a classifier's test
-    probabilities [num_test, classes]), or None if it has not finished. Read as input: a
-    study folder may come from anyone."""
+    probabilities of ``shape`` [num_test, classes]), or None if it has not finished. Read as
+    input: a study folder may come from anyone."""
     try:
         recorded = rundir.read_manifest(path)
     except FileNotFoundError:
@@ -231,42 +231,43 @@ def load_result(path: str, seeds: dict, num_test: int | None) -> dict | None:
     result = {"seeds": seeds, "param_hash": recorded.get("param_hash"), "final": recorded.get("final")}
     if not isinstance(result["final"], dict) or not isinstance(result["param_hash"], str):
         raise UserError(f"{path}/manifest.json lacks the final metrics or param_hash of a finished run")
-    if num_test is not None:
-        result["probabilities"] = rundir.load_array(path, "test_probabilities.npy", np.float32,
-                                                    (num_test, data.NUM_CLASSES))
+    if shape is not None:
+        result["probabilities"] = rundir.load_array(path, "test_probabilities.npy", np.float32, shape)
     return result
 
 
-def run_group(config: Config, group_seeds: list[dict], paths: list[str], strategy: str, checkpoint_dir: str,
-              own_program: bool = False) -> None:
+def run_group(config: Config, found: objective.Objective, group_seeds: list[dict], paths: list[str], strategy: str,
+              checkpoint_dir: str, own_program: bool = False) -> None:
     """Train the runs at ``paths`` (each run's folder is claimed by its run): under vmap as the
     replicas of one program (checkpointed in ``checkpoint_dir``), else one run after another.
     With ``own_program``, nothing compiled before is reused (each ``none`` run)."""
     if own_program:
         loop.forget_compiled()
     if strategy == "vmap":
-        loop.train(config, group_seeds, paths, checkpoint_dir=checkpoint_dir, progress=False, resume=True)
+        loop.train(config, group_seeds, paths, checkpoint_dir=checkpoint_dir, progress=False, resume=True,
+                   objective=found)
         shutil.rmtree(checkpoint_dir)  # the group's results are stored: its shared checkpoints are spent
     else:
         for path, seeds in zip(paths, group_seeds):
-            loop.train_and_evaluate(config, seeds, path, progress=False, resume=True)  # resume: after a kill
+            loop.train_and_evaluate(config, seeds, path, progress=False, resume=True,  # resume: after a kill
+                                    objective=found)
 
 
-def plan_sweep(args) -> Sweep:
-    """The sweep the flags ask for; UserError on bad input. Touches no file."""
-    config = cli.config_from_args(args)
+def plan_sweep(config: Config, found: objective.Objective, num_seeds: int, chosen: tuple[str, ...] | None = None,
+               base_seed: int | str = 0, strategy: str = "auto", workdir: str | None = None) -> Sweep:
+    """The sweep of ``found``: K = ``num_seeds`` runs per group, varying the ``chosen`` streams
+    (default: every stream it uses); UserError on bad input. Touches no file."""
     # No persistent compilation cache here: the `none` group's runs must each compile their own program.
     entry.start_jax(config, compilation_cache=False)  # before jax.default_backend() starts JAX
-    used = OBJECTIVES[config.model].streams
-    chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else used
-    base_seed = streams.check_seed(args.base_seed, "--base-seed")
-    groups = plan_groups(base_seed, args.seeds, chosen, used)
-    strategy, strategy_reason = choose_strategy(args.strategy, jax.default_backend())
-    workdir = args.workdir or os.path.join("runs", f"ablation-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    used = found.run_streams
+    base_seed = streams.check_seed(base_seed, "--base-seed")
+    groups = plan_groups(base_seed, num_seeds, chosen or used, used)
+    strategy, strategy_reason = choose_strategy(strategy, jax.default_backend())
+    workdir = workdir or os.path.join("runs", f"ablation-{cli.run_name(config)}-{time.strftime('%Y%m%d-%H%M%S')}")
     header = {"config": manifest.config_record(config, workdir), "groups_planned": groups, "strategy": strategy,
               "strategy_reason": strategy_reason,
               "base_seed": base_seed, **manifest.environment()}
-    return Sweep(config, groups, strategy, workdir, header)
+    return Sweep(config, found, groups, strategy, workdir, header)
 
 
 def open_sweep(sweep: Sweep) -> rundir.RunFolder:
@@ -295,11 +296,13 @@ def open_sweep(sweep: Sweep) -> rundir.RunFolder:
 def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool) -> str:
     """Train every missing run, then write the report; returns its markdown."""
     config = sweep.config
-    labels = data.load(config.data, config.data_dir).test_labels if config.model == "cnn" else None
-    num_test = None if labels is None else len(labels)
+    labels, shape = None, None
+    if sweep.objective.classifier:
+        dataset = data.load(config.data, config.data_dir)
+        labels, shape = dataset.test_labels, (len(dataset.test_labels), objective.data_spec(dataset).num_classes)
 
     def result(name: str, k: int) -> dict | None:
-        return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], num_test)
+        return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], shape)
 
     num_seeds = len(sweep.groups["none"])
     todo = {name: [k for k in range(num_seeds) if result(name, k) is None] for name in sweep.groups}
@@ -313,7 +316,7 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool) -> str:
         for name, missing in todo.items():
             for batch in batches(name, missing, sweep.strategy):
                 checkpoints = study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"))
-                run_group(config, [sweep.groups[name][k] for k in batch],
+                run_group(config, sweep.objective, [sweep.groups[name][k] for k in batch],
                           [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy, checkpoints,
                           own_program=name == "none")
                 bar.update(len(batch))
@@ -419,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ablate_parser().parse_args(argv)
 
     def ablate() -> int:
-        sweep = plan_sweep(args)
+        config = cli.config_from_args(args)
+        chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else None
+        sweep = plan_sweep(config, objective.resolve(config.model), args.seeds, chosen, args.base_seed, args.strategy,
+                           args.workdir)
         with open_sweep(sweep) as study:
             try:
                 markdown = run_sweep(sweep, study, args.quiet)

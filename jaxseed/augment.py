@@ -1,8 +1,12 @@
-"""On-device augmentation: a random small rotation and translation per example.
+"""On-device augmentation, per example, inside the jitted step.
 
-Each example's parameters come from its own key (``streams.per_example_keys``
-with the epoch and the example's index in the data set), so they depend only on
-(augment seed, epoch, example index).
+Two kinds (``--augment``): ``affine``, a small random rotation and translation
+(the MNIST choice), and ``crop_flip``, a random crop of the image padded with
+zeros plus a horizontal flip with probability 1/2 (the CIFAR standard). Each
+works on images float[B, H, W, C] of any size and channel count. Each example's
+draw comes from its own key (``streams.per_example_keys`` with the epoch and the
+example's index in the data set), so it depends only on (augment seed, epoch,
+example index).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def sample_affine(keys: jax.Array, max_translation: float, max_rotation_degrees:
 
 
 def _transform(image: jax.Array, params: AffineParams) -> jax.Array:
-    """Rotate ``image`` [H, W, 1] about its centre, then shift it; zeros fill in.
+    """Rotate ``image`` [H, W, C] about its centre, then shift it; zeros fill in.
 
     Each output pixel o reads the input at s = R^-1 (o - centre - shift) + centre,
     bilinearly: out[o] = sum_{r,c} tent(s_y - r) * image[r, c] * tent(s_x - c), with
@@ -60,9 +64,53 @@ def _transform(image: jax.Array, params: AffineParams) -> jax.Array:
                         precision=_EXACT) + centre
     weight_y = jax.nn.relu(1 - jnp.abs(source[:, :1] - jnp.arange(height)))  # [H*W, H]
     weight_x = jax.nn.relu(1 - jnp.abs(source[:, 1:] - jnp.arange(width)))  # [H*W, W]
-    return jnp.sum(jnp.matmul(weight_y, image[..., 0], precision=_EXACT) * weight_x, -1).reshape(height, width, 1)
+    # Channel by channel: each the very computation of a one-channel image (MNIST's bits stay).
+    return jnp.stack([jnp.sum(jnp.matmul(weight_y, image[..., c], precision=_EXACT) * weight_x, -1)
+                      for c in range(image.shape[-1])], -1).reshape(image.shape)
 
 
 def apply_affine(images: jax.Array, params: AffineParams) -> jax.Array:
-    """Transform a batch float[B, H, W, 1] with per-example ``params``."""
+    """Transform a batch float[B, H, W, C] with per-example ``params``."""
     return jax.vmap(_transform)(images, params)
+
+
+class CropFlipParams(NamedTuple):
+    """Per-example draws, each int32[B]: the crop's top-left corner in the padded image, and
+    whether the image is mirrored left to right (0 or 1)."""
+
+    top: jax.Array
+    left: jax.Array
+    flip: jax.Array
+
+
+def sample_crop_flip(keys: jax.Array, padding: int) -> CropFlipParams:
+    """Corner ~ U{0, ..., 2 * padding}^2, flip ~ Bernoulli(1/2), each from the example's key alone."""
+
+    def one(key):
+        top, left, flip = jax.random.randint(key, (3,), 0, jnp.array([2 * padding + 1, 2 * padding + 1, 2]))
+        return CropFlipParams(top, left, flip)
+
+    return jax.vmap(one)(keys)
+
+
+def apply_crop_flip(images: jax.Array, params: CropFlipParams, padding: int) -> jax.Array:
+    """Pad a batch float[B, H, W, C] with ``padding`` zeros on each side, take each example's
+    H x W crop at its corner, and mirror it where its flip is 1."""
+    height, width, channels = images.shape[1:]
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def one(image, top, left, flip):
+        crop = jax.lax.dynamic_slice(image, (top, left, 0), (height, width, channels))
+        return jnp.where(flip == 1, crop[:, ::-1], crop)
+
+    return jax.vmap(one)(padded, params.top, params.left, params.flip)
+
+
+def apply(config, images: jax.Array, keys: jax.Array) -> jax.Array:
+    """``config.augment`` applied to images float[B, H, W, C], example b's draw from keys[b]
+    (the ``augment`` stream); ``none`` returns the images unchanged."""
+    if config.augment == "affine":
+        return apply_affine(images, sample_affine(keys, config.max_translation, config.max_rotation))
+    if config.augment == "crop_flip":
+        return apply_crop_flip(images, sample_crop_flip(keys, config.crop_padding), config.crop_padding)
+    return images

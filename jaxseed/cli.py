@@ -9,10 +9,9 @@ import sys
 import time
 import typing
 
-from jaxseed import manifest, rundir, streams
-from jaxseed.config import Config
+from jaxseed import manifest, objective, rundir, streams
+from jaxseed.config import NPZ, Config, npz_path
 from jaxseed.errors import UserError
-from jaxseed.objectives import OBJECTIVES
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,7 +45,7 @@ def int_at_least(low: int):
 EXIT_CODES = ("exit codes: 0 done; 1 verify or diff found a difference; 2 bad input or a failed write (one line "
               "on stderr, nothing you had is changed); 3 non-finite loss; 130 interrupted (train saves a "
               "checkpoint, ablate keeps its finished runs)")
-_ALIASES = {"learning_rate": ["--lr"]}
+_ALIASES = {"learning_rate": ["--lr"], "model": ["--objective"]}
 
 
 def _parse_as(kind: type):
@@ -90,7 +89,8 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
     p.add_argument("--seed", type=str, default=None,
                    help=f"seed of every stream, an integer in [0, {streams.MAX_SEED}] (default 0)")
     p.add_argument("--stream", action="append", default=[], type=_stream_override, metavar="NAME=SEED",
-                   help=f"override one stream's seed; repeatable. Streams: {', '.join(streams.STREAMS)}")
+                   help=f"override one stream's seed; repeatable. Streams: {', '.join(streams.STREAMS)}, and "
+                        "those your objective declares")
     p.add_argument("--workdir", help="output folder (default: a new folder under ./runs/)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --workdir from its latest checkpoint, bit for bit")
@@ -120,6 +120,8 @@ def config_changes(args: argparse.Namespace) -> dict:
     changes = {name: value for name, value in vars(args).items() if value is not None and name in _CONFIG_FIELDS}
     if changes.get("data_dir"):
         changes["data_dir"] = os.path.abspath(changes["data_dir"])
+    if npz_path(changes.get("data")):  # a run folder records it relative to itself
+        changes["data"] = NPZ + os.path.abspath(npz_path(changes["data"]))
     return changes
 
 
@@ -128,47 +130,63 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config().replace(**config_changes(args))
 
 
-def _seeds(args: argparse.Namespace, config: Config) -> tuple[int, dict[str, int]]:
+def _seeds(args: argparse.Namespace, used: objective.Objective) -> tuple[int, dict[str, int]]:
     overrides = {}
     for name, seed in args.stream:
         if name in overrides:
             raise UserError(f"stream {name!r} is given twice with --stream")
         overrides[name] = seed
     seed = streams.check_seed(args.seed if args.seed is not None else 0, "--seed")
-    return seed, streams.resolve_seeds(seed, overrides, OBJECTIVES[config.model].streams)
+    return seed, streams.resolve_seeds(seed, overrides, used.run_streams)
 
 
-def resolve(args: argparse.Namespace) -> tuple[Config, int, dict[str, int]]:
-    """(config, base seed, seed of every stream) from parsed flags; UserError on bad input."""
+def resolve(args: argparse.Namespace) -> tuple[Config, objective.Objective, int, dict[str, int]]:
+    """(config, its objective, base seed, seed of every stream) from parsed flags; UserError on bad input."""
     config = config_from_args(args)
-    return (config, *_seeds(args, config))
+    found = objective.resolve(config.model)
+    return (config, found, *_seeds(args, found))
 
 
-def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, dict[str, int]]:
-    """The config and seeds recorded in ``workdir``; UserError if a given flag differs.
+# Given on --resume or to verify, these name where the data and the objective are now; the run's
+# data hash (checked when training resumes) and its parameter hashes say whether they are the same.
+_RELOCATED = ("data_dir", "data", "model")
 
-    ``--data-dir`` may be given: it names where the data is now (the run's data
-    hash, checked when training resumes, says whether it is the same data).
+
+def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, objective.Objective, dict[str, int]]:
+    """The config, objective and seeds recorded in ``workdir``; UserError if a given flag differs.
+
+    ``--data-dir``, ``--data`` and ``--objective`` may be given: they name where
+    the data and the objective are now (``manifest.config_from_record``).
     """
     try:
         recorded = rundir.read_manifest(workdir)
     except FileNotFoundError:
         raise UserError(f"{workdir} holds no run to resume (no manifest.json)") from None
-    config = manifest.config_from_record(recorded["config"], workdir, data_dir=args.data_dir)
-    seeds = manifest.seeds_from_record(recorded["streams"], workdir)
+    given = config_changes(args)
+    config = manifest.config_from_record(recorded["config"], workdir, **{name: given.get(name) for name in _RELOCATED})
+    found = objective.resolve(config.model)
+    seeds = manifest.seeds_from_record(recorded["streams"], workdir, streams.seed_names(found.run_streams))
     differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
-                   for field, value in config_changes(args).items()
-                   if field != "data_dir" and getattr(config, field) != value]
+                   for field, value in given.items() if field not in _RELOCATED and getattr(config, field) != value]
     if args.seed is not None or args.stream:
-        given = _seeds(args, config)[1]
+        given = _seeds(args, found)[1]
         differences += [f"seed of stream {name!r} is {seeds.get(name)} in the run, {given[name]} given"
                         for name in given if seeds.get(name) != given[name]]
     if differences:
         raise UserError(f"cannot resume {workdir} with other settings: " + "; ".join(differences))
-    return config, seeds
+    return config, found, seeds
+
+
+def run_name(config: Config) -> str:
+    """The model and data of a run, as a folder name: ``cnn-mnist``, ``resnet-npz-train``."""
+    def short(text: str) -> str:
+        return os.path.splitext(os.path.basename(text.rstrip("/")))[0]
+
+    model = short(config.model.rpartition(":")[0] or config.model)
+    data = short(npz_path(config.data)) if npz_path(config.data) else config.data
+    return f"{model}-{data}".replace(":", "-")
 
 
 def default_workdir(config: Config, seed: int) -> str:
     """A new folder under ./runs/ named after the run."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{config.model}-{config.data.replace(':', '-')}-seed{seed}-{stamp}")
+    return os.path.join("runs", f"{run_name(config)}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")

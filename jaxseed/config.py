@@ -14,11 +14,32 @@ from typing import Optional
 
 from jaxseed.errors import UserError
 
-MODELS = ("cnn", "vae")
+
+class _DataSets(tuple):
+    """Data set names, and "npz:" followed by any path.
+
+    ``in``, how Config and argparse check a choice, accepts both; listing the
+    names shows the pattern "npz:PATH" among them (in --help and in errors).
+    """
+
+    def __contains__(self, name) -> bool:
+        return super().__contains__(name) or bool(npz_path(name))
+
+
+NPZ = "npz:"
+
+
+def npz_path(data) -> str | None:
+    """The file of ``--data npz:PATH``, or None for any other data set."""
+    return data.removeprefix(NPZ) if isinstance(data, str) and data.startswith(NPZ) else None
+
+
 # "mnist"/"fashion_mnist": the raw IDX files, downloaded once and cached (or read from data_dir);
+# "cifar10": CIFAR-10's binary version, the same way; "npz:PATH": an .npz in keras.datasets' layout;
 # "tfds:<name>": tensorflow-datasets' data_source, which needs TensorFlow to prepare the data.
-DATASETS = ("mnist", "fashion_mnist", "synthetic", "tfds:mnist", "tfds:fashion_mnist")
-AUGMENTATIONS = ("affine", "none")
+DATASETS = _DataSets(("mnist", "fashion_mnist", "cifar10", "synthetic", "tfds:mnist", "tfds:fashion_mnist",
+                      "npz:PATH"))
+AUGMENTATIONS = ("affine", "crop_flip", "none")
 BINARIZATIONS = ("dynamic", "threshold")
 LOOPS = ("auto", "unroll", "scan")
 
@@ -38,16 +59,23 @@ _TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "s
 @dataclasses.dataclass(frozen=True)
 class Config:
     # What is trained.
-    model: str = setting("cnn", "model", choices=MODELS)
+    # A built-in model (a module of jaxseed/models/) or a user's objective, package.module:NAME or
+    # path/to/file.py:NAME; objective.resolve checks it (importing a user's module is the resolver's job).
+    model: str = setting("cnn", "a built-in model (cnn, vae) or your objective as package.module:NAME or "
+                                "path/to/file.py:NAME (also --objective)")
     dropout_rate: float = setting(0.5, "CNN: dropout rate of the dense layer", minimum=0.0, below=1.0)
     latents: int = setting(20, "VAE: dimensions of the Gaussian latent", minimum=1, maximum=4096)
     # Data.
     data: str = setting("mnist", "data set", choices=DATASETS)
-    data_dir: Optional[str] = setting(None, "read the raw IDX files (train-images-idx3-ubyte[.gz], ...) from this "
-                                            "folder; needs no network (default: download once, then the cache)")
+    data_dir: Optional[str] = setting(None, "read the data set's files from this folder, with no network: MNIST's four "
+                                            "IDX files (train-images-idx3-ubyte[.gz], ...) or CIFAR-10's binary "
+                                            "version (default: download once, then the cache)")
     train_limit: Optional[int] = setting(None, "train on the first N training examples", minimum=1)
     # Augmentation (drawn from the `augment` stream, applied inside the jitted step).
-    augment: str = setting("affine", "CNN: on-device augmentation from the 'augment' stream", choices=AUGMENTATIONS)
+    augment: str = setting("affine", "on-device augmentation from the 'augment' stream: a small rotation and "
+                                     "shift, or a padded random crop and horizontal flip", choices=AUGMENTATIONS)
+    crop_padding: int = setting(4, "crop_flip: zeros padded on each side before the random crop", minimum=0,
+                                maximum=1024)
     max_translation: float = setting(2.0, "pixels; shifts are uniform in [-max, max] on each axis", minimum=0.0,
                                      maximum=1000.0)
     max_rotation: float = setting(10.0, "degrees; rotations are uniform in [-max, max]", minimum=0.0, maximum=180.0)

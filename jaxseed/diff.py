@@ -13,6 +13,7 @@ import os
 import sys
 
 from jaxseed import cli, entry, rundir
+from jaxseed.config import NPZ, npz_path
 from jaxseed.errors import UserError
 
 PROG = "python -m jaxseed.diff"
@@ -32,6 +33,8 @@ def read_run(workdir: str) -> tuple[list[dict], dict]:
     config = dict(recorded["config"])
     if isinstance(config.get("data_dir"), str):
         config["data_dir"] = os.path.normpath(os.path.join(os.path.abspath(workdir), config["data_dir"]))
+    if npz_path(config.get("data")):  # likewise an npz file
+        config["data"] = NPZ + os.path.normpath(os.path.join(os.path.abspath(workdir), npz_path(config["data"])))
     recorded["config"] = config
     used = recorded.get("streams_used")
     recorded["streams_used"] = ([name for name in used if isinstance(name, str)] if isinstance(used, list)

@@ -1,24 +1,25 @@
-"""Fetch the four raw IDX files of MNIST or Fashion-MNIST once, verify them, cache them.
+"""Fetch a data set's files once, verify them, cache them: MNIST, Fashion-MNIST, CIFAR-10.
 
-Where from: the mirrors tensorflow-datasets uses (``SOURCES``). An environment
+Where from: the URLs tensorflow-datasets uses (``SOURCES``). An environment
 variable replaces a data set's base URL with any URL (``http://``, ``file://``)
-of a folder that holds the four ``.gz`` files: ``JAXSEED_MNIST_MIRROR`` for MNIST and
+of a folder that holds its files: ``JAXSEED_MNIST_MIRROR`` for MNIST,
 ``JAXSEED_FASHION_MNIST_MIRROR`` for Fashion-MNIST (one variable each: the two
-sets use the same file names, so one mirror cannot serve both).
+sets use the same file names, so one mirror cannot serve both) and
+``JAXSEED_CIFAR10_MIRROR`` for CIFAR-10.
 
 Where to: ``<root>/<data set>/``, the root being the first that is set of
 ``$JAXSEED_DATA_DIR``, ``$TFDS_DATA_DIR/jaxseed``, ``$XDG_CACHE_HOME/jaxseed``,
 then ``~/.cache/jaxseed``.
 
-What is checked: the sha256 of every file, before it enters the cache and
-again each time it is loaded from there. MNIST's checksums are those of the
-decompressed files, so a mirror may wrap the same bytes in any gzip;
-Fashion-MNIST's are those tensorflow-datasets registers for the ``.gz``
-downloads. A file is written under a temporary name in the cache folder and
-renamed into place only once verified, so the cache never holds a partial or
-unverified file, whatever fails or interrupts the download. No file may exceed
-its size cap (``MAX_BYTES``, downloaded or decompressed) nor take longer than
-its deadline to download, so a wrong mirror (a link to an endless file, a
+What is checked: the sha256 of every file (``File``), before it enters the
+cache and again each time it is loaded from there. MNIST's checksums are those
+of the decompressed files, so a mirror may wrap the same bytes in any gzip;
+Fashion-MNIST's and CIFAR-10's are those tensorflow-datasets registers for the
+downloads themselves. A file is written under a temporary name in the cache
+folder and renamed into place only once verified, so the cache never holds a
+partial or unverified file, whatever fails or interrupts the download. No file
+may exceed its size cap (downloaded or decompressed) nor take longer than its
+source's deadline to download, so a wrong mirror (a link to an endless file, a
 server that trickles) fails as one line instead of filling the disk or hanging.
 """
 
@@ -48,14 +49,14 @@ MNIST_SHA256 = {  # of the decompressed files, the same bytes on every mirror
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 FASHION_MNIST_SHA256 = {  # of the .gz files, as tensorflow-datasets registers them
-    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
-# The most bytes a download, or its decompressed content, may hold, per file: a bit above the full files'
-# content (47,040,016, 60,008, 7,840,016 and 10,008 bytes), which any gzip of it stays under, even one
-# that does not compress; so also above the .gz files (the largest, Fashion-MNIST's, is 26.4 MB).
+# The most bytes a download, or its decompressed content, may hold, per IDX file: a bit above the full
+# files' content (47,040,016, 60,008, 7,840,016 and 10,008 bytes), which any gzip of it stays under, even
+# one that does not compress; so also above the .gz files (the largest, Fashion-MNIST's, is 26.4 MB).
 MAX_BYTES = {
     "train-images-idx3-ubyte": 48 << 20,
     "train-labels-idx1-ubyte": 64 << 10,
@@ -63,25 +64,51 @@ MAX_BYTES = {
     "t10k-labels-idx1-ubyte": 16 << 10,
 }
 TIMEOUT_S = 30.0  # per connection attempt and per read
-DEADLINE_S = 600.0  # for one whole file: 26 MB take 10 minutes at 44 kB/s
+DEADLINE_S = 600.0  # for one whole IDX file: 26 MB take 10 minutes at 44 kB/s
+CIFAR10_DEADLINE_S = 1800.0  # its 170 MB take 30 minutes at 94 kB/s
 _CHUNK = 1 << 16
 # Failures of the network or the server (ssl.SSLError and socket errors are OSErrors);
 # a failed write to the cache is told apart where it happens.
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError)
 
 
+class File(NamedTuple):
+    """One file of a data set, as served under the base URL and kept in the cache, and what it must be."""
+
+    name: str
+    sha256: str
+    checked: str  # what sha256 is of: "download", the bytes as downloaded; "content", their gunzipped content
+    max_bytes: int  # cap on the download, and on its decompressed content when that is what is hashed
+
+
 class Source(NamedTuple):
-    """Where a data set's four files come from and what they must hash to."""
+    """Where a data set's files come from, what they must be, and what ``--data-dir`` takes instead."""
 
-    url: str  # base URL holding the four .gz files
+    url: str  # base URL holding the files
     mirror_variable: str  # environment variable that replaces url
-    sha256: Mapping[str, str]  # see download()
+    files: tuple[File, ...]
+    offline: str  # what a --data-dir folder holds instead, for the messages that suggest it
+    deadline_s: float = DEADLINE_S  # for the download of each file
 
 
+def idx_files(sha256: Mapping[str, str], checked: str) -> tuple[File, ...]:
+    """The four ``<stem>.gz`` files of MNIST or Fashion-MNIST, from their checksums by stem."""
+    return tuple(File(stem + ".gz", digest, checked, MAX_BYTES[stem]) for stem, digest in sha256.items())
+
+
+# The binary version (never the python one: unpickling runs code), as tensorflow-datasets registers it.
+# Its sha256 is of the download itself, so its exact size is its cap: no other size can pass.
+CIFAR10_FILE = File("cifar-10-binary.tar.gz", "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+                    "download", 170_052_171)
+_IDX_OFFLINE = "the four IDX files"
 SOURCES = {
-    "mnist": Source("https://storage.googleapis.com/cvdf-datasets/mnist/", "JAXSEED_MNIST_MIRROR", MNIST_SHA256),
+    "mnist": Source("https://storage.googleapis.com/cvdf-datasets/mnist/", "JAXSEED_MNIST_MIRROR",
+                    idx_files(MNIST_SHA256, "content"), _IDX_OFFLINE),
     "fashion_mnist": Source("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                            "JAXSEED_FASHION_MNIST_MIRROR", FASHION_MNIST_SHA256),
+                            "JAXSEED_FASHION_MNIST_MIRROR", idx_files(FASHION_MNIST_SHA256, "download"),
+                            _IDX_OFFLINE),
+    "cifar10": Source("https://www.cs.toronto.edu/~kriz/", "JAXSEED_CIFAR10_MIRROR", (CIFAR10_FILE,),
+                      f"{CIFAR10_FILE.name} or its six .bin files", CIFAR10_DEADLINE_S),
 }
 
 
@@ -95,59 +122,43 @@ def cache_root() -> str:
 
 
 def fetch(name: str) -> str:
-    """The cache folder of data set ``name`` ("mnist" or "fashion_mnist"), downloading what it lacks."""
+    """The cache folder of data set ``name`` (a key of SOURCES), downloading what it lacks."""
     source = SOURCES[name]
-    base_url = os.environ.get(source.mirror_variable) or source.url
-    return download(os.path.join(cache_root(), name), base_url, source.sha256,
-                    mirror_variable=source.mirror_variable)
+    return download(os.path.join(cache_root(), name), source, os.environ.get(source.mirror_variable) or source.url)
 
 
-def download(folder: str, base_url: str, sha256: Mapping[str, str] = MNIST_SHA256, *,
-             max_bytes: Mapping[str, int] = MAX_BYTES, mirror_variable: str = "JAXSEED_MNIST_MIRROR",
-             timeout: float = TIMEOUT_S, deadline: float = DEADLINE_S) -> str:
-    """Make ``folder`` hold the verified ``<stem>.gz`` of every file in ``sha256``; return ``folder``.
+def download(folder: str, source: Source, base_url: str, *, timeout: float = TIMEOUT_S) -> str:
+    """Make ``folder`` hold every file of ``source``, verified, fetched from ``base_url``; return ``folder``.
 
-    ``sha256`` maps a file name to the sha256 of its bytes: ``"<stem>.gz"`` is
-    checked as downloaded, a bare ``"<stem>"`` on its decompressed content;
-    ``max_bytes`` maps each stem to its size cap (see ``MAX_BYTES``). A file
-    already in ``folder`` is rehashed by the same rule, so a copy damaged on
-    disk is never trusted (hashing all four MNIST files takes well under a
-    second); one that fails is reported on stderr, deleted, and downloaded
-    again like a missing one. A download slower than ``deadline`` seconds, or
-    with a read stalled for ``timeout`` seconds, fails. Raises UserError (one
-    line) on any failure, leaving no partial file behind.
+    A file already in ``folder`` is rehashed by its rule (``File.checked``), so
+    a copy damaged on disk is never trusted (hashing all four MNIST files, or
+    CIFAR-10's 170 MB archive, takes well under a second); one that
+    fails is reported on stderr, deleted, and downloaded again like a missing
+    one. A download slower than the source's deadline, or with a read stalled
+    for ``timeout`` seconds, fails. Raises UserError (one line) on any
+    failure, leaving no partial file behind.
     """
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the data cache folder {folder} ({error.strerror}); set JAXSEED_DATA_DIR "
-                        "to a writable folder, or pass --data-dir DIR with the four IDX files") from None
-    for name, digest in sha256.items():
-        stem = name.removesuffix(".gz")
-        path = os.path.join(folder, stem + ".gz")
-        expected = _Expected(digest, name.endswith(".gz"), max_bytes[stem])
-        if not _verified_in_cache(path, expected):
-            _fetch_one(base_url.rstrip("/") + f"/{stem}.gz", path, expected, mirror_variable, timeout, deadline)
+                        f"to a writable folder, or pass --data-dir DIR with {source.offline}") from None
+    for file in source.files:
+        path = os.path.join(folder, file.name)
+        if not _verified_in_cache(path, file):
+            _fetch_one(base_url.rstrip("/") + f"/{file.name}", path, file, source, timeout)
     return folder
-
-
-class _Expected(NamedTuple):
-    """What one file must be."""
-
-    sha256: str
-    of_download: bool  # sha256 of the .gz itself, else of its decompressed content
-    max_bytes: int  # cap on the .gz and on its decompressed content
 
 
 class _Rejected(Exception):
     """A file that cannot be the one expected; the message completes "<file> ..."."""
 
 
-def _verified_in_cache(path: str, expected: _Expected) -> bool:
+def _verified_in_cache(path: str, file: File) -> bool:
     """Whether the cache holds ``path`` and it passes its check; a copy that fails is deleted."""
     if not os.path.lexists(path):
         return False
-    reason = _cache_problem(path, expected)
+    reason = _cache_problem(path, file)
     if reason is None:
         return True
     try:
@@ -158,39 +169,38 @@ def _verified_in_cache(path: str, expected: _Expected) -> bool:
     return False
 
 
-def _cache_problem(path: str, expected: _Expected) -> str | None:
+def _cache_problem(path: str, file: File) -> str | None:
     """Why the cached ``path`` fails the check of a download (completing "<path> ..."), or None."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read
             return "is not a regular file"
-        digest = _sha256(path, not expected.of_download, expected.max_bytes)
+        digest = _sha256(path, file.checked == "content", file.max_bytes)
     except _Rejected as error:
         return str(error)
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
-    return None if digest == expected.sha256 else f"fails its checksum ({_mismatch(digest, expected)})"
+    return None if digest == file.sha256 else f"fails its checksum ({_mismatch(digest, file)})"
 
 
-def _fetch_one(url: str, path: str, expected: _Expected, mirror_variable: str, timeout: float,
-               deadline: float) -> None:
+def _fetch_one(url: str, path: str, file: File, source: Source, timeout: float) -> None:
     """Download ``url`` to a unique temporary name beside ``path``, verify it, rename it to ``path``."""
     # Unique, and created with O_EXCL (which follows no planted link): concurrent runs may fill one cache.
     partial = f"{path}.{secrets.token_hex(4)}.part"
     try:
         try:
             with open(partial, "xb") as f:
-                digest = _stream(url, f, expected.max_bytes, mirror_variable, timeout, deadline)
+                digest = _stream(url, f, file.max_bytes, source, timeout)
                 f.flush()
                 os.fsync(f.fileno())  # the rename must not outlive the bytes after a crash
-            if not expected.of_download:
-                digest = _sha256(partial, True, expected.max_bytes)
+            if file.checked == "content":
+                digest = _sha256(partial, True, file.max_bytes)
         except _Rejected as error:
             raise UserError(f"download of {url} {error}; the file was deleted (a broken download or a wrong "
                             "mirror?)") from None
         except OSError as error:  # the disk: _stream turned the network's OSErrors into UserError
             raise _unwritable(os.path.dirname(path), error) from None
-        if digest != expected.sha256:
-            raise UserError(f"checksum mismatch for {url}: {_mismatch(digest, expected)}; "
+        if digest != file.sha256:
+            raise UserError(f"checksum mismatch for {url}: {_mismatch(digest, file)}; "
                             "the file was deleted (a wrong or corrupted mirror?)")
         try:
             os.replace(partial, path)
@@ -201,18 +211,18 @@ def _fetch_one(url: str, path: str, expected: _Expected, mirror_variable: str, t
             os.remove(partial)
 
 
-def _mismatch(digest: str, expected: _Expected) -> str:
-    of = "" if expected.of_download else " of its decompressed content"
-    return f"sha256{of} is {digest}, expected {expected.sha256}"
+def _mismatch(digest: str, file: File) -> str:
+    of = " of its decompressed content" if file.checked == "content" else ""
+    return f"sha256{of} is {digest}, expected {file.sha256}"
 
 
-def _stream(url: str, out, max_bytes: int, mirror_variable: str, timeout: float, deadline: float) -> str:
+def _stream(url: str, out, max_bytes: int, source: Source, timeout: float) -> str:
     """Copy ``url``'s body to the file ``out`` with a progress bar; return the sha256 of the body.
 
-    The body may hold at most ``max_bytes`` and must arrive within ``deadline`` seconds, checked after
+    The body may hold at most ``max_bytes`` and must arrive within the source's deadline, checked after
     every read (so it stops at most ``timeout`` later).
     """
-    digest, received = hashlib.sha256(), 0
+    digest, received, deadline = hashlib.sha256(), 0, source.deadline_s
     give_up = time.monotonic() + deadline
     try:
         with urllib.request.urlopen(url, timeout=min(timeout, deadline)) as response:
@@ -233,7 +243,7 @@ def _stream(url: str, out, max_bytes: int, mirror_variable: str, timeout: float,
                     if time.monotonic() > give_up:
                         raise UserError(f"download of {url} took longer than its deadline of {deadline:g} s "
                                         f"({received} bytes in); the partial file was deleted, try again, or "
-                                        f"set {mirror_variable} to a faster mirror")
+                                        f"set {source.mirror_variable} to a faster mirror")
                     try:
                         out.write(chunk)
                     except OSError as error:
@@ -244,8 +254,8 @@ def _stream(url: str, out, max_bytes: int, mirror_variable: str, timeout: float,
         # URLError wraps the socket's error ("[Errno 111] Connection refused"); HTTPError reads well as is.
         plain = isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError)
         reason = error.reason if plain else error
-        raise UserError(f"cannot download {url} ({reason}); to train offline pass --data-dir DIR with the four "
-                        f"IDX files, or set {mirror_variable} to a URL that serves them") from None
+        raise UserError(f"cannot download {url} ({reason}); to train offline pass --data-dir DIR with "
+                        f"{source.offline}, or set {source.mirror_variable} to a URL that serves them") from None
     if length is not None and received != length:
         raise UserError(f"download of {url} is truncated: {received} of {length} bytes; the partial file was "
                         "deleted, try again")

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, plots, rundir, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
-from jaxseed.objectives import OBJECTIVES, Batch, Objective
+from jaxseed import objective as objectives
+from jaxseed.objective import Batch, DataSpec, Objective
 from jaxseed.step import (TrainState, execution_plan, init_state, make_optimizer, make_run_steps, over_replicas,
                           steps_per_epoch)
 
@@ -38,11 +39,10 @@ def load_data(config: Config) -> data.Dataset:
 
 
 @functools.lru_cache(maxsize=16)  # runs of one shape compile once
-def _evaluation_chunk(config: Config, graphdef: nnx.GraphDef, num: int, batch_size: int, num_replicas: int,
-                      layout: mesh.Layout) -> Callable:
+def _evaluation_chunk(objective: Objective, config: Config, graphdef: nnx.GraphDef, num: int, batch_size: int,
+                      num_replicas: int, layout: mesh.Layout) -> Callable:
     """(params [R, ...], images, labels, start) -> (metric sums over the chunk's real examples,
     class probabilities or None), each with the replica axis."""
-    objective = OBJECTIVES[config.model]
 
     def chunk(params, images, labels, start):
         index = start + jnp.arange(batch_size)
@@ -56,11 +56,12 @@ def _evaluation_chunk(config: Config, graphdef: nnx.GraphDef, num: int, batch_si
 
 
 @functools.lru_cache(maxsize=16)
-def _initial_states(config: Config, tx: optax.GradientTransformation, num_replicas: int) -> Callable:
+def _initial_states(objective: Objective, config: Config, spec: DataSpec, tx: optax.GradientTransformation,
+                    num_replicas: int) -> Callable:
     """(stream keys [R]) -> each replica's TrainState [R], built from its init stream in one
     jitted program: building the model op by op ran ~50 small programs, each looked up in
     the compilation cache on its own (a second of start-up)."""
-    return jax.jit(over_replicas(lambda keys: init_state(config, keys, tx)[1], num_replicas, (0,)))
+    return jax.jit(over_replicas(lambda keys: init_state(objective, config, spec, keys, tx)[1], num_replicas, (0,)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,8 +80,8 @@ def forget_compiled() -> None:
     jax.clear_caches()
 
 
-def make_evaluate(config: Config, graphdef: nnx.GraphDef, dataset: data.Dataset, num_replicas: int,
-                  layout: mesh.Layout) -> Callable:
+def make_evaluate(objective: Objective, config: Config, graphdef: nnx.GraphDef, dataset: data.Dataset,
+                  num_replicas: int, layout: mesh.Layout) -> Callable:
     """params [R, ...] -> ({test_<metric>: float64[R], mean over the test set},
     class probabilities float32[R, N, C] or None). Runs in fixed-size chunks; the
     last is padded, and only real examples count."""
@@ -89,7 +90,7 @@ def make_evaluate(config: Config, graphdef: nnx.GraphDef, dataset: data.Dataset,
     padded = -(-num // batch_size) * batch_size
     images = mesh.place(np.pad(dataset.test_images, ((0, padded - num), (0, 0), (0, 0), (0, 0))), layout.replicated)
     labels = mesh.place(np.pad(dataset.test_labels, (0, padded - num)), layout.replicated)
-    chunk = _evaluation_chunk(config, graphdef, num, batch_size, num_replicas, layout)
+    chunk = _evaluation_chunk(objective, config, graphdef, num, batch_size, num_replicas, layout)
 
     def evaluate(params):
         outputs = mesh.fetch([chunk(params, images, labels, start) for start in range(0, padded, batch_size)])
@@ -121,7 +122,7 @@ class Run(NamedTuple):
     layout: mesh.Layout
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
-    keys: streams.StreamKeys  # placed, key[R] per stream
+    keys: streams.Keys  # placed, key[R] per stream
     images: jax.Array  # the training set, on the devices
     labels: jax.Array
     num_steps: int  # per epoch
@@ -152,23 +153,25 @@ def _claim(workdirs: list[str], resume: bool, overwrite: bool) -> list[rundir.Ru
     return folders
 
 
-def setup(config: Config, seeds: list[dict[str, int]], folders: list[rundir.RunFolder], checkpoint_dir: str | None,
-          dataset: data.Dataset | None, progress: bool) -> tuple[Run, TrainState, list[str]]:
+def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], folders: list[rundir.RunFolder],
+          checkpoint_dir: str | None, dataset: data.Dataset | None,
+          progress: bool) -> tuple[Run, TrainState, list[str]]:
     """(the run, its initial state [R] on the mesh, each replica's initial parameter hash)."""
     machine.require_flags(config)
-    objective = OBJECTIVES[config.model]
     host_data = load_data(config) if dataset is None else dataset
     num_train = host_data.num_train
     if not 0 < config.batch_size <= num_train:
         raise UserError(f"--batch-size must be in [1, {num_train}] (the training set size), got {config.batch_size}")
+    spec = objectives.data_spec(host_data)
+    objectives.check_shapes(objective, config, spec, config.batch_size)
     layout = mesh.plan(len(seeds), config.batch_size, config.devices, config.mesh)
     backend = jax.default_backend()
     if config.deterministic and backend != "gpu" and folders[0].writes:
         print(f"jaxseed: --deterministic has no effect on {backend} (it selects GPU kernels)", file=sys.stderr)
     keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))
     tx = make_optimizer(config, num_train)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build(config, keys.init[0])))
-    initial = _initial_states(config, tx, len(seeds))(keys)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: objective.build(config, spec, keys.init[0])))
+    initial = _initial_states(objective, config, spec, tx, len(seeds))(keys)
     init_hashes = [manifest.tree_hash(jax.tree.map(lambda leaf: leaf[r], initial.params)) for r in range(len(seeds))]
     state = jax.tree.map(lambda leaf: mesh.place(leaf, layout.replicas), initial)
     num_steps = steps_per_epoch(config, num_train)
@@ -177,7 +180,7 @@ def setup(config: Config, seeds: list[dict[str, int]], folders: list[rundir.RunF
     run = Run(config, objective, seeds, folders, host_data, layout, graphdef, tx,
               mesh.place_keys(keys, layout.replicas),
               *(mesh.place(array, layout.replicated) for array in (host_data.train_images, host_data.train_labels)),
-              num_steps, loop_form, per_call, make_evaluate(config, graphdef, host_data, len(seeds), layout),
+              num_steps, loop_form, per_call, make_evaluate(objective, config, graphdef, host_data, len(seeds), layout),
               checkpoints, progress)
     return run, state, init_hashes
 
@@ -248,7 +251,8 @@ def train_epoch(run: Run, state: TrainState, at: Position,
     while first < run.num_steps:
         # Calls start at multiples of per_call, so a resumed run replays the same programs.
         n = min(run.per_call - first % run.per_call, run.num_steps - first)
-        run_steps = make_run_steps(config, run.graphdef, run.tx, len(run.seeds), n, run.loop_form, run.layout)
+        run_steps = make_run_steps(run.objective, config, run.graphdef, run.tx, len(run.seeds), n, run.loop_form,
+                                   run.layout)
         state, metrics, steps = run_steps(state, run.images, run.labels, permutation, run.keys, epoch, first)
         metrics, steps = mesh.fetch((metrics, steps))
         global_step = epoch * run.num_steps + first
@@ -296,10 +300,10 @@ def finish(run: Run, state: TrainState, infos: list[dict], histories: list[list[
                     final=history[-1] if history else None)
         if not folder.writes:
             continue
-        folder.save_picture("curves.png", lambda f: plots.plot_curves(history, f, run.objective.panels))
+        folder.save_picture("curves.png", lambda f: plots.plot_curves(history, f, dict(run.objective.panels)))
         if probabilities is not None:  # for comparing runs' predictions (ablate's disagreement, ensembles)
             folder.save_array("test_probabilities.npy", probabilities[r])
-        added, pictures = run.objective.final_evaluation(run.config, run.graphdef, params, run.data)
+        added, pictures = run.objective.finish(run.config, run.graphdef, params, run.data)
         for name, (images, columns) in pictures.items():
             folder.save_picture(name, lambda f: plots.save_grid(images, f, columns))
         info.update(added)
@@ -310,7 +314,8 @@ def finish(run: Run, state: TrainState, infos: list[dict], histories: list[list[
 @streams.pinned_generator
 def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], checkpoint_dir: str | None = None,
           progress: bool = True, resume: bool = False, overwrite: bool = False,
-          should_stop: Callable[[], bool] = lambda: False, dataset: data.Dataset | None = None) -> list[dict]:
+          should_stop: Callable[[], bool] = lambda: False, dataset: data.Dataset | None = None,
+          objective: Objective | None = None) -> list[dict]:
     """Train one run per entry of ``seeds`` together, replica r in the folder ``workdirs[r]``.
 
     Each replica draws exactly what it would alone: its state, stream keys and
@@ -322,11 +327,13 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
     ``<workdirs[0]>/checkpoints``); the result is bitwise the uninterrupted run's.
     ``should_stop`` is polled after each jitted call: when true, a checkpoint is
     saved and Interrupted raised. ``dataset`` (host arrays) replaces the config's
-    data (experiments that alter it). Returns each replica's manifest.
+    data (experiments that alter it). ``objective`` is what ``config.model`` names,
+    resolved by the caller, or here when not given. Returns each replica's manifest.
     """
+    objective = objective or objectives.resolve(config.model)
     folders = _claim(workdirs, resume, overwrite)
     try:
-        run, state, init_hashes = setup(config, seeds, folders, checkpoint_dir, dataset, progress)
+        run, state, init_hashes = setup(objective, config, seeds, folders, checkpoint_dir, dataset, progress)
         try:
             return _train(run, state, init_hashes, resume, should_stop)
         finally:
@@ -348,7 +355,9 @@ def _train(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
             done = at.epoch * run.num_steps + at.first
             folder.write_lines("trace.jsonl", folder.kept_lines("trace.jsonl", lambda row: row["step"] < done,
                                                                 rundir.TRACE_FIELDS))
-    common = {"streams_used": list(run.objective.streams), "data_hash": data_hash,
+    common = {"streams_used": list(run.objective.run_streams), "data_hash": data_hash,
+              "objective": {"name": objectives.recorded_name(run.objective.name),
+                            "source_sha256": objectives.source_hash(run.objective)},
               "execution": {"loop": run.loop_form, "steps_per_call": run.per_call, "replicas": len(run.seeds),
                             **run.layout.describe()},
               **manifest.environment(), "status": "running"}
@@ -356,7 +365,7 @@ def _train(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
               "init_param_hash": init_hash} for seeds, folder, init_hash in zip(run.seeds, run.folders, init_hashes)]
     for info, folder in zip(infos, run.folders):
         folder.write_json("manifest.json", info)
-    fingerprints = [outputs.Fingerprints(run.config, seeds, run.data.num_train) for seeds in run.seeds]
+    fingerprints = [outputs.Fingerprints(run.objective, run.config, seeds, run.data.num_train) for seeds in run.seeds]
     for done in range(at.epoch):  # draws are pure functions of position: recompute, don't store
         for replica in fingerprints:
             replica.add_epoch(done)

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-from jaxseed import machine, streams
-from jaxseed.config import Config
+from jaxseed import machine, objective, streams
+from jaxseed.config import NPZ, Config, npz_path
 from jaxseed.errors import UserError
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
@@ -98,40 +98,65 @@ def environment() -> dict:
 
 
 def config_record(config: Config, workdir: str) -> dict:
-    """The config as the manifest stores it: ``data_dir`` relative to the workdir,
-    so a run folder holds no path of the machine it ran on and can be moved with its data."""
+    """The config as the manifest stores it: ``data_dir`` and an npz file relative to the workdir,
+    so a run folder holds no path of the machine it ran on and can be moved with its data; a
+    user's objective file by its name alone (``objective.recorded_name``)."""
     record = config.to_dict()
     if config.data_dir:
         record["data_dir"] = os.path.relpath(config.data_dir, os.path.abspath(workdir))
+    if npz_path(config.data):
+        record["data"] = NPZ + os.path.relpath(os.path.abspath(npz_path(config.data)), os.path.abspath(workdir))
+    record["model"] = objective.recorded_name(config.model)
     return record
 
 
-def config_from_record(record: Any, workdir: str, data_dir: str | None = None) -> Config:
+def config_from_record(record: Any, workdir: str, data_dir: str | None = None, data: str | None = None,
+                       model: str | None = None) -> Config:
     """Inverse of ``config_record``: the Config of a run recorded in ``workdir``, checked
     like the CLI's flags (a manifest is input: it may come from anyone).
 
-    The recorded ``data_dir`` is followed only inside the run folder: data read from
-    anywhere else is named by the user (``data_dir``, from ``--data-dir``), never by a manifest.
+    The recorded ``data_dir`` or npz file is followed only inside the run folder: data
+    read from anywhere else is named by the user (``data_dir``, ``data``: --data-dir,
+    --data), never by a manifest. Likewise a user's objective is imported only when the
+    user names it (``model``: --objective), and it must be the one recorded.
     """
     if not isinstance(record, dict) or not set(record) <= {f.name for f in dataclasses.fields(Config)}:
         raise UserError(f"the manifest in {workdir} holds a config with fields jaxseed does not know")
     config = Config(**record)
+    if config.model not in objective.built_in():
+        if not model:
+            raise UserError(f"the run in {workdir} was trained with the objective {config.model!r}; jaxseed imports "
+                            "no code a run folder names: pass --objective with where that objective is")
+        if objective.recorded_name(model) != config.model:
+            raise UserError(f"the run in {workdir} was trained with the objective {config.model!r}, "
+                            f"not {objective.recorded_name(model)!r}")
+        config = config.replace(model=model)
+    if data:
+        config = config.replace(data=data)
+    elif npz_path(config.data):
+        config = config.replace(data=NPZ + _inside(workdir, npz_path(config.data), "--data npz:FILE"))
     if data_dir:
         return config.replace(data_dir=os.path.abspath(data_dir))
     if config.data_dir:
-        root = os.path.abspath(workdir)
-        resolved = os.path.normpath(os.path.join(root, config.data_dir))
-        if os.path.isabs(config.data_dir) or os.path.commonpath([root, resolved]) != root:
-            raise UserError(f"the run in {workdir} read its data from {config.data_dir!r}, outside its folder; "
-                            "pass --data-dir DIR to name the data yourself")
-        config = config.replace(data_dir=resolved)
+        config = config.replace(data_dir=_inside(workdir, config.data_dir, "--data-dir DIR"))
     return config
 
 
-def seeds_from_record(record: Any, workdir: str) -> dict[str, int]:
-    """The seed of every stream recorded in a manifest, checked like ``--seed`` and ``--stream``."""
-    if not isinstance(record, dict) or set(record) != set(streams.STREAMS):
-        raise UserError(f"the manifest in {workdir} must give the seed of each stream: {', '.join(streams.STREAMS)}")
+def _inside(workdir: str, recorded: str, flag: str) -> str:
+    """The absolute path of a path recorded relative to ``workdir``; UserError unless it is inside."""
+    root = os.path.abspath(workdir)
+    resolved = os.path.normpath(os.path.join(root, recorded))
+    if os.path.isabs(recorded) or os.path.commonpath([root, resolved]) != root:
+        raise UserError(f"the run in {workdir} read its data from {recorded!r}, outside its folder; "
+                        f"pass {flag} to name the data yourself")
+    return resolved
+
+
+def seeds_from_record(record: Any, workdir: str, names: tuple[str, ...] = streams.STREAMS) -> dict[str, int]:
+    """The seed of every stream recorded in a manifest, checked like ``--seed`` and ``--stream``;
+    ``names``: every stream of the run (``streams.resolve_seeds``'s keys)."""
+    if not isinstance(record, dict) or set(record) != set(names):
+        raise UserError(f"the manifest in {workdir} must give the seed of each stream: {', '.join(names)}")
     if any(isinstance(seed, bool) or not isinstance(seed, int) for seed in record.values()):
         raise UserError(f"the manifest in {workdir} holds a seed that is not an integer")
     return {name: streams.check_seed(seed, f"seed of stream {name!r}") for name, seed in record.items()}

@@ -115,7 +115,7 @@ def _wrap_keys(sharding: NamedSharding):
     return jax.jit(lambda words: jax.random.wrap_key_data(words, impl=streams.GENERATOR), out_shardings=sharding)
 
 
-def place_keys(keys: streams.StreamKeys, sharding: NamedSharding) -> streams.StreamKeys:
+def place_keys(keys: streams.Keys, sharding: NamedSharding) -> streams.Keys:
     """Typed keys key[R] of every stream, placed like ``place`` (by their words)."""
     return jax.tree.map(lambda key: _wrap_keys(sharding)(place(jax.random.key_data(key), sharding)), keys)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxseed import manifest, streams
 from jaxseed.config import Config
-from jaxseed.objectives import OBJECTIVES
+from jaxseed.objective import Objective
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -19,34 +19,34 @@ def permutation(shuffle_root, epoch, num_examples):
     return streams.epoch_permutation(shuffle_root, epoch, num_examples)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _example_key_data(keys: streams.StreamKeys, epoch, num_examples):
-    """Words of every training example's key of each per-example stream in ``epoch``."""
-    return jax.tree.map(jax.random.key_data, streams.example_keys(keys, epoch, jnp.arange(num_examples)))
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _example_key_data(keys: streams.Keys, names: tuple[str, ...], epoch, num_examples):
+    """Words of every training example's key of each per-example stream ``names`` in ``epoch``."""
+    return jax.tree.map(jax.random.key_data, streams.example_keys(keys, names, epoch, jnp.arange(num_examples)))
 
 
 class Fingerprints:
     """Hashes of what each stream of one run drew, epoch by epoch.
 
-    shuffle: each epoch's permutation. dropout, augment, latent: the key of every
-    training example in every epoch (each example's mask, rotation and shift,
-    binarisation or noise is a function of its key alone), hashed for the streams
-    the config really draws from. None depends on the order, the batch size or the
-    devices, so varying ``shuffle``, ``--batch-size`` or ``--devices`` leaves the
-    others' hashes alone. Computed on the host's default device from the seeds:
+    shuffle: each epoch's permutation. Each per-example stream (dropout, augment,
+    latent, an objective's own): the key of every training example in every epoch
+    (each example's mask, rotation and shift, binarisation or noise is a function
+    of its key alone), hashed for the streams the config really draws from. None
+    depends on the order, the batch size or the devices, so varying ``shuffle``,
+    ``--batch-size`` or ``--devices`` leaves the others' hashes alone. Computed on the host's default device from the seeds:
     the recomputation is the check.
     """
 
-    def __init__(self, config: Config, seeds: dict[str, int], num_train: int):
+    def __init__(self, objective: Objective, config: Config, seeds: dict[str, int], num_train: int):
         self.keys = streams.root_keys(seeds)
         self.num_train = num_train
-        self.draws = {name: [] for name in OBJECTIVES[config.model].drawn(config) if name != "init"}
+        self.draws = {name: [] for name in objective.drawn_streams(config) if name != "init"}
+        self.per_example = tuple(name for name in self.draws if name != "shuffle")
 
     def add_epoch(self, epoch: int) -> None:
-        example_keys = _example_key_data(self.keys, epoch, self.num_train)
+        example_keys = _example_key_data(self.keys, self.per_example, epoch, self.num_train)
         for name in self.draws:
-            draws = permutation(self.keys.shuffle, epoch, self.num_train) if name == "shuffle" else \
-                getattr(example_keys, name)
+            draws = permutation(self.keys.shuffle, epoch, self.num_train) if name == "shuffle" else example_keys[name]
             self.draws[name].append(np.asarray(draws))
 
     def summary(self, init_param_hash: str) -> dict:

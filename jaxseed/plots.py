@@ -34,17 +34,20 @@ def plot_curves(metrics: list[dict], out: BinaryIO, panels: dict[str, tuple[str,
 
 
 def save_grid(images, out: BinaryIO, columns: int) -> None:
-    """Tile images float[N, H, W, 1] in [0, 1] into one grayscale PNG, written into ``out``."""
+    """Tile images float[N, H, W, C] in [0, 1] (C = 1: grey, 3: colour) into one PNG, written into ``out``."""
     import matplotlib.image
 
-    images = np.asarray(images)[..., 0]
+    images = np.clip(np.asarray(images), 0.0, 1.0)
     rows = -(-len(images) // columns)
-    height, width = images.shape[1:]
-    canvas = np.ones((rows * (height + 2) + 2, columns * (width + 2) + 2))
+    height, width, channels = images.shape[1:]
+    canvas = np.ones((rows * (height + 2) + 2, columns * (width + 2) + 2, channels))
     for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[2 + r * (height + 2):2 + r * (height + 2) + height, 2 + c * (width + 2):2 + c * (width + 2) + width] = image
-    matplotlib.image.imsave(out, canvas, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+        top, left = (2 + k * (size + 2) for k, size in zip(divmod(i, columns), (height, width)))
+        canvas[top:top + height, left:left + width] = image
+    if channels == 1:
+        matplotlib.image.imsave(out, canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    else:
+        matplotlib.image.imsave(out, canvas, format="png")
 
 
 def plot_spread(groups: list[str], stds: list[float], intervals: list[tuple[float, float]], label: str,

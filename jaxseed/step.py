@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxseed import mesh, streams
 from jaxseed.config import Config
-from jaxseed.objectives import OBJECTIVES, Batch
+from jaxseed.objective import Batch, DataSpec, Objective
 
 
 class TrainState(NamedTuple):
@@ -42,26 +42,25 @@ def make_optimizer(config: Config, num_train: int) -> optax.GradientTransformati
     return optax.adamw(schedule, weight_decay=config.weight_decay)
 
 
-def init_state(config: Config, keys: streams.StreamKeys, tx: optax.GradientTransformation):
+def init_state(objective: Objective, config: Config, spec: DataSpec, keys: streams.Keys,
+               tx: optax.GradientTransformation):
     """Build the model from the ``init`` stream; return (graphdef, state)."""
-    graphdef, params = nnx.split(OBJECTIVES[config.model].build(config, keys.init))
+    graphdef, params = nnx.split(objective.build(config, spec, keys.init))
     return graphdef, TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 
-def train_step(state: TrainState, batch: Batch, keys: streams.StreamKeys, epoch: jax.Array, *,
-               graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: Config):
+def train_step(state: TrainState, batch: Batch, keys: streams.Keys, epoch: jax.Array, *,
+               objective: Objective, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: Config):
     """One optimiser step. Pure: (state, batch, stream keys, epoch) -> (state, metric sums).
 
     Every draw of the step is per example, from (stream, epoch, example index)
-    (``streams.example_keys``); the objective gets the keys of the streams it uses.
+    (``streams.example_keys``); the objective gets the keys of the streams it declares.
     """
-    objective = OBJECTIVES[config.model]
-    draws = streams.example_keys(keys, epoch, batch.index)
-    named_keys = {f"{name}_keys": getattr(draws, name) for name in objective.streams if name in streams.PER_EXAMPLE}
+    draws = streams.example_keys(keys, objective.streams, epoch, batch.index)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params)
-        return objective.train_loss(model, batch, config, **named_keys)
+        return objective.train_loss(model, batch, config, draws)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -122,8 +121,8 @@ def param_checksum(params: nnx.State) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)  # runs of one shape (an ablation's runs, a resume) compile once
-def make_run_steps(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, num_replicas: int,
-                   num_steps: int, loop: str, layout: mesh.Layout | None = None) -> Callable:
+def make_run_steps(objective: Objective, config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                   num_replicas: int, num_steps: int, loop: str, layout: mesh.Layout | None = None) -> Callable:
     """Jit ``num_steps`` consecutive steps of one epoch, for R replicas, into one call.
 
     The call takes (state, images, labels, permutation, keys, epoch, first), with
@@ -134,7 +133,8 @@ def make_run_steps(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTra
     ``config.trace`` "param_checksum" [n, R]}).
     """
     batch_size = config.batch_size
-    step_fn = over_replicas(functools.partial(train_step, graphdef=graphdef, tx=tx, config=config), num_replicas,
+    step_fn = over_replicas(functools.partial(train_step, objective=objective, graphdef=graphdef, tx=tx,
+                                              config=config), num_replicas,
                             in_axes=(0, 0, 0, None), layout=layout)
     checksums = over_replicas(param_checksum, num_replicas, in_axes=(0,))
 

@@ -1,4 +1,4 @@
-"""The five named key streams, and how every random draw is derived from them.
+"""The named key streams, and how every random draw is derived from them.
 
 This module is the only place in jaxseed that turns an integer into a key.
 
@@ -6,7 +6,7 @@ Keys use an explicit generator, ``threefry2x32`` (``GENERATOR``), whatever
 ``jax_default_prng_impl`` the environment sets. A stream's root key is a pure
 function of its seed and a fixed stream id:
 
-    root[name] = fold_in(key(seed[name]), STREAM_IDS[name])
+    root[name] = fold_in(key(seed[name]), stream_id(name))
 
 so two streams given the same seed still differ, and changing one stream's seed
 changes no other stream. Every draw is then derived from a root *by position*,
@@ -19,6 +19,10 @@ recomputed alone — the basis of exact resume, sharding and ablation:
     dropout   an example's dropout mask  (epoch, example index)   fold_in(fold_in(root, epoch), index)
     augment   an example's augmentation  (epoch, example index)   likewise
     latent    an example's VAE noise     (epoch, example index)   likewise
+    <own>     what an objective draws    (epoch, example index)   likewise, for a stream it declares
+
+The five built-in ids are fixed; a stream an objective declares itself (stochastic
+depth, noise injection) has an id derived from its name, apart from theirs.
 
 The example index is the example's place in its split, so a per-example draw
 does not depend on the batch it lands in, the batch size, the order (``shuffle``)
@@ -31,7 +35,9 @@ or how a batch is split over devices; ``example_keys`` derives them for a batch.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, NamedTuple
+import hashlib
+import re
+from typing import Any, Callable, Mapping
 
 import jax
 
@@ -42,35 +48,84 @@ THREEFRY_PARTITIONABLE = True  # the mode every draw is defined in (pinned_gener
 STREAMS = ("init", "shuffle", "dropout", "augment", "latent")
 # Fixed forever: renumbering a stream would change every result ever recorded.
 STREAM_IDS = {name: index for index, name in enumerate(STREAMS)}
-# Keys that belong to no run's seeds take ids from 2**31 up; stream ids stay below,
-# so no present or future stream's root can equal one of them at any seed.
-_RESERVED_BASE = 2**31
+# Ids below 2**16 belong to jaxseed's own streams, present and future; a stream an objective
+# declares itself gets an id in [2**16, 2**31) from its name (``stream_id``). Keys that belong to no
+# run's seeds take ids from 2**31 up, so no stream's root can equal one of them at any seed.
+_USER_BASE, _RESERVED_BASE = 2**16, 2**31
 EVALUATION_ID, SYNTHETIC_DATA_ID = _RESERVED_BASE, _RESERVED_BASE + 1
-assert max(STREAM_IDS.values()) < _RESERVED_BASE
+# Names an objective may not give its own streams: the built-in ones, the fixed keys', the
+# stream planned for which training examples a run samples, and nnx.Rngs' fallback names.
+RESERVED_NAMES = frozenset({*STREAMS, "evaluation", "synthetic_data", "sample", "default", "params"})
+# Streams every run draws from; the others are drawn per example, by an objective that declares them.
+EVERY_RUN = ("init", "shuffle")
+PER_EXAMPLE = ("dropout", "augment", "latent")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Seeds are 32-bit: jax.random.key takes no wider seed without x64.
 MAX_SEED = 2**32 - 1
 
 
-class StreamKeys(NamedTuple):
-    """Root key of each stream (a pytree, passed into jitted functions)."""
-
-    init: jax.Array
-    shuffle: jax.Array
-    dropout: jax.Array
-    augment: jax.Array
-    latent: jax.Array
-
-
-class ExampleKeys(NamedTuple):
-    """One key per example of a batch for each per-example stream, each key[B]."""
-
-    dropout: jax.Array
-    augment: jax.Array
-    latent: jax.Array
+def stream_id(name: str) -> int:
+    """The fixed id of stream ``name``: a built-in one's, or for an objective's own stream
+    2**16 + (the first 4 bytes of sha256("jaxseed stream " + name)) mod (2**31 - 2**16):
+    stable across processes and versions (Python's ``hash`` of a string is salted per process)."""
+    if name in STREAM_IDS:
+        return STREAM_IDS[name]
+    check_stream_name(name)
+    digest = hashlib.sha256(f"jaxseed stream {name}".encode()).digest()
+    return _USER_BASE + int.from_bytes(digest[:4], "big") % (_RESERVED_BASE - _USER_BASE)
 
 
-# Streams drawn per example from (epoch, example index).
-PER_EXAMPLE = ExampleKeys._fields
+def check_stream_name(name: Any) -> str:
+    """``name`` if an objective may declare it as a stream of its own, else UserError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise UserError(f"a stream name is 1-32 lower-case letters, digits or _, starting with a letter; "
+                        f"got {name!r}")
+    if name in RESERVED_NAMES:
+        raise UserError(f"the stream name {name!r} is taken by jaxseed; reserved: {', '.join(sorted(RESERVED_NAMES))}")
+    return name
+
+
+@jax.tree_util.register_pytree_node_class
+class Keys(Mapping):
+    """Keys by stream name, read as ``keys.dropout`` or ``keys["depth"]``; a pytree, so it
+    passes into jitted functions. Asking for a stream that is not there is an error naming
+    those that are (``nnx.Rngs`` falls back to its ``default`` stream instead)."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Mapping[str, Any]):
+        object.__setattr__(self, "_keys", dict(keys))
+
+    def __getitem__(self, name: str):
+        try:
+            return self._keys[name]
+        except KeyError:
+            raise KeyError(f"no keys of stream {name!r} here; the streams declared are: "
+                           f"{', '.join(self._keys) or 'none'}") from None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError as error:
+            raise AttributeError(error.args[0]) from None
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"Keys({', '.join(self._keys)})"
+
+    def tree_flatten(self):
+        return tuple(self._keys.values()), tuple(self._keys)
+
+    @classmethod
+    def tree_unflatten(cls, names, keys):
+        return cls(zip(names, keys))
 
 
 def check_seed(value: int | str, what: str = "seed") -> int:
@@ -92,16 +147,24 @@ def resolve_seeds(
     Args:
       seed: the run's base seed.
       overrides: stream name -> seed, for the streams to vary.
-      used: the streams the chosen model draws from; overriding another is an error.
+      used: the streams the chosen objective draws from; overriding another is an error.
+    Returns:
+      the seed of each built-in stream, then of each stream of ``used`` that is the objective's own.
     """
-    seeds = {name: check_seed(seed) for name in STREAMS}
+    names = seed_names(used)
+    seeds = {name: check_seed(seed) for name in names}
     for name, value in (overrides or {}).items():
-        if name not in STREAM_IDS:
-            raise UserError(f"unknown stream {name!r}; valid streams: {', '.join(STREAMS)}")
+        if name not in names:
+            raise UserError(f"unknown stream {name!r}; this objective's streams: {', '.join(used)}")
         if name not in used:
             raise UserError(f"this model does not use the {name!r} stream; it uses: {', '.join(used)}")
         seeds[name] = check_seed(value, f"seed of stream {name!r}")
     return seeds
+
+
+def seed_names(used: tuple[str, ...]) -> tuple[str, ...]:
+    """The streams a run records a seed for: every built-in one, then those of ``used`` that are an objective's own."""
+    return (*STREAMS, *(name for name in used if name not in STREAM_IDS))
 
 
 def pinned_generator(function: Callable) -> Callable:
@@ -120,9 +183,9 @@ def _key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl=GENERATOR)
 
 
-def root_keys(seeds: Mapping[str, int]) -> StreamKeys:
-    """root[name] = fold_in(key(seed[name]), STREAM_IDS[name]) for every stream."""
-    return StreamKeys(**{name: jax.random.fold_in(_key(seeds[name]), STREAM_IDS[name]) for name in STREAMS})
+def root_keys(seeds: Mapping[str, int]) -> Keys:
+    """root[name] = fold_in(key(seed[name]), stream_id(name)) for every stream of ``seeds``."""
+    return Keys({name: jax.random.fold_in(_key(seed), stream_id(name)) for name, seed in seeds.items()})
 
 
 def evaluation_key() -> jax.Array:
@@ -146,11 +209,11 @@ def per_example_keys(root: jax.Array, position: int | jax.Array, example_index: 
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(at_position, example_index)
 
 
-def example_keys(roots: StreamKeys, epoch: int | jax.Array, example_index: jax.Array) -> ExampleKeys:
-    """Everything a training step draws, besides the epoch's permutation.
+def example_keys(roots: Keys, names: tuple[str, ...], epoch: int | jax.Array, example_index: jax.Array) -> Keys:
+    """Everything a training step draws from the per-example streams ``names``.
 
-    For each per-example stream s and each example b of the batch:
+    For each such stream s and each example b of the batch:
         keys.s[b] = fold_in(fold_in(root[s], epoch), example_index[b])
     Used by the training step, the vmapped replicas and the fingerprints alike.
     """
-    return ExampleKeys(**{name: per_example_keys(getattr(roots, name), epoch, example_index) for name in PER_EXAMPLE})
+    return Keys({name: per_example_keys(roots[name], epoch, example_index) for name in names})

@@ -1,7 +1,8 @@
-"""Train a model on MNIST with every random draw from a named stream.
+"""Train a model with every random draw from a named stream.
 
     python -m jaxseed.train --seed 42
     python -m jaxseed.train --seed 42 --stream dropout=7   # only dropout varied
+    python -m jaxseed.train --objective my_model.py:OBJECTIVE --data npz:my_data.npz
 
 The command line only: the training loop is ``loop.py``, the step ``step.py``,
 devices and processes ``mesh.py``, the run folder ``rundir.py``.
@@ -32,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and args.overwrite:
             raise UserError("--resume continues the run in --workdir, --overwrite replaces it: give one of them")
         if args.resume:
-            (config, seeds), workdir = cli.resolve_resume(args, args.workdir), args.workdir
+            (config, objective, seeds), workdir = cli.resolve_resume(args, args.workdir), args.workdir
         else:
-            config, seed, seeds = cli.resolve(args)
+            config, objective, seed, seeds = cli.resolve(args)
             workdir = args.workdir or cli.default_workdir(config, seed)
         entry.start_jax(config, compilation_cache=True,
                         processes=(args.coordinator_address, args.num_processes, args.process_id))
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("a run over several processes needs --workdir (the same folder for every process)")
         try:
             info = loop.train_and_evaluate(config, seeds, workdir, progress=not args.quiet, resume=args.resume,
-                                           overwrite=args.overwrite, should_stop=lambda: bool(stop_signal))
+                                           overwrite=args.overwrite, should_stop=lambda: bool(stop_signal),
+                                           objective=objective)
         except loop.Interrupted as stopped:
             raise entry.Interrupted(
                 f"stopped by {stop_signal[0] if stop_signal else 'another process'} after step {stopped.args[0]}, "

@@ -66,24 +66,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", help="folder of a finished run (holds manifest.json)")
     parser.add_argument("--data-dir", help="read the run's IDX files from this folder (needed when the manifest's "
                                            "data_dir is outside the run folder: a manifest never chooses what is read)")
+    parser.add_argument("--data", help="the run's data set, where it is now (npz:FILE; needed when the recorded file "
+                                       "is outside the run folder)")
+    parser.add_argument("--objective", help="the run's objective (package.module:NAME or path/to/file.py:NAME): "
+                                            "needed for a run of your own objective, which a manifest never imports")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     def rerun() -> int:
         recorded = rundir.read_manifest(args.workdir, finished=True)
-        no_flags = cli.train_parser().parse_args([] if args.data_dir is None else ["--data-dir", args.data_dir])
-        config, seeds = cli.resolve_resume(no_flags, args.workdir)
+        given = {"--data-dir": args.data_dir, "--data": args.data, "--objective": args.objective}
+        named = [item for flag, value in given.items() if value is not None for item in (flag, value)]
+        config, objective, seeds = cli.resolve_resume(cli.train_parser().parse_args(named), args.workdir)
         # Its own programs, compiled here: no persistent cache, which could hand back the original run's.
         entry.start_jax(config, compilation_cache=False)
         with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as scratch:
             try:
-                rerun = loop.train_and_evaluate(config, seeds, os.path.join(scratch, "run"), progress=not args.quiet)
+                rerun = loop.train_and_evaluate(config, seeds, os.path.join(scratch, "run"), progress=not args.quiet,
+                                                objective=objective)
             except KeyboardInterrupt:
                 raise entry.Interrupted("interrupted; nothing was compared") from None
             rerun_metrics = rundir.read_metrics(os.path.join(scratch, "run"))
         print(f"data: {config.data}{f' from {config.data_dir}' if config.data_dir else ''}, data_hash "
               f"{rerun['data_hash']} ({'the same as' if rerun['data_hash'] == recorded.get('data_hash') else 'NOT'} "
               "the recorded one)")
+        source = recorded.get("objective", {}).get("source_sha256") if isinstance(recorded.get("objective"), dict) \
+            else None
+        if source and source != rerun["objective"]["source_sha256"]:
+            print(f"objective {objective.name}: its source file differs from the one the run was trained with")
         if rerun["param_hash"] == recorded["param_hash"]:
             print(f"MATCH param_hash {rerun['param_hash']}")
             return 0

@@ -127,8 +127,9 @@ def test_sweep_resumes_only_missing_runs(tmp_path, monkeypatch, capsys):
         (workdir / "runs" / name / "manifest.json").unlink()
     trained = []
     real_run_group = ablate.run_group
-    monkeypatch.setattr(ablate, "run_group", lambda config, seeds, paths, *rest, **options: (
-        trained.extend(os.path.basename(p) for p in paths), real_run_group(config, seeds, paths, *rest, **options)))
+    monkeypatch.setattr(ablate, "run_group", lambda config, found, seeds, paths, *rest, **options: (
+        trained.extend(os.path.basename(p) for p in paths),
+        real_run_group(config, found, seeds, paths, *rest, **options)))
     capsys.readouterr()
     assert ablate.main([*SWEEP, "--workdir", str(workdir), "--strategy", "vmap"]) == 2  # other programs: refused
     error = capsys.readouterr().err

@@ -38,9 +38,28 @@ def test_device_check_runs():
                             cwd=PROJECT_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 6  # header and five checks
+    assert len(table) == 7  # header and six checks
+    assert "ResNet-8 example on random CIFAR-10-shaped images" in result.stdout
     assert "same draws as one by one: True" in result.stdout
     assert result.stdout.count("param_hash equal: True") == 2  # on CPU both pairs are bit-identical
+
+
+def test_throughput_of_an_objective_runs(tmp_path):
+    """--objective: the example ResNet against a plain loop of its own step."""
+    import numpy as np
+
+    generator = np.random.default_rng(0)
+    npz = tmp_path / "cifar10-shaped.npz"
+    np.savez(npz, x_train=generator.integers(0, 256, (256, 32, 32, 3), np.uint8), y_train=np.arange(256) % 10,
+             x_test=generator.integers(0, 256, (64, 32, 32, 3), np.uint8), y_test=np.arange(64) % 10)
+    result = subprocess.run([sys.executable, "benchmarks/throughput.py", "--objective",
+                             "examples/resnet_cifar10.py:OBJECTIVE", "--data", f"npz:{npz}", "--augment", "crop_flip",
+                             "--steps", "2", "--rounds", "1"], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("plain loop") for line in lines)
+    assert sum(line.startswith("jaxseed") and "ratio" in line for line in lines) == 2
 
 
 def test_step_profile_runs():

@@ -1,16 +1,21 @@
-"""Data sources: raw IDX files (a real MNIST slice and corrupted copies), TFDS offline, synthetic."""
+"""Data sources: raw IDX files (a real MNIST slice and corrupted copies), CIFAR-10's binary format (files the
+tests write), .npz files (a real Fashion-MNIST cut and crafted ones), TFDS offline, synthetic."""
 
 import gzip
+import hashlib
+import io
 import os
 import re
 import shutil
+import tarfile
 import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import MNIST_SLICE_DIR
+from conftest import MNIST_SLICE_DIR, PROJECT_ROOT
 from jaxseed import data, loop, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
@@ -30,6 +35,12 @@ def test_real_mnist_idx(mnist):
     for labels in (mnist.train_labels, mnist.test_labels):
         assert set(np.unique(labels)) == set(range(10))
     assert 30 < mnist.train_images.mean() < 40
+    assert mnist.num_classes == 10 and mnist.image_shape == (28, 28, 1)
+
+
+def test_dataset_fields_are_the_four_arrays():
+    """A run's data hash is computed over the fields: num_classes and image_shape are properties, not fields."""
+    assert data.Dataset._fields == ("train_images", "train_labels", "test_images", "test_labels")
 
 
 def test_cnn_learns_real_digits(tmp_path):
@@ -137,11 +148,23 @@ def test_train_limit(mnist_copy):
 
 
 def test_unknown_name_and_data_dir_combinations(mnist_copy):
-    with pytest.raises(UserError, match="unknown data set 'emnist'; choose one of mnist, fashion_mnist"):
+    with pytest.raises(UserError, match="unknown data set 'emnist'; choose one of mnist, fashion_mnist, cifar10, "
+                                        ".*npz:PATH"):
         data.load("emnist")
-    for name in ("synthetic", "tfds:mnist"):
-        with pytest.raises(UserError, match=f"does not combine with --data {name}"):
+    for name in ("synthetic", "tfds:mnist", "npz:x.npz"):
+        with pytest.raises(UserError, match=f"reads the files of mnist, fashion_mnist, cifar10; it does not "
+                                            f"combine with --data {name}"):
             data.load(name, str(mnist_copy))
+    with pytest.raises(UserError, match="unknown data set 'npz:'"):
+        data.load("npz:")
+
+
+def test_config_accepts_npz_paths():
+    assert Config(data="npz:some/file.npz").data == "npz:some/file.npz"
+    assert Config(data="cifar10").data == "cifar10"
+    for name in ("npz:", "npz", "cifar100"):
+        with pytest.raises(UserError, match=f"data must be one of mnist, .*, npz:PATH; got '{name}'"):
+            Config(data=name)
 
 
 def test_tfds_data_source_offline():
@@ -166,3 +189,326 @@ def test_synthetic_is_fixed_and_learnable_shape():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert a.train_images.shape == (2048, 28, 28, 1) and a.test_labels.shape == (512,)
+
+
+# --- CIFAR-10's binary version: files written here in its format (no package ships CIFAR-10). ---
+
+CIFAR10_NAMES = (*data.CIFAR10_TRAIN, data.CIFAR10_TEST)
+
+
+def cifar10_batch(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """``count`` random records: images uint8[N, 32, 32, 3] (HWC), labels, and the batch file's bytes.
+
+    Encoded record by record, plane by plane, as CIFAR-10's page describes it, not with the reader's reshape.
+    """
+    images = rng.integers(0, 256, (count, 32, 32, 3), np.uint8)
+    labels = rng.integers(0, 10, count, np.uint8)
+    raw = bytearray()
+    for label, image in zip(labels, images):
+        raw.append(int(label))
+        for channel in range(3):  # red, green, blue: 1024 bytes each, row-major
+            raw += image[:, :, channel].tobytes()
+    return images, labels, bytes(raw)
+
+
+def tar_gz(path, members) -> None:
+    """Write the tar.gz ``path``: each member a (name, bytes) pair, or a TarInfo written as is (a link)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+                continue
+            name, raw = member
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+
+
+def write_cifar10(folder, layout: str = "archive", count: int = 40, seed: int = 0):
+    """Write a small CIFAR-10 (``count`` records in each of the six batches) into ``folder``, as
+    ``cifar-10-binary.tar.gz`` ("archive"), its unpacked ``cifar-10-batches-bin/`` ("unpacked") or the six
+    ``.bin`` files themselves ("files"); return the batches' bytes by name and the Dataset they hold."""
+    rng = np.random.default_rng(seed)
+    batches = {name: cifar10_batch(rng, count) for name in CIFAR10_NAMES}
+    raw = {name: batch[2] for name, batch in batches.items()}
+    os.makedirs(folder, exist_ok=True)
+    if layout == "archive":
+        tar_gz(os.path.join(folder, "cifar-10-binary.tar.gz"),
+               [("cifar-10-batches-bin/batches.meta.txt", b"airplane\nautomobile\n"),
+                *((f"cifar-10-batches-bin/{name}", bytes_) for name, bytes_ in raw.items()),
+                ("cifar-10-batches-bin/readme.html", b"<html></html>")])
+    else:
+        target = os.path.join(folder, "cifar-10-batches-bin") if layout == "unpacked" else folder
+        os.makedirs(target, exist_ok=True)
+        for name, bytes_ in raw.items():
+            with open(os.path.join(target, name), "wb") as f:
+                f.write(bytes_)
+    train = [batches[name] for name in data.CIFAR10_TRAIN]
+    test = batches[data.CIFAR10_TEST]
+    expected = data.Dataset(np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]),
+                            test[0], test[1])
+    return raw, expected
+
+
+@pytest.mark.parametrize("layout", ["archive", "unpacked", "files"])
+def test_cifar10_binary_format(tmp_path, layout):
+    raw, expected = write_cifar10(tmp_path, layout)
+    dataset = data.load("cifar10", str(tmp_path))
+    assert dataset.train_images.shape == (200, 32, 32, 3) and dataset.test_images.shape == (40, 32, 32, 3)
+    assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int32
+    assert all(array.flags.c_contiguous for array in dataset)
+    for ours, theirs in zip(dataset, expected):
+        np.testing.assert_array_equal(ours, theirs)
+    first = raw["data_batch_1.bin"]  # pixel (row 2, column 3) of the first image: red, green, blue planes
+    assert dataset.train_labels[0] == first[0]
+    assert dataset.train_images[0, 2, 3].tolist() == [first[1 + 2 * 32 + 3 + 1024 * c] for c in range(3)]
+    assert dataset.image_shape == (32, 32, 3)
+    assert dataset.num_classes == max(expected.train_labels.max(), expected.test_labels.max()) + 1
+
+
+def _symlink(name, target):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+def _archive_members(raw, **changes):
+    """The members of a CIFAR-10 archive from ``raw``, with the named batches replaced (None: left out)."""
+    members = []
+    for name, bytes_ in {**raw, **changes}.items():
+        if isinstance(bytes_, tarfile.TarInfo):
+            members.append(bytes_)
+        elif bytes_ is not None:
+            members.append((f"cifar-10-batches-bin/{name}", bytes_))
+    return members
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda raw: {"test_batch.bin": None}, "has no cifar-10-batches-bin/test_batch.bin"),
+    (lambda raw: {"data_batch_3.bin": _symlink("cifar-10-batches-bin/data_batch_3.bin", "/etc/passwd")},
+     "data_batch_3.bin is not a regular file"),
+    (lambda raw: {"data_batch_2.bin": raw["data_batch_2.bin"][:-5]},
+     "data_batch_2.bin holds 122915 bytes, not a whole number of 3073-byte CIFAR-10 records"),
+    (lambda raw: {"data_batch_4.bin": b""}, "data_batch_4.bin holds 0 bytes"),
+    (lambda raw: {"data_batch_5.bin": b"\x0a" + raw["data_batch_5.bin"][1:]},
+     "data_batch_5.bin: labels go up to 10, expected 0..9"),
+], ids=["missing", "link", "partial-record", "empty", "label"])
+def test_corrupt_cifar10_archive_is_a_clear_error(tmp_path, change, message):
+    raw, _ = write_cifar10(tmp_path / "source", "files")
+    tar_gz(tmp_path / "cifar-10-binary.tar.gz", _archive_members(raw, **change(raw)))
+    with pytest.raises(UserError, match=message) as error:
+        data.load("cifar10", str(tmp_path))
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_duplicate_member_is_refused(tmp_path):
+    raw, _ = write_cifar10(tmp_path / "source", "files")
+    tar_gz(tmp_path / "cifar-10-binary.tar.gz",
+           _archive_members(raw) + [("cifar-10-batches-bin/data_batch_1.bin", raw["data_batch_1.bin"])])
+    with pytest.raises(UserError, match="data_batch_1.bin is in the archive twice"):
+        data.load("cifar10", str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "bit flip"])
+def test_damaged_cifar10_archive_is_one_line(tmp_path, damage):
+    write_cifar10(tmp_path)
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    packed = archive.read_bytes()
+    if damage == "truncated":
+        packed = packed[:len(packed) // 2]
+    elif damage == "not gzip":
+        packed = b"<html>Not Found</html>"
+    else:
+        packed = packed[:1000] + bytes([packed[1000] ^ 0xFF]) + packed[1001:]
+    archive.write_bytes(packed)
+    with pytest.raises(UserError, match="cannot read the CIFAR-10 archive .*: truncated or corrupt") as error:
+        data.load("cifar10", str(tmp_path))
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_cifar10_batch_over_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CIFAR10_MAX_RECORDS", 39)
+    for layout in ("archive", "files"):
+        write_cifar10(tmp_path / layout, layout)
+        with pytest.raises(UserError, match="data_batch_1.bin holds 40 records, more than the 39 of a CIFAR-10 "
+                                            "batch"):
+            data.load("cifar10", str(tmp_path / layout))
+
+
+def _gzip_of_header(info: tarfile.TarInfo, body: bytes) -> bytes:
+    """A tar stream whose member ``info`` announces its size but is followed only by ``body``, gzipped."""
+    return gzip.compress(info.tobuf(tarfile.GNU_FORMAT) + body)
+
+
+@pytest.mark.parametrize("name, size, message", [
+    ("cifar-10-batches-bin/data_batch_1.bin", 3073 * 10_001, "holds 10001 records, more than the 10000"),
+    ("cifar-10-batches-bin/readme.html", 300 << 20, "unpacks to more than 268435456 bytes"),
+], ids=["batch", "other member"])
+def test_huge_member_is_refused_before_its_body(tmp_path, name, size, message):
+    info = tarfile.TarInfo(name)
+    info.size = size
+    body = np.random.default_rng(0).integers(0, 256, 1 << 20, np.uint8).tobytes()
+    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(_gzip_of_header(info, body))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=message):
+            data.load("cifar10", str(tmp_path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_cifar10_folder_problems(tmp_path):
+    with pytest.raises(UserError, match="does not exist or is not a folder"):
+        data.load("cifar10", str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="has no cifar-10-binary.tar.gz, cifar-10-batches-bin/ or data_batch_1.bin"):
+        data.load("cifar10", str(tmp_path))
+    write_cifar10(tmp_path, "unpacked")
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_4.bin").unlink()
+    with pytest.raises(UserError, match="data_batch_4.bin is missing"):
+        data.load("cifar10", str(tmp_path))
+
+
+# --- npz:PATH, the keras.datasets layout ---
+
+FASHION_NPZ = os.path.join(PROJECT_ROOT, "tests", "data", "fashion-mnist-small.npz")
+# The arrays' sha256, as tests/data/cut_fashion_mnist_npz.py's docstring gives them.
+FASHION_NPZ_SHA256 = {
+    "x_train": "7350186bf86b76af65f1c8f921436fd67c69c61ba7dd0f51a5047991359cd2d9",
+    "y_train": "a2d1512599a9270ae0b22c236d1bb6c9faf54db68c3cb38be103496028e48209",
+    "x_test": "00cc52584679205ab764cf9e1e98915407f8bb5a0ab0bd054345f1805679a298",
+    "y_test": "86ad59396c444dad595925f6a22f96a7b7a9bbe0fcaf605eaf73dddbe7daba59",
+}
+
+
+def test_real_fashion_mnist_npz(monkeypatch):
+    """A cut of real Fashion-MNIST in keras' layout ([N, 28, 28] and uint8 labels), by absolute and relative path."""
+    assert os.path.getsize(FASHION_NPZ) < 1 << 20
+    dataset = data.load("npz:" + FASHION_NPZ)
+    monkeypatch.chdir(PROJECT_ROOT)
+    relative = data.load("npz:tests/data/fashion-mnist-small.npz", train_limit=100)
+    assert dataset.train_images.shape == (1000, 28, 28, 1) and dataset.test_images.shape == (500, 28, 28, 1)
+    assert dataset.train_images.dtype == np.uint8 and dataset.test_labels.dtype == np.int32
+    assert dataset.train_labels.shape == (1000,) and dataset.test_labels.shape == (500,)
+    assert dataset.num_classes == 10 and dataset.image_shape == (28, 28, 1)
+    assert dataset.train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # ankle boot, T-shirt, ...
+    assert dataset.test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    arrays = {"x_train": dataset.train_images[..., 0], "y_train": dataset.train_labels.astype(np.uint8),
+              "x_test": dataset.test_images[..., 0], "y_test": dataset.test_labels.astype(np.uint8)}
+    assert {key: hashlib.sha256(array.tobytes()).hexdigest() for key, array in arrays.items()} == FASHION_NPZ_SHA256
+    np.testing.assert_array_equal(relative.train_images, dataset.train_images[:100])
+
+
+def _arrays(train=12, test=5, shape=(8, 6, 3), labels_dtype=np.int64):
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.integers(0, 256, (train, *shape), np.uint8),
+            "y_train": rng.integers(0, 7, train).astype(labels_dtype),
+            "x_test": rng.integers(0, 256, (test, *shape), np.uint8),
+            "y_test": np.arange(test).astype(labels_dtype)}
+
+
+def test_npz_any_image_shape_and_label_layout(tmp_path):
+    arrays = _arrays()
+    arrays["y_train"] = arrays["y_train"][:, None].astype(np.uint16)  # [N, 1], as some exporters write it
+    arrays["x_test"] = np.asfortranarray(arrays["x_test"])
+    np.savez(tmp_path / "set.npz", **arrays)
+    dataset = data.load(f"npz:{tmp_path / 'set.npz'}")
+    np.testing.assert_array_equal(dataset.train_images, arrays["x_train"])
+    np.testing.assert_array_equal(dataset.test_images, arrays["x_test"])
+    assert dataset.train_labels.tolist() == arrays["y_train"][:, 0].tolist()
+    assert dataset.train_labels.dtype == np.int32 and dataset.train_labels.shape == (12,)
+    assert dataset.image_shape == (8, 6, 3)
+    assert dataset.num_classes == max(arrays["y_train"].max(), 4) + 1  # test labels are 0..4
+    assert dataset.test_images.flags.c_contiguous
+
+
+class _Planted:
+    """Unpickling this would create a folder: the reader must refuse the object array without unpickling it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _change(**arrays):
+    return lambda base, tmp_path: {**base, **arrays}
+
+
+def _drop(*keys):
+    return lambda base, tmp_path: {key: value for key, value in base.items() if key not in keys}
+
+
+@pytest.mark.parametrize("make, message", [
+    (_drop("x_test", "y_test"), "has no x_test, y_test \\(expected the keras.datasets layout"),
+    (lambda base, tmp_path: {**base, "y_train": base["y_train"][:-1]}, "the train split has 12 images but 11 labels"),
+    (_change(x_train=np.zeros((12, 8, 6, 3), np.float32)),
+     "x_train has dtype float32; images must be uint8 \\(0..255\\): convert them"),
+    (_change(x_test=np.zeros((5, 48), np.uint8)), "x_test has shape \\(5, 48\\); images must be \\[N, H, W, C\\]"),
+    (_change(x_test=np.zeros((5, 8, 6, 1), np.uint8)), "training images are 8x6x3, test images 8x6x1"),
+    (_change(y_test=np.array([0, 1, -1, 2, 3])), "y_test: labels out of range \\(-1..3\\)"),
+    (_change(y_test=np.array([0, 1, 65536, 2, 3])), "y_test: labels out of range \\(0..65536\\); they must be"),
+    (_change(y_train=np.zeros(12)), "y_train has dtype float64; labels must be integers"),
+    (_change(y_train=np.zeros(12, bool)), "y_train has dtype bool; labels must be integers"),
+    (_change(y_train=np.zeros((12, 2), np.int64)), "y_train has shape \\(12, 2\\); labels must be \\[N\\] or"),
+    (_change(x_test=np.zeros((0, 8, 6, 3), np.uint8), y_test=np.zeros(0, np.int64)), "the test split is empty"),
+    (lambda base, tmp_path: {**base, "y_train": np.array([_Planted(str(tmp_path / "planted"))] * 12, object)},
+     "y_train holds Python objects \\(dtype object\\); only plain arrays are read, never pickles"),
+], ids=["keys", "lengths", "float", "ndim", "shapes", "negative", "large", "float-labels", "bool-labels",
+        "label-shape", "empty", "object"])
+def test_bad_npz_is_one_clear_line(tmp_path, make, message):
+    np.savez(tmp_path / "set.npz", **make(_arrays(), tmp_path))
+    with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path / 'set.npz'))}:? .*{message}") as error:
+        data.load(f"npz:{tmp_path / 'set.npz'}")
+    assert len(str(error.value).splitlines()) == 1
+    assert not (tmp_path / "planted").exists()
+
+
+def test_npz_that_is_not_one(tmp_path):
+    with pytest.raises(UserError, match="does not exist or is not a file"):
+        data.load(f"npz:{tmp_path / 'nope.npz'}")
+    (tmp_path / "text.npz").write_text("hello")
+    np.save(tmp_path / "array.npy", np.zeros(3, np.uint8))
+    for name in ("text.npz", "array.npy"):
+        with pytest.raises(UserError, match=f"{name} is not an .npz file \\(not a zip archive\\)"):
+            data.load(f"npz:{tmp_path / name}")
+    np.savez(tmp_path / "set.npz", **_arrays())
+    packed = (tmp_path / "set.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(packed[:len(packed) // 2])
+    with pytest.raises(UserError, match="cut.npz as an .npz file \\(BadZipFile"):
+        data.load(f"npz:{tmp_path / 'cut.npz'}")
+    start = packed.index(b"x_train.npy") + 200  # a byte of x_train's body: its CRC fails when read
+    (tmp_path / "flipped.npz").write_bytes(packed[:start] + bytes([packed[start] ^ 1]) + packed[start + 1:])
+    with pytest.raises(UserError, match="cannot read .*flipped.npz as an .npz file \\(BadZipFile: Bad CRC-32"):
+        data.load(f"npz:{tmp_path / 'flipped.npz'}")
+
+
+def _npz_of_headers(path, shapes: dict) -> None:
+    """An .npz whose members are .npy headers announcing ``shapes`` (uint8 images, int64 labels), then 1 MiB."""
+    body = np.random.default_rng(0).integers(0, 256, 1 << 20, np.uint8).tobytes()
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, shape in shapes.items():
+            header = io.BytesIO()
+            dtype = np.uint8 if key.startswith("x") else np.int64
+            np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                          "fortran_order": False, "shape": shape})
+            archive.writestr(key + ".npy", header.getvalue() + body)
+
+
+@pytest.mark.parametrize("train, message", [
+    (1_000_001, "the train split has 1000001 examples, more than the 1000000"),
+    (400_000, "its images hold 5038080000 bytes, more than the 2147483648 \\(2 GiB\\)"),
+])
+def test_huge_npz_header_is_refused_before_the_body(tmp_path, train, message):
+    _npz_of_headers(tmp_path / "huge.npz", {"x_train": (train, 64, 64, 3), "y_train": (train,),
+                                            "x_test": (10_000, 64, 64, 3), "y_test": (10_000,)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=message):
+            data.load(f"npz:{tmp_path / 'huge.npz'}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20

@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseed import augment, objectives, streams
+from jaxseed import augment, streams
 from jaxseed.config import Config
-from jaxseed.models import CNN, VAE
+from jaxseed.models.cnn import CNN
+from jaxseed.models.vae import VAE, binarize, latent_noise
 
 ROOTS = streams.root_keys({name: 42 for name in streams.STREAMS})
-EXAMPLE = streams.example_keys(ROOTS, 1, jnp.array([7]))  # epoch 1, example 7
+EXAMPLE = streams.example_keys(ROOTS, streams.PER_EXAMPLE, 1, jnp.array([7]))  # epoch 1, example 7
 
 
 def words(key):
@@ -54,7 +55,7 @@ def test_dropout_mask():
 
 
 def test_latent_noise():
-    noise = objectives.latent_noise(EXAMPLE.latent, 20)
+    noise = latent_noise(EXAMPLE.latent, 20)
     np.testing.assert_allclose(np.asarray(noise)[0, :3], [0.0830451250076294, 0.011868622153997421,
                                                           -0.789460301399231], rtol=1e-6)
 
@@ -71,5 +72,5 @@ def test_init():
 
 def test_binarisation():
     grey = jnp.full((1, 28, 28, 1), 128, jnp.uint8)  # each pixel ~ Bernoulli(128 / 255)
-    pixels = objectives.binarize(grey, EXAMPLE.augment, Config(model="vae"))
+    pixels = binarize(grey, EXAMPLE.augment, Config(model="vae"))
     assert np.asarray(pixels).ravel()[:16].astype(int).tolist() == [0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0]

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseed import augment, manifest, objectives, step, streams
+from jaxseed import augment, manifest, step, streams
 from jaxseed.config import Config
+from jaxseed.models import cnn, vae
+from jaxseed.objective import DataSpec
 
 CONFIG = Config(train_limit=512, batch_size=64, epochs=2)
 NUM_TRAIN = 512
@@ -16,9 +18,9 @@ def draws(seeds: dict) -> dict:
     """What every stream draws, computed by the same functions training uses."""
     keys = streams.root_keys(seeds)
     tx = step.make_optimizer(CONFIG, NUM_TRAIN)
-    graphdef, state = step.init_state(CONFIG, keys, tx)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, CONFIG, DataSpec((28, 28, 1), 10), keys, tx)
     model = nnx.merge(graphdef, state.params)
-    per_epoch = [streams.example_keys(keys, epoch, jnp.arange(NUM_TRAIN)) for epoch in (0, 1)]
+    per_epoch = [streams.example_keys(keys, streams.PER_EXAMPLE, epoch, jnp.arange(NUM_TRAIN)) for epoch in (0, 1)]
     dropout_masks = [model.drop(jnp.ones((NUM_TRAIN, 256)), drawn.dropout) for drawn in per_epoch]
     return {
         "init": manifest.tree_hash(state.params),
@@ -26,7 +28,7 @@ def draws(seeds: dict) -> dict:
         "augment": manifest.arrays_hash(np.stack(augment.sample_affine(drawn.augment, 2.0, 10.0))
                                         for drawn in per_epoch),
         "dropout": manifest.arrays_hash(dropout_masks),
-        "latent": manifest.arrays_hash(objectives.latent_noise(drawn.latent, 20) for drawn in per_epoch),
+        "latent": manifest.arrays_hash(vae.latent_noise(drawn.latent, 20) for drawn in per_epoch),
     }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseed.models import max_pool_2x2
+from jaxseed.models.cnn import max_pool_2x2
 
 
 def flax_max_pool(x):

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from jaxseed import loop, streams, train, verify
+from jaxseed.models import cnn
 from jaxseed.errors import UserError
 
 SEEDS = {name: 8 for name in streams.STREAMS}
@@ -200,21 +201,27 @@ def test_replicas_resume_bit_for_bit(config, tmp_path):
 
 
 def test_non_finite_loss_of_a_replica_names_its_seeds_and_step(tiny_config, tmp_path):
-    """A corrupted example (label 10) gives a NaN loss in the step whose batch holds it; with two
-    replicas in different orders, the error names the replica that meets it first, and the step."""
-    from jaxseed import data
+    """An example whose loss is NaN (as a corrupted one's would be) stops training in the step whose
+    batch holds it; with two replicas in different orders, the error names the replica that meets it
+    first, and the step."""
+    import dataclasses
+
+    import jax.numpy as jnp
 
     corrupt = 100
-    dataset = data.load("synthetic", train_limit=256)
-    labels = dataset.train_labels.copy()
-    labels[corrupt] = 10
+
+    def poisoned(model, batch, config, keys):
+        loss, sums = cnn.train_loss(model, batch, config, keys)
+        hit = jnp.any(batch.index == corrupt)
+        return jnp.where(hit, jnp.nan, loss), {**sums, "loss": jnp.where(hit, jnp.nan, sums["loss"])}
+
     config = tiny_config.replace(steps_per_call=4)
     steps = [int(list(loop.outputs.permutation(streams.root_keys(seeds).shuffle, 0, 256)).index(corrupt)) // 64
              for seeds in REPLICA_SEEDS]
     first = min(range(2), key=lambda r: steps[r])
     with pytest.raises(FloatingPointError) as error:
         loop.train(config, REPLICA_SEEDS, [str(tmp_path / str(r)) for r in range(2)], progress=False,
-                   dataset=dataset._replace(train_labels=labels))
+                   objective=dataclasses.replace(cnn.OBJECTIVE, train_loss=poisoned))
     assert f"at step {steps[first]} (epoch 1)" in str(error.value) and str(REPLICA_SEEDS[first]) in str(error.value)
 
 
@@ -269,7 +276,7 @@ def test_one_epoch_alone(config, tmp_path):
     from jaxseed import rundir
 
     with rundir.RunFolder.claim(str(tmp_path)) as folder:
-        run, state, _ = loop.setup(config, [SEEDS], [folder], None, None, progress=False)
+        run, state, _ = loop.setup(cnn.OBJECTIVE, config, [SEEDS], [folder], None, None, progress=False)
         state, rows, probabilities = loop.train_epoch(run, state, loop.Position(0, 0, {}), lambda: False)
         run.checkpointer.close()
     assert int(state.step[0]) == run.num_steps == 4 and rows[0]["epoch"] == 1 and rows[0]["step"] == 4

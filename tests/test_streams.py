@@ -1,5 +1,10 @@
 """Streams: roots depend only on (seed, id); draws are by position and distinct."""
 
+import hashlib
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +20,7 @@ def key_words(key):
 
 def test_roots_differ_across_streams_with_one_seed():
     roots = streams.root_keys({name: 7 for name in streams.STREAMS})
-    assert len({key_words(k) for k in roots}) == len(streams.STREAMS)
+    assert len({key_words(k) for k in roots.values()}) == len(streams.STREAMS)
 
 
 def test_root_depends_only_on_its_own_seed_and_id():
@@ -30,16 +35,16 @@ def test_root_depends_only_on_its_own_seed_and_id():
 def test_roots_are_pure_functions_of_the_seed():
     a = streams.root_keys({name: 3 for name in streams.STREAMS})
     b = streams.root_keys({name: 3 for name in streams.STREAMS})
-    assert [key_words(k) for k in a] == [key_words(k) for k in b]
+    assert [key_words(k) for k in a.values()] == [key_words(k) for k in b.values()]
 
 
 def test_derived_keys_distinct_across_streams_and_positions():
     roots = streams.root_keys({name: 0 for name in streams.STREAMS})
     seen = set()
     for epoch in range(4):
-        for keys in streams.example_keys(roots, epoch, jnp.arange(16)):
+        for keys in streams.example_keys(roots, streams.PER_EXAMPLE, epoch, jnp.arange(16)).values():
             seen.update(tuple(row) for row in np.asarray(jax.random.key_data(keys)).tolist())
-    seen.update(key_words(k) for k in (streams.evaluation_key(), streams.synthetic_data_key(), *roots))
+    seen.update(key_words(k) for k in (streams.evaluation_key(), streams.synthetic_data_key(), *roots.values()))
     assert len(seen) == 3 * 4 * 16 + 2 + 5  # no collisions at all
 
 
@@ -55,7 +60,7 @@ def test_reserved_keys_are_no_stream_root_at_any_seed():
 def test_example_keys_are_each_streams_per_example_keys():
     roots = streams.root_keys({name: 4 for name in streams.STREAMS})
     index = jnp.array([3, 0, 9])
-    keys = streams.example_keys(roots, 2, index)
+    keys = streams.example_keys(roots, streams.PER_EXAMPLE, 2, index)
     for name in streams.PER_EXAMPLE:
         expected = streams.per_example_keys(getattr(roots, name), 2, index)
         assert [key_words(k) for k in getattr(keys, name)] == [key_words(k) for k in expected]
@@ -63,10 +68,10 @@ def test_example_keys_are_each_streams_per_example_keys():
 
 def test_generator_is_pinned_whatever_the_default():
     """jax_default_prng_impl=rbg (common in TPU code) must not change any draw."""
-    threefry = [key_words(k) for k in streams.root_keys({name: 42 for name in streams.STREAMS})]
+    threefry = [key_words(k) for k in streams.root_keys({name: 42 for name in streams.STREAMS}).values()]
     with jax.default_prng_impl("rbg"):
         assert str(jax.random.key_impl(jax.random.key(42))) != streams.GENERATOR  # the default did change
-        assert [key_words(k) for k in streams.root_keys({name: 42 for name in streams.STREAMS})] == threefry
+        assert [key_words(k) for k in streams.root_keys({name: 42 for name in streams.STREAMS}).values()] == threefry
 
 
 def test_per_example_key_ignores_batch_layout():
@@ -89,7 +94,7 @@ def test_resolve_seeds_overrides_one_stream():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dropuot": 1}, "valid streams: init, shuffle, dropout, augment, latent"),
+    ({"dropuot": 1}, "unknown stream .dropuot.; this objective.s streams: init, shuffle, dropout, augment"),
     ({"latent": 1}, "it uses: init, shuffle, dropout, augment"),
     ({"dropout": "x"}, f"[0, {streams.MAX_SEED}]"),
     ({"dropout": -1}, f"[0, {streams.MAX_SEED}]"),
@@ -98,3 +103,38 @@ def test_resolve_seeds_overrides_one_stream():
 def test_resolve_seeds_rejects_bad_input(overrides, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         streams.resolve_seeds(0, overrides, used=("init", "shuffle", "dropout", "augment"))
+
+
+def test_an_objectives_own_stream_has_a_stable_id_apart_from_every_other():
+    """Its id comes from its name by sha256 (not Python's salted hash): the same in every process,
+    at or above 2**16 (jaxseed's own streams' ids are below) and below the reserved keys' 2**31."""
+    assert streams.stream_id("depth") == 65536 + int.from_bytes(
+        hashlib.sha256(b"jaxseed stream depth").digest()[:4], "big") % (2**31 - 2**16)
+    script = "from jaxseed import streams; print(streams.stream_id('depth'))"
+    other_process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                   env={**os.environ, "PYTHONHASHSEED": "7"})
+    assert int(other_process.stdout) == streams.stream_id("depth")
+    ids = [streams.stream_id(name) for name in ("depth", "noise", "sampler", "a", "z9")]
+    assert len(set(ids)) == len(ids) and all(2**16 <= i < streams.EVALUATION_ID for i in ids)
+    seeds = streams.resolve_seeds(3, {"depth": 4}, ("init", "shuffle", "dropout", "depth"))
+    assert seeds == {**{name: 3 for name in streams.STREAMS}, "depth": 4}
+    roots = streams.root_keys(seeds)
+    assert key_words(roots.depth) == key_words(jax.random.fold_in(jax.random.key(4, impl=streams.GENERATOR), ids[0]))
+    assert key_words(roots.init) == key_words(streams.root_keys({**seeds, "depth": 5}).init)
+
+
+@pytest.mark.parametrize("name", ["init", "dropout", "sample", "evaluation", "default", "Depth", "1x", "", "a" * 33, 7])
+def test_a_stream_name_that_is_taken_or_malformed_is_refused(name):
+    with pytest.raises(UserError):
+        streams.check_stream_name(name)
+
+
+def test_keys_name_the_declared_streams_when_one_is_missing():
+    """Unlike nnx.Rngs, which falls back to its default stream, asking for an undeclared stream fails."""
+    keys = streams.root_keys({"init": 0, "shuffle": 0})
+    with pytest.raises(AttributeError, match="declared are: init, shuffle"):
+        keys.dropout
+    with pytest.raises(KeyError, match="no keys of stream 'depth'"):
+        keys["depth"]
+    mapped = jax.tree.map(lambda key: key, keys)  # a pytree: passes through jax transformations
+    assert list(mapped) == ["init", "shuffle"]

@@ -1,5 +1,6 @@
 """Training: determinism, per-stream effects end to end, loop strategies, key reuse, compilation."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,11 +15,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import PROJECT_ROOT
-from jaxseed import data, loop, objectives, step, streams, train
+from jaxseed import data, loop, objective, step, streams, train
 from jaxseed.config import Config
-from jaxseed.objectives import Batch
+from jaxseed.models import cnn
+from jaxseed.objective import Batch, DataSpec
 
 SEEDS = {name: 42 for name in streams.STREAMS}
+SPEC = DataSpec((28, 28, 1), 10)  # the synthetic set's
 
 
 def run(config, seeds, workdir):
@@ -65,13 +68,13 @@ def test_loop_strategies_agree(tiny_config):
         config = tiny_config.replace(loop=loop_form, steps_per_call=per_call)
         keys = streams.root_keys(SEEDS)
         tx = step.make_optimizer(config, 256)
-        graphdef, state = step.init_state(config, keys, tx)
+        graphdef, state = step.init_state(cnn.OBJECTIVE, config, SPEC, keys, tx)
         state, replica_keys = one_replica(state), one_replica(keys)
         perm = streams.epoch_permutation(keys.shuffle, 0, 256)[None]
         first = 0
         while first < 4:
             n = min(per_call, 4 - first)
-            runner = step.make_run_steps(config, graphdef, tx, 1, n, loop_form)
+            runner = step.make_run_steps(cnn.OBJECTIVE, config, graphdef, tx, 1, n, loop_form)
             state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, replica_keys, 0, first)
             first += n
         params[(loop_form, per_call)] = jax.tree.leaves(state.params)
@@ -84,10 +87,10 @@ def test_loop_strategies_agree(tiny_config):
 def test_train_step_compiles_once(tiny_config):
     keys = streams.root_keys(SEEDS)
     tx = step.make_optimizer(tiny_config, 256)
-    graphdef, state = step.init_state(tiny_config, keys, tx)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, tiny_config, SPEC, keys, tx)
     state, replica_keys = one_replica(state), one_replica(keys)
     dataset = data.load("synthetic", train_limit=256)
-    runner = step.make_run_steps(tiny_config, graphdef, tx, 1, 1, "unroll")
+    runner = step.make_run_steps(cnn.OBJECTIVE, tiny_config, graphdef, tx, 1, 1, "unroll")
     for epoch in range(2):
         perm = streams.epoch_permutation(keys.shuffle, epoch, 256)[None]
         for first in range(4):
@@ -109,19 +112,18 @@ def synthetic_batch(index):
                  jnp.asarray(index))
 
 
-def test_key_reuse_checker_can_fail(monkeypatch):
+def test_key_reuse_checker_can_fail():
     """The checker above catches a key reused inside the step: here the CNN's objective is
     miswired to draw its dropout masks from the augmentation keys."""
-    classifier = objectives.OBJECTIVES["cnn"]
+    def reuse(model, batch, config, keys):
+        return cnn.train_loss(model, batch, config, streams.Keys({"augment": keys.augment, "dropout": keys.augment}))
 
-    def reuse(model, batch, config, *, augment_keys, dropout_keys):
-        return classifier.train_loss(model, batch, config, augment_keys=augment_keys, dropout_keys=augment_keys)
-
-    monkeypatch.setitem(objectives.OBJECTIVES, "cnn", classifier._replace(train_loss=reuse))
+    miswired = dataclasses.replace(cnn.OBJECTIVE, train_loss=reuse)
     config = Config(data="synthetic")
     keys, tx = streams.root_keys(SEEDS), optax.sgd(0.0)
-    graphdef, state = step.init_state(config, keys, tx)
-    jitted_step = jax.jit(functools.partial(step.train_step, graphdef=graphdef, tx=tx, config=config))
+    graphdef, state = step.init_state(miswired, config, SPEC, keys, tx)
+    jitted_step = jax.jit(functools.partial(step.train_step, objective=miswired, graphdef=graphdef, tx=tx,
+                                            config=config))
     with jax.debug_key_reuse(True), pytest.raises(jax.errors.KeyReuseError):
         jitted_step(state, synthetic_batch(np.arange(8)), keys, 0)
 
@@ -132,10 +134,11 @@ def test_an_examples_draws_do_not_depend_on_its_batch(model):
     one batch as in two batches of 32 taken in another order at later steps: each example's
     augmentation, dropout mask and latent noise come from (epoch, its index) alone, not from the
     step, its place in the batch or the batch size."""
-    config = Config(model=model, data="synthetic")
+    config, found = Config(model=model, data="synthetic"), objective.resolve(model)
     keys, tx = streams.root_keys(SEEDS), optax.sgd(0.0)
-    graphdef, state = step.init_state(config, keys, tx)
-    jitted_step = jax.jit(functools.partial(step.train_step, graphdef=graphdef, tx=tx, config=config))
+    graphdef, state = step.init_state(found, config, SPEC, keys, tx)
+    jitted_step = jax.jit(functools.partial(step.train_step, objective=found, graphdef=graphdef, tx=tx,
+                                            config=config))
     index = np.arange(64)
     state, whole = jitted_step(state, synthetic_batch(index), keys, 3)
     state, second = jitted_step(state, synthetic_batch(index[32:][::-1]), keys, 3)
@@ -224,7 +227,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--stream", "dropuot=1"], "valid streams: init, shuffle, dropout, augment, latent"),
+    (["--stream", "dropuot=1"], "unknown stream 'dropuot'; this objective's streams: init, shuffle, dropout, augment"),
     (["--stream", "latent=1"], "does not use the 'latent' stream; it uses: init, shuffle, dropout, augment"),
     (["--stream", "dropout"], "expected NAME=SEED"),
     (["--stream", "dropout=1.5"], f"[0, {streams.MAX_SEED}]"),
@@ -232,14 +235,14 @@ def test_cli_end_to_end(tmp_path, capsys):
     (["--seed", "-3"], f"[0, {streams.MAX_SEED}]"),
     (["--seed", str(2**32)], f"[0, {streams.MAX_SEED}]"),
     (["--epochs", "0"], "must be >= 1"),
-    (["--model", "resnet"], "invalid choice"),
+    (["--model", "resnet"], "'resnet' is neither a built-in model (cnn, vae) nor an objective"),
     (["--data-dir", "/nonexistent/dir"], "does not exist"),
     (["--batch-size", "5000", "--data", "synthetic"], "--batch-size must be in [1, 2048]"),
     (["--batch-size", "0"], "must be >= 1"),
     (["--epochs", "-2"], "must be >= 1"),
     (["--train-limit", "0"], "must be >= 1"),
     (["--train-limit", "3000", "--data", "synthetic"], "--train-limit must be in [1, 2048]"),
-    (["--data", "cifar10"], "invalid choice"),
+    (["--data", "cifar100"], "invalid choice"),
     (["--lr", "fast"], "expected a number"),
     (["--data-dir", "{tmp}"], "has no train-images-idx3-ubyte"),
     (["--data", "synthetic", "--data-dir", "{tmp}"], "does not combine with --data synthetic"),
@@ -302,11 +305,13 @@ def test_evaluation_when_the_eval_batch_does_not_divide_the_test_set(tiny_config
     dataset = data.load("synthetic", train_limit=256)
     keys = streams.root_keys(SEEDS)
     tx = step.make_optimizer(tiny_config, 256)
-    graphdef, state = step.init_state(tiny_config, keys, tx)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, tiny_config, SPEC, keys, tx)
     layout = mesh.plan(1, tiny_config.batch_size)
     params = one_replica(state.params)
-    whole = loop.make_evaluate(tiny_config.replace(eval_batch_size=512), graphdef, dataset, 1, layout)(params)
-    chunked = loop.make_evaluate(tiny_config.replace(eval_batch_size=300), graphdef, dataset, 1, layout)(params)
+    whole = loop.make_evaluate(cnn.OBJECTIVE, tiny_config.replace(eval_batch_size=512), graphdef, dataset, 1,
+                               layout)(params)
+    chunked = loop.make_evaluate(cnn.OBJECTIVE, tiny_config.replace(eval_batch_size=300), graphdef, dataset, 1,
+                                 layout)(params)
     for name, value in whole[0].items():
         np.testing.assert_allclose(chunked[0][name], value, rtol=1e-6)
     assert chunked[1].shape == whole[1].shape == (1, 512, 10)

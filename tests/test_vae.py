@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_SLICE_DIR
-from jaxseed import loop, objectives, streams
+from jaxseed import loop, streams
 from jaxseed.config import Config
-from jaxseed.models import VAE
+from jaxseed.models import vae
+from jaxseed.models.vae import VAE
+from jaxseed.objective import Batch
 
 SEEDS = {name: 5 for name in streams.STREAMS}
 
@@ -42,11 +44,11 @@ def test_same_seed_same_params_and_pictures(vae_config, tmp_path, base):
         assert (folder / picture).read_bytes() == (tmp_path / "b" / picture).read_bytes()
 
 
-@pytest.mark.parametrize("varied", VAE.STREAMS)
+@pytest.mark.parametrize("varied", vae.OBJECTIVE.run_streams)
 def test_varying_one_stream_changes_only_its_draws(vae_config, tmp_path, varied, base):
     base = base[0]
     other = run(vae_config, {**SEEDS, varied: 6}, tmp_path / varied)
-    assert set(base["fingerprints"]) == set(VAE.STREAMS)
+    assert set(base["fingerprints"]) == set(vae.OBJECTIVE.run_streams)
     for name, value in base["fingerprints"].items():
         assert (other["fingerprints"][name] == value) == (name != varied), name
     assert other["param_hash"] != base["param_hash"]
@@ -70,7 +72,7 @@ def test_negative_elbo_parts():
     model = VAE(init_key=streams.root_keys(SEEDS).init, latents=4)
     x = (jax.random.uniform(jax.random.key(1), (16, 28, 28, 1)) > 0.5).astype(jnp.float32)
     eps = jnp.zeros((16, 4))
-    reconstruction, kl = objectives.negative_elbo(model, x, eps)
+    reconstruction, kl = vae.negative_elbo(model, x, eps)
     mean, logvar = model.encode(x)
     expected_kl = 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1 - logvar, -1)
     np.testing.assert_allclose(kl, expected_kl, rtol=1e-5)
@@ -78,10 +80,10 @@ def test_negative_elbo_parts():
     flat = x.reshape(16, -1)
     expected_rec = -jnp.sum(flat * jnp.log(p) + (1 - flat) * jnp.log1p(-p), -1)
     np.testing.assert_allclose(reconstruction, expected_rec, rtol=1e-4)
-    batch = objectives.Batch((x * 255).astype(jnp.uint8), jnp.zeros(16, jnp.int32), jnp.arange(16))
+    batch = Batch((x * 255).astype(jnp.uint8), jnp.zeros(16, jnp.int32), jnp.arange(16))
     config = Config(model="vae", latents=4, binarize="threshold")
-    nll = objectives.importance_nll(model, batch, config, samples=64)
-    elbo = objectives.vae_eval_metrics(model, batch, config)[0]["loss"]
+    nll = vae.importance_nll(model, batch, config, samples=64)
+    elbo = vae.eval_metrics(model, batch, config)[0]["loss"]
     assert jnp.all(jnp.isfinite(nll)) and float(nll.mean()) <= float(elbo.mean())
 
 

@@ -1,0 +1,53 @@
+"""Python entry points, for notebooks and scripts: train and ablate any objective.
+
+    from jaxseed import api
+    manifest = api.train("cnn", seed=42, epochs=2, train_limit=10_000)
+    manifest = api.train(MY_OBJECTIVE, seed=0, streams={"depth": 7}, data="npz:my_data.npz")
+    report = api.ablate(MY_OBJECTIVE, seeds=5, epochs=1)
+
+The objective is an ``Objective`` object (defined in the notebook itself), a built-in
+model's name, or ``package.module:NAME``; keyword settings are ``Config`` fields. Both
+write the same run and study folders as the command line.
+"""
+
+from __future__ import annotations
+
+from jaxseed import ablate as ablation
+from jaxseed import cli, entry, loop, objective
+from jaxseed.streams import resolve_seeds
+from jaxseed.config import Config
+from jaxseed.objective import Objective
+
+
+def _objective(found: Objective | str) -> Objective:
+    return objective.check(found, found.name) if isinstance(found, Objective) else objective.resolve(found)
+
+
+def train(model: Objective | str = "cnn", *, seed: int = 0, streams: dict[str, int] | None = None,
+          workdir: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          **settings) -> dict:
+    """Train one run of ``model``; returns its manifest (``final`` holds the last epoch's metrics).
+
+    Args:
+      seed: the seed of every stream; ``streams`` overrides some by name ({"dropout": 7}).
+      workdir: the run folder (default: a new one under ./runs/); ``resume``, ``overwrite`` as on the CLI.
+      settings: ``Config`` fields, e.g. ``epochs=2, data="npz:my.npz", augment="crop_flip"``.
+    """
+    found = _objective(model)
+    config = Config(**settings).replace(model=found.name)
+    seeds = resolve_seeds(seed, streams, found.run_streams)
+    entry.start_jax(config, compilation_cache=True)
+    return loop.train_and_evaluate(config, seeds, workdir or cli.default_workdir(config, seed), progress=progress,
+                                   resume=resume, overwrite=overwrite, objective=found)
+
+
+def ablate(model: Objective | str = "cnn", *, seeds: int = 5, vary: tuple[str, ...] | None = None, base_seed: int = 0,
+           strategy: str = "auto", workdir: str | None = None, quiet: bool = True, **settings) -> str:
+    """Vary each stream of ``model`` alone (``vary``: which; default every stream it uses), K =
+    ``seeds`` runs per group, plus the ``all`` and ``none`` groups; returns the report (markdown).
+    The same ``workdir`` again completes an unfinished study."""
+    found = _objective(model)
+    config = Config(**settings).replace(model=found.name)
+    sweep = ablation.plan_sweep(config, found, seeds, vary, base_seed, strategy, workdir)
+    with ablation.open_sweep(sweep) as study:
+        return ablation.run_sweep(sweep, study, quiet)

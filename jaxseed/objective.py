@@ -1,0 +1,234 @@
+"""What a model is trained and scored on, and which random draws it makes: an ``Objective``.
+
+An objective is the one place a model's randomness is declared: which per-example
+streams its loss draws from (built-in ``dropout``, ``augment``, ``latent``, or
+streams of its own), which of them a config really draws (dropout at rate 0 draws
+nothing), and whether it yields class probabilities. Every run also draws ``init``
+(the ``build`` key) and ``shuffle`` (the loop's order). The one training loop
+(``loop.py``) runs any objective the same way; fingerprints, ablation and reports
+ask the objective, never a model's name.
+
+Built-in objectives live one per file in ``jaxseed/models/`` (``cnn``, ``vae``);
+``resolve`` finds them by name, and a user's by ``package.module:NAME`` or
+``path/to/file.py:NAME``. Metrics are returned as sums over a batch plus ``count``;
+the loop divides. Evaluation draws come from ``streams.evaluation_key()`` at fixed
+positions, so every run, whatever its seeds, is scored on the same test draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import sys
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxseed import streams
+from jaxseed.config import Config
+from jaxseed.errors import UserError
+
+# Positions under the evaluation key; fixed forever, like the stream ids.
+EVAL_BINARIZE, EVAL_LATENT, EVAL_IMPORTANCE, EVAL_SAMPLES = range(4)
+
+
+class Batch(NamedTuple):
+    images: jax.Array  # uint8[B, H, W, C]
+    labels: jax.Array  # int32[B]
+    index: jax.Array  # int32[B], each example's index in its split
+
+
+class DataSpec(NamedTuple):
+    """What a model is built for: the images' (H, W, C) and how many classes the labels have."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+
+def data_spec(dataset) -> DataSpec:
+    """What a model built for ``dataset`` (a ``data.Dataset``) must take and predict."""
+    return DataSpec(dataset.image_shape, dataset.num_classes)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: compiled programs are cached per objective
+class Objective:
+    # (config, data spec, key of the init stream) -> the model, an nnx.Module
+    build: Callable[[Config, DataSpec, jax.Array], nnx.Module]
+    # (model, batch, config, keys) -> (mean loss, metric sums with "count"); keys.<stream> is key[B],
+    # one key per example, for each stream of ``streams``
+    train_loss: Callable[[nnx.Module, Batch, Config, streams.Keys], tuple[jax.Array, dict]]
+    # (model, batch of the test split, config) -> (per-example metrics {name: float[B]} with "loss",
+    #                                             class probabilities float[B, classes] if ``classifier`` else None)
+    eval_metrics: Callable[[nnx.Module, Batch, Config], tuple[dict, jax.Array | None]]
+    # The per-example streams the loss draws from, built-in or its own (every run also draws init and shuffle).
+    streams: tuple[str, ...] = ()
+    # config -> the streams of ``streams`` this config really draws from (default: all of them)
+    drawn: Callable[[Config], tuple[str, ...]] | None = None
+    classifier: bool = False
+    # curves.png: panel title -> the metrics plotted in it
+    panels: tuple[tuple[str, tuple[str, ...]], ...] = (("loss", ("train_loss", "test_loss")),)
+    # (config, graphdef, params, host data set) -> (what the manifest adds after training,
+    #                                              pictures: {file name: (images float[N, H, W, C], columns)})
+    final_evaluation: Callable | None = None
+    name: str = "custom"  # as the manifest records it; ``resolve`` sets the name it was found by
+
+    @property
+    def run_streams(self) -> tuple[str, ...]:
+        """Every stream a run of this objective draws from."""
+        return (*streams.EVERY_RUN, *self.streams)
+
+    def drawn_streams(self, config: Config) -> tuple[str, ...]:
+        """The streams a run with ``config`` really draws from."""
+        return (*streams.EVERY_RUN, *(self.drawn(config) if self.drawn else self.streams))
+
+    def finish(self, config: Config, graphdef: nnx.GraphDef, params: nnx.State, dataset) -> tuple[dict, dict]:
+        return self.final_evaluation(config, graphdef, params, dataset) if self.final_evaluation else ({}, {})
+
+
+def to_unit(images: jax.Array) -> jax.Array:
+    """uint8 pixels -> float32 in [0, 1]."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def eval_keys(position: int, index: jax.Array) -> jax.Array:
+    """Per-example keys of the fixed evaluation draws at ``position``."""
+    return streams.per_example_keys(streams.evaluation_key(), position, index)
+
+
+def built_in() -> tuple[str, ...]:
+    """The built-in models: one module each in jaxseed/models/ (listed without importing them)."""
+    from jaxseed import models
+
+    return tuple(sorted(module.name for module in pkgutil.iter_modules(models.__path__)))
+
+
+@functools.lru_cache(maxsize=64)  # one object per name: compiled programs are cached per objective
+def resolve(name: str) -> Objective:
+    """The objective ``name`` names: a built-in model (``cnn``), ``package.module:NAME`` or
+    ``path/to/file.py:NAME``. UserError (one line) if it does not import or is not an objective."""
+    if name in built_in():
+        found = importlib.import_module(f"jaxseed.models.{name}").OBJECTIVE
+    else:
+        module_name, sep, attribute = name.rpartition(":")
+        if not sep or not module_name or not attribute.isidentifier():
+            raise UserError(f"{name!r} is neither a built-in model ({', '.join(built_in())}) nor an objective "
+                            "named as package.module:NAME or path/to/file.py:NAME")
+        module = _import(module_name)
+        if not hasattr(module, attribute):
+            raise UserError(f"{module_name} has no {attribute!r}")
+        found = getattr(module, attribute)
+    return check(found, name)
+
+
+def recorded_name(name: str) -> str:
+    """``name`` as a manifest records it: a file's objective by the file's name alone (where a
+    file lies on this machine is no part of the run; the user names it again to verify)."""
+    module_name, sep, attribute = name.rpartition(":")
+    return f"{os.path.basename(module_name)}:{attribute}" if sep and module_name.endswith(".py") else name
+
+
+def _import(module_name: str):
+    """The module of a user's objective, from an importable name or a .py file."""
+    try:
+        if module_name.endswith(".py"):
+            if not os.path.isfile(module_name):
+                raise UserError(f"no objective file {module_name}")
+            # Its own name, so it cannot replace a module already imported (``jaxseed``, ``optax``).
+            key = "jaxseed_objective_" + hashlib.sha256(os.path.abspath(module_name).encode()).hexdigest()[:12]
+            if key not in sys.modules:
+                spec = importlib.util.spec_from_file_location(key, module_name)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[key] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[key]
+                    raise
+            return sys.modules[key]
+        return importlib.import_module(module_name)
+    except UserError:
+        raise
+    except Exception as error:  # the user's code: any failure to import it is bad input
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"cannot import the objective module {module_name}: {type(error).__name__}: {reason}") \
+            from None
+
+
+def check(found, name: str) -> Objective:
+    """``found`` if it is an objective whose declared streams are valid; its name set to ``name``."""
+    if not isinstance(found, Objective):
+        raise UserError(f"{name} is not a jaxseed.objective.Objective (it is {type(found).__name__})")
+    declared = found.streams
+    if not isinstance(declared, tuple) or len(set(declared)) != len(declared):
+        raise UserError(f"{name}: streams must be a tuple of distinct names, got {declared!r}")
+    for stream in declared:
+        if stream in streams.EVERY_RUN:
+            raise UserError(f"{name}: every run draws {stream!r}; declare only the per-example streams")
+        if stream not in streams.PER_EXAMPLE:
+            streams.check_stream_name(stream)
+    ids = [streams.stream_id(stream) for stream in found.run_streams]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{name}: two of its streams' names map to one id; rename one")
+    return found if found.name == name else dataclasses.replace(found, name=name)
+
+
+def source_hash(objective: Objective) -> str | None:
+    """sha256 of the file that defines the objective's loss (None if it has no file)."""
+    try:
+        with open(inspect.getsourcefile(objective.train_loss), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (TypeError, OSError):
+        return None
+
+
+def check_shapes(objective: Objective, config: Config, spec: DataSpec, batch_size: int) -> None:
+    """Trace the objective on an abstract batch, so that what it returns is checked before
+    training starts: UserError (one line) naming what is wrong."""
+    h, w, c = spec.image_shape
+    batch = Batch(jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.uint8),
+                  jax.ShapeDtypeStruct((batch_size,), jnp.int32), jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+    key_type = jax.eval_shape(streams.evaluation_key).dtype
+    keys = streams.Keys({name: jax.ShapeDtypeStruct((batch_size,), key_type) for name in objective.streams})
+
+    def train(key, batch, keys):
+        return objective.train_loss(objective.build(config, spec, key), batch, config, keys)
+
+    def evaluate(key, batch):
+        return objective.eval_metrics(objective.build(config, spec, key), batch, config)
+
+    init = jax.ShapeDtypeStruct((), key_type)
+    try:
+        loss, sums = jax.eval_shape(train, init, batch, keys)
+        metrics, probabilities = jax.eval_shape(evaluate, init, batch)
+    except UserError:
+        raise
+    except Exception as error:  # the user's code failed on a batch of the data's shape
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"objective {objective.name} failed on a batch of images {h}x{w}x{c}: "
+                        f"{type(error).__name__}: {reason}") from None
+    problems = []
+    if not set(objective.drawn_streams(config)) <= set(objective.run_streams):
+        problems.append(f"drawn returns streams it does not declare: {objective.drawn_streams(config)}")
+    if getattr(loss, "shape", None) != ():
+        problems.append(f"train_loss must return a scalar mean loss first, got shape {getattr(loss, 'shape', loss)}")
+    if not isinstance(sums, dict) or "count" not in sums or any(np.shape(v) != () for v in sums.values()):
+        problems.append("train_loss's metric sums must be a dict of scalars with 'count'")
+    if not isinstance(metrics, dict) or "loss" not in metrics or any(
+            np.shape(v) != (batch_size,) for v in metrics.values()):
+        problems.append(f"eval_metrics must return a dict with 'loss' of per-example values float[{batch_size}]")
+    expected = (batch_size, spec.num_classes) if objective.classifier else None
+    got = None if probabilities is None else np.shape(probabilities)
+    if got != expected:
+        problems.append(f"eval_metrics must return class probabilities of shape {expected} "
+                        f"(classifier={objective.classifier}), got {got}")
+    if problems:
+        raise UserError(f"objective {objective.name}: " + "; ".join(problems))

@@ -1,0 +1,115 @@
+"""A user's objective: found by name, its streams checked, bad ones refused in one line."""
+
+import os
+import re
+import textwrap
+
+import pytest
+
+from jaxseed import objective, train
+from jaxseed.errors import UserError
+
+MLP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "mlp_fashion_mnist.py")
+
+
+def write(tmp_path, text: str, name: str = "mine.py") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+# An objective file whose streams, loss or outputs are set by the test.
+TEMPLATE = """
+    import jax, jax.numpy as jnp, optax
+    from flax import nnx
+    from jaxseed.objective import Objective, to_unit
+
+    class Linear(nnx.Module):
+        def __init__(self, pixels, classes, key):
+            self.layer = nnx.Linear(pixels, classes, rngs=nnx.Rngs(params=key))
+        def __call__(self, images):
+            return self.layer(to_unit(images).reshape(images.shape[0], -1))
+
+    def train_loss(model, batch, config, keys):
+        losses = optax.softmax_cross_entropy_with_integer_labels(model(batch.images), batch.labels)
+        return {LOSS}, {{"loss": losses.sum(), "count": batch.labels.shape[0]}}
+
+    def eval_metrics(model, batch, config):
+        logits = model(batch.images)
+        return {{"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)}}, {PROBABILITIES}
+
+    OBJECTIVE = Objective(build=lambda config, spec, key: Linear(784, spec.num_classes, key), train_loss=train_loss,
+                          eval_metrics=eval_metrics, classifier=True, streams={STREAMS})
+    NOT_ONE = 3
+"""
+
+
+def objective_file(tmp_path, loss="losses.mean()", probabilities="jax.nn.softmax(logits)", streams="()"):
+    return write(tmp_path, TEMPLATE.format(LOSS=loss, PROBABILITIES=probabilities, STREAMS=streams))
+
+
+def test_built_in_models_are_found_by_their_file_name():
+    assert objective.built_in() == ("cnn", "vae")
+    assert objective.resolve("cnn").classifier and not objective.resolve("vae").classifier
+    assert objective.resolve("cnn") is objective.resolve("cnn")  # one object: its programs compile once
+
+
+def test_a_file_objective_is_found_and_recorded_by_its_file_name(tmp_path):
+    found = objective.resolve(f"{MLP}:OBJECTIVE")
+    assert found.run_streams == ("init", "shuffle", "dropout", "noise")
+    assert objective.recorded_name(found.name) == "mlp_fashion_mnist.py:OBJECTIVE"
+    assert objective.source_hash(found) is not None
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("resnet", r"neither a built-in model \(cnn, vae\) nor an objective named as package.module:NAME"),
+    ("no_such_module_here:OBJECTIVE", "cannot import the objective module no_such_module_here: ModuleNotFoundError"),
+    ("{tmp}/absent.py:OBJECTIVE", "no objective file"),
+    ("{tmp}/broken.py:OBJECTIVE", "cannot import the objective module .*broken.py: ZeroDivisionError"),
+    ("{tmp}/mine.py:MISSING", "has no 'MISSING'"),
+    ("{tmp}/mine.py:NOT_ONE", "is not a jaxseed.objective.Objective \\(it is int\\)"),
+    ("{tmp}/mine.py:", "neither a built-in model"),
+])
+def test_an_objective_that_cannot_be_found_is_one_line(tmp_path, spec, message):
+    objective_file(tmp_path)
+    write(tmp_path, "1 / 0\n", "broken.py")
+    with pytest.raises(UserError, match=message):
+        objective.resolve(spec.format(tmp=tmp_path))
+
+
+@pytest.mark.parametrize("streams, message", [
+    ('("depth", "depth")', "a tuple of distinct names"),
+    ('["depth"]', "a tuple of distinct names"),
+    ('("shuffle",)', "every run draws 'shuffle'"),
+    ('("sample",)', "the stream name 'sample' is taken by jaxseed"),
+    ('("evaluation",)', "is taken by jaxseed"),
+    ('("Depth",)', "lower-case letters"),
+])
+def test_a_stream_name_colliding_with_jaxseeds_is_refused(tmp_path, streams, message):
+    path = objective_file(tmp_path, streams=streams)
+    with pytest.raises(UserError, match=message):
+        objective.resolve(f"{path}:OBJECTIVE")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"loss": "losses"}, "train_loss must return a scalar mean loss first, got shape \\(64,\\)"),
+    ({"probabilities": "None"}, "class probabilities of shape \\(64, 10\\) \\(classifier=True\\), got None"),
+    ({"probabilities": "logits[:, :3]"}, "got \\(64, 3\\)"),
+    ({"loss": "losses.mean() + batch.nothing"}, "failed on a batch of images 28x28x1: AttributeError"),
+])
+def test_an_objective_returning_wrong_shapes_is_refused_before_training(tmp_path, capsys, change, message):
+    path = objective_file(tmp_path, **change)
+    workdir = tmp_path / "run"
+    code = train.main(["--objective", f"{path}:OBJECTIVE", "--data", "synthetic", "--train-limit", "256",
+                       "--batch-size", "64", "--epochs", "1", "--workdir", str(workdir), "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 2 and len(error.strip().splitlines()) == 1
+    assert re.search(message, error), error
+    assert not workdir.exists()  # refused before the folder was kept
+
+
+def test_overriding_a_stream_the_objective_does_not_declare_is_refused(tmp_path, capsys):
+    code = train.main(["--objective", f"{MLP}:OBJECTIVE", "--stream", "depth=3", "--data", "synthetic",
+                       "--workdir", str(tmp_path / "run")])
+    assert code == 2
+    assert "unknown stream 'depth'; this objective's streams: init, shuffle, dropout, noise" in capsys.readouterr().err
