@@ -13,11 +13,13 @@ Groups of K runs each:
 
 Each run's result is stored as it finishes; rerunning the same command completes
 only the missing runs. Writes ablation.json (every run, and the summary),
-ablation.csv, ablation.md and ablation.png.
+ablation.csv, ablation.md and ablation.png, and for a classifier unstable.png (the
+test images its runs disagree on). The statistics are jaxseed.stats.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -31,10 +33,9 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from scipy import stats
 from tqdm import tqdm
 
-from jaxseed import cli, data, entry, loop, manifest, objective, plots, rundir, streams
+from jaxseed import cli, data, entry, loop, manifest, objective, plots, rundir, stats, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 
@@ -42,7 +43,6 @@ STRATEGIES = ("auto", "sequential", "vmap")
 # Runs per hour of each strategy per backend, measured by benchmarks/sweep.py --record.
 STRATEGIES_FILE_NAME = "strategies.json"
 STRATEGIES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), STRATEGIES_FILE_NAME)
-LEVEL = 0.95  # of every interval in the report
 PROG = "python -m jaxseed.ablate"
 
 
@@ -95,107 +95,27 @@ def batches(group: str, missing: list[int], strategy: str) -> list[list[int]]:
     return [[k] for k in missing]
 
 
-# ---------------------------------------------------------------- statistics
-
-
-def sample_std(values, axis=-1):
-    """Standard deviation with Bessel's correction (ddof=1), exactly 0 for equal values.
-
-    Deviations are taken from the first value (std is shift-invariant): equal
-    values then give exact zeros, where np.std's mean can round to a 1e-14 spread.
-    """
-    values = np.asarray(values, np.float64)
-    return np.std(values - np.take(values, [0], axis=axis), axis=axis, ddof=1)
-
-
-def mean_interval(mean, standard_error, dof, level: float = LEVEL):
-    r"""Student's t interval of a population mean.
-
-    .. math::
-      \bar x \pm t_{(1+\ell)/2,\ \nu} \cdot \mathrm{se}
-
-    For K values with sample std s: se = s / sqrt(K), nu = K - 1. Exact when the
-    values are independent draws of one normal distribution, as then
-    (x̄ - mu) / se ~ t_nu. Accepts arrays (one interval per element).
-
-    Args:
-      mean: the sample mean x̄.
-      standard_error: its estimated standard error.
-      dof: degrees of freedom nu of the standard error (may be fractional, e.g. Welch's).
-      level: coverage probability l of the interval.
-
-    Returns:
-      (low, high).
-    """
-    half = stats.t.ppf((1 + level) / 2, dof) * standard_error
-    return mean - half, mean + half
-
-
-def std_interval(std, dof, level: float = LEVEL):
-    r"""Chi-square interval of a population standard deviation sigma.
-
-    .. math::
-      \left[ s \sqrt{\nu / \chi^2_{(1+\ell)/2,\ \nu}},\ s \sqrt{\nu / \chi^2_{(1-\ell)/2,\ \nu}} \right]
-
-    Exact under normal errors, where nu s^2 / sigma^2 ~ chi^2_nu (nu = K - 1 for K
-    values). At K = 5 and l = 0.95 it is [0.60 s, 2.87 s]: five values pin a
-    spread down to a factor of about five. Accepts arrays (one interval per element).
-
-    Args:
-      std: the sample standard deviation s (ddof=1).
-      dof: its degrees of freedom nu (may be fractional, e.g. Satterthwaite's).
-      level: coverage probability l of the interval.
-
-    Returns:
-      (low, high).
-    """
-    return (std * np.sqrt(dof / stats.chi2.ppf((1 + level) / 2, dof)),
-            std * np.sqrt(dof / stats.chi2.ppf((1 - level) / 2, dof)))
-
-
-def disagreement(predictions: np.ndarray) -> float:
-    """Mean over pairs of models of the fraction of examples they classify differently.
-
-    Args:
-      predictions: int[K, N], the predicted class of each of N examples by K models.
-    """
-    pairs = list(combinations(range(len(predictions)), 2))
-    return float(np.mean([np.mean(predictions[i] != predictions[j]) for i, j in pairs]))
-
-
-def ensemble_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Accuracy of the average of K models' class probabilities float[K, N, C]."""
-    return float(np.mean(np.argmax(probabilities.mean(0), -1) == labels))
+# ---------------------------------------------------------------- summary (the statistics: jaxseed.stats)
 
 
 def summarize(name: str, results: list[dict], labels: np.ndarray | None) -> dict:
-    """One report row: mean and std of a group's final test metrics, with their intervals."""
+    """One report row: mean and std of each final test metric of SPREAD the runs hold, with their
+    intervals; for a classifier (``labels`` int[N] given) also what its runs' test predictions say."""
     row = {"group": name, "runs": len(results)}
-    metrics = ["test_loss"] + (["test_accuracy"] if labels is not None else [])
-    for metric in metrics:
+    for metric in [m.name for m in SPREAD if not m.per_example and m.name in results[0]["final"]]:
         values = np.array([r["final"][metric] for r in results])
-        mean, std, k = float(values.mean()), float(sample_std(values)), len(values)
+        mean, std, k = float(values.mean()), float(stats.sample_std(values)), len(values)
         row[f"{metric}_mean"] = mean
         row[f"{metric}_std"] = std
-        row[f"{metric}_mean_ci"] = tuple(map(float, mean_interval(mean, std / math.sqrt(k), k - 1)))
-        row[f"{metric}_std_ci"] = tuple(map(float, std_interval(std, k - 1)))
+        row[f"{metric}_mean_ci"] = tuple(map(float, stats.mean_interval(mean, std / math.sqrt(k), k - 1)))
+        row[f"{metric}_std_ci"] = tuple(map(float, stats.std_interval(std, k - 1)))
     if labels is not None:
         probabilities = np.stack([r["probabilities"] for r in results])
-        row["disagreement"] = disagreement(probabilities.argmax(-1))
-        row["ensemble_accuracy"] = ensemble_accuracy(probabilities, labels)
+        row["disagreement"] = stats.disagreement(probabilities.argmax(-1))
+        row["ensemble_accuracy"] = stats.ensemble_accuracy(probabilities, labels)
+        row.update(stats.instability(stats.correct_predictions(probabilities, labels))._asdict())
     row["distinct_param_hashes"] = len({r["param_hash"] for r in results})
     return row
-
-
-def separated_pairs(rows: list[dict], metric: str) -> list[tuple[str, str]]:
-    """Pairs (larger, smaller) of varied groups whose intervals of the std of ``metric`` do not overlap.
-
-    Non-overlap of two 95% intervals is a conservative test of a difference (its
-    false-positive rate is well under 5%): a pair not named may still differ.
-    """
-    varied = [row for row in rows if row["group"] != "none"]
-    return [(a["group"], b["group"]) for a in varied for b in varied
-            if a[f"{metric}_std_ci"][0] > b[f"{metric}_std_ci"][1]]
 
 
 # ---------------------------------------------------------------- running
@@ -237,7 +157,7 @@ def load_result(path: str, seeds: dict, shape: tuple[int, int] | None) -> dict |
 
 
 def run_group(config: Config, found: objective.Objective, group_seeds: list[dict], paths: list[str], strategy: str,
-              checkpoint_dir: str, own_program: bool = False) -> None:
+              checkpoint_dir: str | None, own_program: bool = False) -> None:
     """Train the runs at ``paths`` (each run's folder is claimed by its run): under vmap as the
     replicas of one program (checkpointed in ``checkpoint_dir``), else one run after another.
     With ``own_program``, nothing compiled before is reused (each ``none`` run)."""
@@ -261,7 +181,8 @@ def plan_sweep(config: Config, found: objective.Objective, num_seeds: int, chose
     entry.start_jax(config, compilation_cache=False)  # before jax.default_backend() starts JAX
     used = found.run_streams
     base_seed = streams.check_seed(base_seed, "--base-seed")
-    groups = plan_groups(base_seed, num_seeds, chosen or used, used)
+    # By default every stream this config draws from (varying one it does not draw would change no bit).
+    groups = plan_groups(base_seed, num_seeds, chosen or found.drawn_streams(config), used)
     strategy, strategy_reason = choose_strategy(strategy, jax.default_backend())
     workdir = workdir or os.path.join("runs", f"ablation-{cli.run_name(config)}-{time.strftime('%Y%m%d-%H%M%S')}")
     header = {"config": manifest.config_record(config, workdir), "groups_planned": groups, "strategy": strategy,
@@ -270,15 +191,41 @@ def plan_sweep(config: Config, found: objective.Objective, num_seeds: int, chose
     return Sweep(config, found, groups, strategy, workdir, header)
 
 
+def recorded_sweep(workdir: str, args) -> Sweep:
+    """The sweep ``workdir`` holds, for ``--report``; the data and a user's objective are named by
+    the flags where the record alone may not choose them (``manifest.config_from_record``)."""
+    try:
+        recorded = rundir.read_json(workdir, "sweep.json")
+    except FileNotFoundError:
+        raise UserError(f"{workdir} holds no study (no sweep.json)") from None
+    relocated = {name: value for name, value in cli.config_changes(args).items() if name in cli.RELOCATED}
+    config = manifest.config_from_record(recorded.get("config"), workdir, **relocated)
+    found = objective.resolve(config.model)
+    groups = recorded.get("groups_planned")
+    if not isinstance(groups, dict) or "none" not in groups or not all(isinstance(g, list) for g in groups.values()):
+        raise UserError(f"{workdir}/sweep.json holds no plan of groups")
+    names = streams.seed_names(found.run_streams)
+    groups = {str(name): [manifest.seeds_from_record(seeds, workdir, names) for seeds in group]
+              for name, group in groups.items()}
+    return Sweep(config, found, groups, str(recorded.get("strategy")), workdir, recorded)
+
+
+def shard_runs(groups: dict, shard: tuple[int, int]) -> dict[str, list[int]]:
+    """The runs of shard I of N, group -> run indices: the j-th run of the plan (groups in order,
+    then indices) belongs to shard j mod N, so the N shards are disjoint and cover the plan."""
+    index, count = shard
+    order = [(name, k) for name, group in groups.items() for k in range(len(group))]
+    return {name: [k for j, (group, k) in enumerate(order) if group == name and j % count == index] for name in groups}
+
+
 def open_sweep(sweep: Sweep) -> rundir.RunFolder:
-    """Claim the sweep's folder: start it, or check that the one there is this sweep, run the same way."""
+    """Claim the sweep's folder (shared with the other shards of one study): start it, or check that
+    the one there is this sweep, run the same way."""
     study = rundir.RunFolder.claim(sweep.workdir, "study", resume=True)
     try:
-        try:
-            recorded = rundir.read_json(sweep.workdir, "sweep.json")
-        except FileNotFoundError:
-            study.write_json("sweep.json", sweep.header)
+        if study.create_json("sweep.json", sweep.header):  # of shards starting together, one writes it
             return study
+        recorded = rundir.read_json(sweep.workdir, "sweep.json")
         if (recorded.get("config"), recorded.get("groups_planned")) != (sweep.header["config"], sweep.groups):
             raise UserError(f"{sweep.workdir} holds a different sweep; choose another --workdir")
         # Runs of one group made by other programs would not be comparable (vmap sums in another order).
@@ -293,118 +240,322 @@ def open_sweep(sweep: Sweep) -> rundir.RunFolder:
     return study
 
 
-def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool) -> str:
-    """Train every missing run, then write the report; returns its markdown."""
+def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[int, int] = (0, 1),
+              train: bool = True, detect: float | None = None, correlation: float | None = None) -> str | None:
+    """Train every missing run of ``shard`` (unless not ``train``), then write the report of every
+    run finished so far, by any shard; returns its markdown (None while no group has two runs).
+    ``detect`` and ``correlation`` size a comparison in the report (``write_report``)."""
     config = sweep.config
-    labels, shape = None, None
-    if sweep.objective.classifier:
+    labels, images, shape = None, None, None
+    if sweep.objective.classifier:  # the report compares the runs' predictions of each test example
         dataset = data.load(config.data, config.data_dir)
-        labels, shape = dataset.test_labels, (len(dataset.test_labels), objective.data_spec(dataset).num_classes)
+        labels, images = dataset.test_labels, dataset.test_images
+        shape = (len(labels), objective.data_spec(dataset).num_classes)
 
     def result(name: str, k: int) -> dict | None:
         return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], shape)
 
     num_seeds = len(sweep.groups["none"])
-    todo = {name: [k for k in range(num_seeds) if result(name, k) is None] for name in sweep.groups}
-    total = len(sweep.groups) * num_seeds
-    if not quiet:
+    mine = shard_runs(sweep.groups, shard) if train else {name: [] for name in sweep.groups}
+    todo = {name: [k for k in runs if result(name, k) is None] for name, runs in mine.items()}
+    total = sum(map(len, mine.values()))
+    if not quiet and train:
         print(f"strategy {sweep.strategy}: {sweep.header['strategy_reason']}", file=sys.stderr)
     start = time.perf_counter()
     study.folder("runs")
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
-              desc=f"ablation ({sweep.strategy})", disable=quiet) as bar:
+              desc=f"ablation ({sweep.strategy})", disable=quiet or not train) as bar:
         for name, missing in todo.items():
             for batch in batches(name, missing, sweep.strategy):
-                checkpoints = study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"))
+                checkpoints = (study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"))
+                               if sweep.strategy == "vmap" else None)  # sequential runs keep their own
                 run_group(config, sweep.objective, [sweep.groups[name][k] for k in batch],
                           [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy, checkpoints,
                           own_program=name == "none")
                 bar.update(len(batch))
-    results = {name: [result(name, k) for k in range(num_seeds)] for name in sweep.groups}
+    finished = {name: [found for k in range(num_seeds) if (found := result(name, k)) is not None]
+                for name in sweep.groups}
+    results = {name: group for name, group in finished.items() if len(group) >= 2}  # a spread needs two
+    if not results:
+        return None
     rows = [summarize(name, group, labels) for name, group in results.items()]
-    header = {**sweep.header, "seconds_this_invocation": time.perf_counter() - start}
-    return write_report(study, rows, results, header)
+    header = {**sweep.header, "seconds_this_invocation": time.perf_counter() - start,
+              "runs_finished": sum(map(len, finished.values())), "runs_planned": len(sweep.groups) * num_seeds}
+    return write_report(study, rows, results, header, labels=labels, test_images=images, detect=detect,
+                        correlation=correlation)
 
 
 # ---------------------------------------------------------------- report
+
+
+class Metric(NamedTuple):
+    """A quantity of the summary rows, and how the report shows it.
+
+    A final test metric is shown by its mean and std over a group's runs with their
+    intervals (row keys ``{name}_mean``, ``{name}_std``, each also with ``_ci``); a
+    per-example one, computed from the runs' test predictions, as one number per group
+    (row key ``name``), without interval.
+    """
+
+    name: str
+    title: str
+    per_example: bool = False
+    format: str = ".4f"
+
+
+# The first table: those of these the rows hold, in this order (a VAE's rows hold only the test loss).
+SPREAD = (Metric("test_accuracy", "test accuracy"), Metric("disagreement", "disagreement", per_example=True),
+          Metric("ensemble_accuracy", "ensemble acc.", per_example=True), Metric("test_loss", "test loss"))
+# A classifier's per-example table, beside the observed std of its test accuracy.
+INSTABILITY = (Metric("always_right", "always right", True, "d"), Metric("always_wrong", "always wrong", True, "d"),
+               Metric("unstable", "unstable", True, "d"),
+               Metric("independent_flip_std", "std of accuracy if examples flipped independently", True),
+               Metric("test_accuracy", "test accuracy"))
+PARTS = {"mean": "mean [95% t CI]", "std": "std [95% χ² CI]"}  # the columns of a final metric
+UNSTABLE_SHOWN = 8  # images per group in unstable.png
+
+
+def held(rows: list[dict], metrics: tuple[Metric, ...]) -> list[Metric]:
+    """Those of ``metrics`` the rows hold (every row holds the same keys)."""
+    return [m for m in metrics if (m.name if m.per_example else f"{m.name}_std") in rows[0]]
 
 
 def _interval(low: float, high: float) -> str:
     return f"[{low:.4f}, {high:.4f}]"
 
 
+def _runs(rows: list[dict]) -> str:
+    """K as the report states it: the groups of an unfinished study may hold different numbers of runs."""
+    counts = sorted({row["runs"] for row in rows})
+    return f"K = {counts[0]}" + (f" to {counts[-1]}" if len(counts) > 1 else "")
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no inf or nan: None for a number the statistics could not give."""
+    return value if math.isfinite(value) else None
+
+
+def _line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(rows: list[dict], metrics: list[Metric], parts: tuple[str, ...] = ("mean", "std")) -> list[str]:
+    """A markdown table of a row per group: a column per per-example metric, one per part (of PARTS)
+    of each final one."""
+    head = ["group", "runs"]
+    cells = [[row["group"], str(row["runs"])] for row in rows]
+    for metric in metrics:
+        for part in [None] if metric.per_example else parts:
+            key = metric.name if part is None else f"{metric.name}_{part}"
+            head.append(metric.title if part is None else f"{metric.title}: {PARTS[part]}")
+            for line, row in zip(cells, rows):
+                value = format(row[key], metric.format)
+                line.append(value if part is None else f"{value} {_interval(*row[f'{key}_ci'])}")
+    return [_line(head), "|" + "---|" * len(head), *map(_line, cells)]
+
+
 def ranking_lines(rows: list[dict], metric: str) -> list[str]:
     """What the std intervals of ``metric`` allow to say about which source moves it more."""
     label = metric.replace("_", " ")
-    pairs = separated_pairs(rows, metric)
+    pairs = stats.separated_pairs(rows, metric)
     if not pairs:
-        return [f"- std of {label}: no pair of sources can be ranked at K = {rows[0]['runs']}: "
+        return [f"- std of {label}: no pair of sources can be ranked at {_runs(rows)}: "
                 "every pair of varied groups' intervals overlap."]
     ci = {row["group"]: row[f"{metric}_std_ci"] for row in rows}
     return [f"- std of {label}: {a} > {b}: intervals do not overlap ({_interval(*ci[a])} vs {_interval(*ci[b])})"
             for a, b in pairs]
 
 
-def write_report(study: rundir.RunFolder, rows: list[dict], results: dict[str, list[dict]], header: dict) -> str:
-    """ablation.json, ablation.csv, ablation.md and ablation.png; returns the markdown.
+def determinism_line(rows: list[dict]) -> str:
+    none = next((row for row in rows if row["group"] == "none"), None)
+    if none is None:
+        return "\nDeterminism control: not yet (fewer than two of the `none` group's runs have finished)."
+    if none["test_loss_std"] != 0 or none["distinct_param_hashes"] != 1:
+        return ("\n**WARNING: the `none` group (identical reruns) has non-zero spread: this run is NOT "
+                "deterministic, and every other group's spread includes that noise.**")
+    return ("\nDeterminism control: the `none` group's reruns, each its own program, are bit-identical "
+            "(one param_hash, zero spread).")
+
+
+def unstable_overlaps(correct: dict[str, np.ndarray]) -> list[dict]:
+    """For each pair of varied groups (``correct``: group -> bool[K, N], whether run k classifies test
+    example i correctly), how far their unstable examples (some runs right, some wrong) coincide."""
+    unstable = {name: right.any(0) & ~right.all(0) for name, right in correct.items() if name != "none"}
+    return [{"groups": [a, b], "both": int(np.sum(unstable[a] & unstable[b])),
+             "jaccard": _finite(stats.jaccard(unstable[a], unstable[b])),
+             "jaccard_if_independent": _finite(stats.jaccard_if_independent(
+                 int(unstable[a].sum()), int(unstable[b].sum()), len(unstable[a])))}
+            for a, b in combinations(unstable, 2)]
+
+
+def instability_lines(rows: list[dict], overlaps: list[dict]) -> list[str]:
+    lines = ["", "### Per-example instability", "", *table(rows, held(rows, INSTABILITY), parts=("std",)), "",
+             "p_i is the fraction of a group's runs that classify test example i correctly; `unstable` counts the "
+             "examples with 0 < p_i < 1, whose outcome the group's seeds decide; more runs find more of them, so "
+             "counts compare groups of equal K only.", "",
+             "`std of accuracy if examples flipped independently` is sqrt(K/(K-1) Σ p_i (1 - p_i)) / N (Jordan, "
+             "ICLR 2024); the variance of the accuracy of these predictions exceeds its square by exactly the "
+             "examples' summed covariance across runs, so a prediction inside the observed std's interval is "
+             "consistent with examples flipping independently, and one below it says they flip together (some runs "
+             "are better overall)."]
+    if overlaps:
+        lines += ["", _line(["groups", "unstable in both", "Jaccard", "Jaccard if independent"]), "|---|---|---|---|"]
+        lines += [_line([" & ".join(o["groups"]), str(o["both"]), *("–" if o[key] is None else f"{o[key]:.3f}"
+                                                                     for key in ("jaccard", "jaccard_if_independent"))])
+                  for o in overlaps]
+        lines += ["", "The Jaccard index |U_a ∩ U_b| / |U_a ∪ U_b| of two groups' unstable sets is 1 when two "
+                  "sources make the same test examples unstable and 0 when they share none; above `if independent` (random "
+                  "sets of the same sizes), the two sources destabilise partly the same examples (a point value: no "
+                  "interval)."]
+    return lines
+
+
+def unstable_picture(study: rundir.RunFolder, correct: dict[str, np.ndarray], labels: np.ndarray,
+                     test_images: np.ndarray) -> list[str]:
+    """unstable.png: each group's most unstable test images, p_i nearest 1/2 first; its markdown lines."""
+    shown = []
+    for name, right in correct.items():
+        rates = right.mean(0)
+        chosen = stats.most_unstable(rates, UNSTABLE_SHOWN)
+        if len(chosen):
+            shown.append((name, test_images[chosen], [f"label {labels[i]}, p = {rates[i]:.2f}" for i in chosen]))
+    if not shown:
+        return ["", "No group has an unstable test example: no unstable.png."]
+    study.save_picture("unstable.png", lambda f: plots.plot_image_rows(shown, f))
+    return ["", f"![up to {UNSTABLE_SHOWN} test images per group with p_i nearest 1/2](unstable.png)"]
+
+
+def seed_plan(rows: list[dict], metric: str, detect: float | None, correlation: float | None) -> dict:
+    """For each varied group, as if two configurations' runs each spread as its ``metric`` does: the
+    seeds per configuration to detect a difference ``detect`` in the mean, and the smallest difference
+    detectable at the group's K; unpaired and, given ``correlation``, paired; each at the std and at
+    the ends of its interval (both grow with the std)."""
+    designs = {"unpaired": None, **({"paired": correlation} if correlation is not None else {})}
+    groups = {}
+    for row in rows:
+        if row["group"] == "none":
+            continue
+        spreads = (row[f"{metric}_std"], *row[f"{metric}_std_ci"])
+        found = {"std": spreads[0]}
+        for design, r in designs.items():
+            if detect is not None:
+                found[f"seeds_{design}"] = [_finite(stats.seeds_needed(detect, s, r)) for s in spreads]
+            found[f"detectable_{design}"] = [stats.detectable_difference(s, row["runs"], r) for s in spreads]
+        groups[row["group"]] = found
+    return {"metric": metric, "difference": detect, "correlation": correlation, "level": stats.LEVEL,
+            "power": stats.POWER, "designs": list(designs), "groups": groups}
+
+
+def seed_lines(rows: list[dict], plan: dict, title: str) -> list[str]:
+    names = {design: ", unpaired" if design == "unpaired" else f", paired (r = {plan['correlation']:g})"
+             for design in plan["designs"]}
+    head = ["group", "runs", f"{title}: {PARTS['std']}"]
+    columns = []  # (key in a group's plan, how one number is written)
+    if plan["difference"] is not None:
+        for design, name in names.items():
+            head.append(f"seeds per configuration for Δ = {plan['difference']:g}{name}")
+            columns.append((f"seeds_{design}", lambda n: f"> {stats.MAX_SEEDS:,}" if n is None else str(n)))
+    for design, name in names.items():
+        head.append(f"smallest Δ at this K{name}")
+        columns.append((f"detectable_{design}", lambda d: f"{d:.3g}"))
+    metric = plan["metric"]
+    lines = ["", "### Seeds needed", "", _line(head), "|" + "---|" * len(head)]
+    for row in rows:
+        if row["group"] in plan["groups"]:
+            found = plan["groups"][row["group"]]
+            lines.append(_line([row["group"], str(row["runs"]),
+                                f"{row[f'{metric}_std']:.4f} {_interval(*row[f'{metric}_std_ci'])}",
+                                *(f"{write(found[key][0])} [{write(found[key][1])}, {write(found[key][2])}]"
+                                  for key, write in columns)]))
+    lines += ["", f"For a two-sided t test at 5% to detect a difference Δ in the mean {title} of two configurations "
+              "with 80% power, were each configuration's runs to spread as this group's: the seeds per configuration "
+              "(unpaired: each on its own seeds; paired: both on the same seeds, their results correlated r, so "
+              "σ_d² = 2σ²(1 - r)), and the smallest Δ detectable at this group's K; the brackets repeat both at "
+              "the ends of the std's interval, as they rest on an estimated spread."]
+    if plan["difference"] is None or plan["correlation"] is None:
+        lines.append("(`--detect DELTA` adds the seeds a difference DELTA needs; `--correlation R`, as "
+                     "experiments/fair_comparison measures it, the paired design.)")
+    return lines
+
+
+def write_report(study: rundir.RunFolder, rows: list[dict], results: dict[str, list[dict]], header: dict,
+                 labels: np.ndarray | None = None, test_images: np.ndarray | None = None,
+                 detect: float | None = None, correlation: float | None = None) -> str:
+    """ablation.json, ablation.csv, ablation.md, ablation.png and, given ``test_images``, unstable.png;
+    returns the markdown.
 
     ablation.json holds every run (seeds, param_hash, final metrics), so anyone can
     recompute the summary from it.
+
+    Args:
+      study: the study's folder.
+      rows: ``summarize`` of each group, in the report's order.
+      results: group -> its runs' results (``load_result``).
+      header: what ablation.json records besides.
+      labels: a classifier's test labels int[N]: the overlap of the groups' unstable examples.
+      test_images: with ``labels``, the test images uint8[N, H, W, C] (C = 1 or 3): unstable.png.
+      detect: a difference Delta in the mean of the first metric: the seeds each design needs to detect it.
+      correlation: r of two configurations' results on the same seeds: the paired design too.
     """
+    correct = ({name: stats.correct_predictions(np.stack([r["probabilities"] for r in group]), labels)
+                for name, group in results.items()} if labels is not None else {})
+    finals = [m for m in held(rows, SPREAD) if not m.per_example]
+    overlaps = unstable_overlaps(correct)
+    plan = seed_plan(rows, finals[0].name, detect, correlation)
     runs = {name: [{k: r[k] for k in ("seeds", "param_hash", "final")} for r in group]
             for name, group in results.items()}
-    study.write_json("ablation.json", {**header, "runs": runs, "summary": rows})
+    study.write_json("ablation.json", {**header, "runs": runs, "summary": rows, "unstable_overlap": overlaps,
+                                       "seeds_needed": plan})
     flat = [{k: (f"{v[0]:.6g}..{v[1]:.6g}" if isinstance(v, tuple) else v) for k, v in row.items()} for row in rows]
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(flat[0]))
+    csv_text = io.StringIO(newline="")
+    writer = csv.DictWriter(csv_text, fieldnames=list(flat[0]))
     writer.writeheader()
     writer.writerows(flat)
-    study.write_text("ablation.csv", table.getvalue())
-    classifier = "test_accuracy_mean" in rows[0]
-    metrics = ["test_accuracy", "test_loss"] if classifier else ["test_loss"]
-    titles = {"test_accuracy": "test accuracy", "test_loss": "test loss"}
-    head = ["group", "runs"]
-    for metric in metrics:
-        head += [f"{titles[metric]}: mean [95% t CI]", f"{titles[metric]}: std [95% χ² CI]"]
-        if metric == "test_accuracy":
-            head += ["disagreement", "ensemble acc."]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["group"], str(row["runs"])]
-        for metric in metrics:
-            cells += [f"{row[f'{metric}_mean']:.4f} {_interval(*row[f'{metric}_mean_ci'])}",
-                      f"{row[f'{metric}_std']:.4f} {_interval(*row[f'{metric}_std_ci'])}"]
-            if metric == "test_accuracy":
-                cells += [f"{row['disagreement']:.4f}", f"{row['ensemble_accuracy']:.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Intervals are 95%: Student's t for the mean, chi-square for the std (both exact for normal "
-              "errors). A source is ranked above another only where their std intervals are disjoint:", ""]
-    for metric in metrics:
-        lines += ranking_lines(rows, metric)
-    none = next(row for row in rows if row["group"] == "none")
-    if none["test_loss_std"] != 0 or none["distinct_param_hashes"] != 1:
-        lines.append("\n**WARNING: the `none` group (identical reruns) has non-zero spread: this run is NOT "
-                     "deterministic, and every other group's spread includes that noise.**")
-    else:
-        lines.append("\nDeterminism control: the `none` group's reruns, each its own program, are bit-identical "
-                     "(one param_hash, zero spread).")
+    study.write_text("ablation.csv", csv_text.getvalue())
+    lines = [*table(rows, held(rows, SPREAD)), "",
+             "Intervals are 95%: Student's t for the mean, chi-square for the std (both exact for normal "
+             "errors). A source is ranked above another only where their std intervals are disjoint:", ""]
+    for metric in finals:
+        lines += ranking_lines(rows, metric.name)
+    lines.append(determinism_line(rows))
+    if header.get("runs_finished", 0) < header.get("runs_planned", 0):
+        lines.append(f"\n{header['runs_finished']} of the {header['runs_planned']} planned runs have finished; "
+                     "the groups above are those with two or more.")
+    if "unstable" in rows[0]:
+        lines += instability_lines(rows, overlaps)
+    if correct and test_images is not None:
+        lines += unstable_picture(study, correct, labels, test_images)
+    lines += seed_lines(rows, plan, finals[0].title)
     markdown = "\n".join(lines) + "\n"
     study.write_text("ablation.md", markdown)
-    metric = metrics[0]
     study.save_picture("ablation.png", lambda f: plots.plot_spread(
-        [row["group"] for row in rows], [row[f"{metric}_std"] for row in rows],
-        [row[f"{metric}_std_ci"] for row in rows], f"std of final {titles[metric]}", f))
+        [row["group"] for row in rows], [row[f"{finals[0].name}_std"] for row in rows],
+        [row[f"{finals[0].name}_std_ci"] for row in rows], f"std of final {finals[0].title}", f))
     return markdown
 
 
 # ---------------------------------------------------------------- CLI
 
 
+def _number(expected: str, check):
+    """An argparse type: a float for which ``check`` holds, else a one-line usage error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
+        return value
+
+    return parse
+
+
 def ablate_parser():
     parser = cli.new_parser(PROG,
                             "Vary one key stream at a time and report the spread each causes.")
     parser.add_argument("--seeds", type=cli.int_at_least(2), default=5, help="runs per group, K (default 5)")
-    parser.add_argument("--streams", help="comma-separated streams to vary (default: every stream the model uses)")
+    parser.add_argument("--streams", help="comma-separated streams to vary (default: every stream the run draws from)")
     parser.add_argument("--base-seed", type=str, default="0",
                         help=f"seed of every stream not varied, an integer in [0, {streams.MAX_SEED}] (default 0)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
@@ -413,27 +564,63 @@ def ablate_parser():
                              "in the measurement recorded by benchmarks/sweep.py; the default)")
     parser.add_argument("--workdir", help="output folder; the same one again completes an unfinished sweep "
                                           "(default: a new folder under ./runs/)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                        help="run only share I (0 ... N-1) of the plan's runs, so that N processes, hosts or a "
+                             "Slurm job array on one shared --workdir finish one study together (default 0/1)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write the report of the runs --workdir holds that have finished")
+    parser.add_argument("--detect", type=_number("> 0", lambda value: 0 < value < math.inf), metavar="DELTA",
+                        help="a difference in the mean of the report's first metric (test accuracy of a classifier, "
+                             "else test loss): the report states the seeds per configuration a two-sided 5%% t test "
+                             "needs to detect it with 80%% power")
+    parser.add_argument("--correlation", type=_number("in [-1, 1)", lambda value: -1 <= value < 1), metavar="R",
+                        help="correlation of two configurations' results on the same seeds, as "
+                             "experiments/fair_comparison measures it: the report adds the paired design (default: "
+                             "unpaired only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_config_flags(parser)
     return parser
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"I/N needs 0 <= I < N, got {text!r}")
+    return index, count
 
 
 def main(argv: list[str] | None = None) -> int:
     args = ablate_parser().parse_args(argv)
 
     def ablate() -> int:
-        config = cli.config_from_args(args)
-        chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else None
-        sweep = plan_sweep(config, objective.resolve(config.model), args.seeds, chosen, args.base_seed, args.strategy,
-                           args.workdir)
+        if args.report:
+            if not args.workdir:
+                raise UserError("--report needs the --workdir of the study")
+            sweep = recorded_sweep(args.workdir, args)
+        else:
+            config = cli.config_from_args(args)
+            chosen = tuple(s.strip() for s in args.streams.split(",")) if args.streams else None
+            sweep = plan_sweep(config, objective.resolve(config.model), args.seeds, chosen, args.base_seed,
+                               args.strategy, args.workdir)
         with open_sweep(sweep) as study:
             try:
-                markdown = run_sweep(sweep, study, args.quiet)
+                markdown = run_sweep(sweep, study, args.quiet, args.shard, train=not args.report,
+                                     detect=args.detect, correlation=args.correlation)
             except KeyboardInterrupt:
                 again = "the same command" if args.workdir else f"it with --workdir {sweep.workdir}"
                 raise entry.Interrupted(f"interrupted; finished runs are kept: rerun {again} to complete the "
                                         "sweep") from None
-        print(markdown + f"\nreport in {sweep.workdir}: ablation.md, ablation.csv, ablation.json, ablation.png")
+        if markdown is None:
+            print(f"no group of {sweep.workdir} has two finished runs yet: no report (the other shards' runs "
+                  "complete it; then --report)")
+        else:
+            pictures = ", unstable.png" if sweep.objective.classifier else ""
+            print(markdown + f"\nreport in {sweep.workdir}: ablation.md, ablation.csv, ablation.json, ablation.png"
+                             f"{pictures}")
         return 0
 
     return entry.run("jaxseed.ablate", ablate)

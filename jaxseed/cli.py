@@ -149,7 +149,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, objective.Objective, int,
 
 # Given on --resume or to verify, these name where the data and the objective are now; the run's
 # data hash (checked when training resumes) and its parameter hashes say whether they are the same.
-_RELOCATED = ("data_dir", "data", "model")
+RELOCATED = ("data_dir", "data", "model")
 
 
 def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, objective.Objective, dict[str, int]]:
@@ -163,11 +163,11 @@ def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, obje
     except FileNotFoundError:
         raise UserError(f"{workdir} holds no run to resume (no manifest.json)") from None
     given = config_changes(args)
-    config = manifest.config_from_record(recorded["config"], workdir, **{name: given.get(name) for name in _RELOCATED})
+    config = manifest.config_from_record(recorded["config"], workdir, **{name: given.get(name) for name in RELOCATED})
     found = objective.resolve(config.model)
     seeds = manifest.seeds_from_record(recorded["streams"], workdir, streams.seed_names(found.run_streams))
     differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
-                   for field, value in given.items() if field not in _RELOCATED and getattr(config, field) != value]
+                   for field, value in given.items() if field not in RELOCATED and getattr(config, field) != value]
     if args.seed is not None or args.stream:
         given = _seeds(args, found)[1]
         differences += [f"seed of stream {name!r} is {seeds.get(name)} in the run, {given[name]} given"

@@ -71,6 +71,9 @@ class Config:
                                             "IDX files (train-images-idx3-ubyte[.gz], ...) or CIFAR-10's binary "
                                             "version (default: download once, then the cache)")
     train_limit: Optional[int] = setting(None, "train on the first N training examples", minimum=1)
+    # Which examples a run trains on, drawn once per run from the `sample` stream (off: all of them).
+    subsample: Optional[float] = setting(None, "train on a fraction F of the training examples, drawn from the "
+                                               "'sample' stream (default: all)", above=0.0, maximum=1.0)
     # Augmentation (drawn from the `augment` stream, applied inside the jitted step).
     augment: str = setting("affine", "on-device augmentation from the 'augment' stream: a small rotation and "
                                      "shift, or a padded random crop and horizontal flip", choices=AUGMENTATIONS)
@@ -135,6 +138,10 @@ class Config:
                 raise UserError(f"{field.name} must be > {rules['above']}, got {value}")
             if rules["below"] is not None and not value < rules["below"]:
                 raise UserError(f"{field.name} must be < {rules['below']}, got {value}")
+
+    def num_kept(self, num_train: int) -> int | None:
+        """How many training examples ``subsample`` keeps of ``num_train`` (None: no subsampling)."""
+        return None if self.subsample is None else min(num_train, max(1, round(self.subsample * num_train)))
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -42,14 +42,16 @@ def load_data(config: Config) -> data.Dataset:
 def _evaluation_chunk(objective: Objective, config: Config, graphdef: nnx.GraphDef, num: int, batch_size: int,
                       num_replicas: int, layout: mesh.Layout) -> Callable:
     """(params [R, ...], images, labels, start) -> (metric sums over the chunk's real examples,
-    class probabilities or None), each with the replica axis."""
+    per-example outputs: {"losses": float[B], and a classifier's "probabilities": float[B, C]}),
+    each with the replica axis."""
 
     def chunk(params, images, labels, start):
         index = start + jnp.arange(batch_size)
         batch = Batch(jax.lax.dynamic_slice_in_dim(images, start, batch_size),
                       jax.lax.dynamic_slice_in_dim(labels, start, batch_size), index)
         metrics, probabilities = objective.eval_metrics(nnx.merge(graphdef, params), batch, config)
-        return {name: jnp.sum(jnp.where(index < num, value, 0.0)) for name, value in metrics.items()}, probabilities
+        examples = {"losses": metrics["loss"], **({} if probabilities is None else {"probabilities": probabilities})}
+        return {name: jnp.sum(jnp.where(index < num, value, 0.0)) for name, value in metrics.items()}, examples
 
     return jax.jit(over_replicas(chunk, num_replicas, in_axes=(0, None, None, None), layout=layout),
                    out_shardings=layout.replicated)
@@ -66,8 +68,9 @@ def _initial_states(objective: Objective, config: Config, spec: DataSpec, tx: op
 
 @functools.lru_cache(maxsize=16)
 def _permutations(num_replicas: int, replicas: jax.sharding.NamedSharding) -> Callable:
-    """(shuffle roots key[R], epoch, num_examples) -> each replica's permutation int32[R, N]."""
-    return jax.jit(over_replicas(streams.epoch_permutation, num_replicas, (0, None, None)), static_argnums=2,
+    """(stream roots key[R], epoch, num_examples, num_kept) -> each replica's training order:
+    the original indices int32[R, num_kept or num_examples] (``streams.epoch_order``)."""
+    return jax.jit(over_replicas(streams.epoch_order, num_replicas, (0, None, None, None)), static_argnums=(2, 3),
                    out_shardings=replicas)
 
 
@@ -82,9 +85,9 @@ def forget_compiled() -> None:
 
 def make_evaluate(objective: Objective, config: Config, graphdef: nnx.GraphDef, dataset: data.Dataset,
                   num_replicas: int, layout: mesh.Layout) -> Callable:
-    """params [R, ...] -> ({test_<metric>: float64[R], mean over the test set},
-    class probabilities float32[R, N, C] or None). Runs in fixed-size chunks; the
-    last is padded, and only real examples count."""
+    """params [R, ...] -> ({test_<metric>: float64[R], mean over the test set}, per test example
+    {"losses": float32[R, N], and a classifier's "probabilities": float32[R, N, C]}). Runs in
+    fixed-size chunks; the last is padded, and only real examples count."""
     num = int(dataset.test_images.shape[0])
     batch_size = min(config.eval_batch_size, num)
     padded = -(-num // batch_size) * batch_size
@@ -96,9 +99,8 @@ def make_evaluate(objective: Objective, config: Config, graphdef: nnx.GraphDef, 
         outputs = mesh.fetch([chunk(params, images, labels, start) for start in range(0, padded, batch_size)])
         metrics = {f"test_{name}": np.sum([sums[name] for sums, _ in outputs], axis=0, dtype=np.float64) / num
                    for name in outputs[0][0]}
-        if outputs[0][1] is None:
-            return metrics, None
-        return metrics, np.concatenate([p for _, p in outputs], axis=-2)[..., :num, :]
+        return metrics, {name: np.concatenate([examples[name] for _, examples in outputs], axis=1)[:, :num]
+                         for name in outputs[0][1]}
 
     return evaluate
 
@@ -160,8 +162,10 @@ def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], fol
     machine.require_flags(config)
     host_data = load_data(config) if dataset is None else dataset
     num_train = host_data.num_train
-    if not 0 < config.batch_size <= num_train:
-        raise UserError(f"--batch-size must be in [1, {num_train}] (the training set size), got {config.batch_size}")
+    kept = config.num_kept(num_train) or num_train
+    if not 0 < config.batch_size <= kept:
+        raise UserError(f"--batch-size must be in [1, {kept}] (the training examples "
+                        f"{'kept' if config.subsample else 'in the set'}), got {config.batch_size}")
     spec = objectives.data_spec(host_data)
     objectives.check_shapes(objective, config, spec, config.batch_size)
     layout = mesh.plan(len(seeds), config.batch_size, config.devices, config.mesh)
@@ -239,13 +243,14 @@ def train_epoch(run: Run, state: TrainState, at: Position,
                 should_stop: Callable[[], bool]) -> tuple[TrainState, list[dict], np.ndarray | None]:
     """Train epoch ``at.epoch`` from step ``at.first`` to its end, then evaluate.
 
-    Returns (state, each replica's metrics row, class probabilities [R, N, C] or
-    None). Raises Interrupted when ``should_stop`` (polled after each call, agreed
+    Returns (state, each replica's metrics row, the per-test-example outputs of
+    ``make_evaluate``). Raises Interrupted when ``should_stop`` (polled after each call, agreed
     by every process) asks, after a checkpoint; FloatingPointError on a non-finite loss.
     """
     config, epoch, first, sums = run.config, at.epoch, at.first, at.sums
     start = time.perf_counter()
-    permutation = _permutations(len(run.seeds), run.layout.replicas)(run.keys.shuffle, epoch, run.data.num_train)
+    permutation = _permutations(len(run.seeds), run.layout.replicas)(run.keys, epoch, run.data.num_train,
+                                                                      config.num_kept(run.data.num_train))
     bar = tqdm(total=run.num_steps, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
                disable=not (run.progress and run.writer), dynamic_ncols=True)
     while first < run.num_steps:
@@ -279,19 +284,20 @@ def train_epoch(run: Run, state: TrainState, at: Position,
                 raise Interrupted(global_step + n)
     bar.close()
     training_seconds = time.perf_counter() - start
-    test_metrics, probabilities = run.evaluate(state.params)
+    test_metrics, examples = run.evaluate(state.params)
     step_counts = mesh.fetch(state.step)
     rows = [{"epoch": epoch + 1, "step": int(step_counts[r]),
              **{name: float(value[r]) for name, value in outputs.train_means(sums).items()},
              **{name: float(value[r]) for name, value in test_metrics.items()},
              "training_seconds": training_seconds,
              "evaluation_seconds": time.perf_counter() - start - training_seconds} for r in range(len(run.seeds))]
-    return state, rows, probabilities
+    return state, rows, examples
 
 
 def finish(run: Run, state: TrainState, infos: list[dict], histories: list[list[dict]],
-           fingerprints: list[outputs.Fingerprints], probabilities: np.ndarray | None) -> list[dict]:
-    """Each replica's final files: curves, probabilities, the objective's pictures, the finished manifest."""
+           fingerprints: list[outputs.Fingerprints], examples: dict) -> list[dict]:
+    """Each replica's final files: curves, per-test-example losses (and probabilities), the
+    objective's pictures, the finished manifest."""
     final_params = mesh.fetch(state.params)
     for r, (info, folder, history) in enumerate(zip(infos, run.folders, histories)):
         params = jax.tree.map(lambda leaf: leaf[r], final_params)
@@ -301,8 +307,8 @@ def finish(run: Run, state: TrainState, infos: list[dict], histories: list[list[
         if not folder.writes:
             continue
         folder.save_picture("curves.png", lambda f: plots.plot_curves(history, f, dict(run.objective.panels)))
-        if probabilities is not None:  # for comparing runs' predictions (ablate's disagreement, ensembles)
-            folder.save_array("test_probabilities.npy", probabilities[r])
+        for name, values in examples.items():  # for comparing runs example by example (ablate's instability)
+            folder.save_array(f"test_{name}.npy", values[r])
         added, pictures = run.objective.finish(run.config, run.graphdef, params, run.data)
         for name, (images, columns) in pictures.items():
             folder.save_picture(name, lambda f: plots.save_grid(images, f, columns))
@@ -370,9 +376,9 @@ def _train(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
         for replica in fingerprints:
             replica.add_epoch(done)
 
-    probabilities = None
+    examples = None
     while at.epoch < run.config.epochs:
-        state, rows, probabilities = train_epoch(run, state, at, should_stop)
+        state, rows, examples = train_epoch(run, state, at, should_stop)
         for folder, history, row in zip(run.folders, histories, rows):
             history.append(row)
             folder.write_lines("metrics.jsonl", history)
@@ -386,9 +392,9 @@ def _train(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
         _save(run, state, at)  # after the metrics: a resumed run redoes an epoch whose line may be missing
         if mesh.any_process(should_stop()) and at.epoch < run.config.epochs:
             raise Interrupted(at.epoch * run.num_steps)
-    if probabilities is None and histories[0]:  # resumed after the last epoch
-        probabilities = run.evaluate(state.params)[1]
-    return finish(run, state, infos, histories, fingerprints, probabilities)
+    if examples is None:  # resumed after the last epoch
+        examples = run.evaluate(state.params)[1]
+    return finish(run, state, infos, histories, fingerprints, examples)
 
 
 def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, **options) -> dict:

@@ -155,6 +155,8 @@ def _inside(workdir: str, recorded: str, flag: str) -> str:
 def seeds_from_record(record: Any, workdir: str, names: tuple[str, ...] = streams.STREAMS) -> dict[str, int]:
     """The seed of every stream recorded in a manifest, checked like ``--seed`` and ``--stream``;
     ``names``: every stream of the run (``streams.resolve_seeds``'s keys)."""
+    if isinstance(record, dict) and "sample" not in record:  # recorded before the stream existed: it drew nothing
+        record = {**record, "sample": 0}
     if not isinstance(record, dict) or set(record) != set(names):
         raise UserError(f"the manifest in {workdir} must give the seed of each stream: {', '.join(names)}")
     if any(isinstance(seed, bool) or not isinstance(seed, int) for seed in record.values()):

@@ -87,8 +87,9 @@ class Objective:
         return (*streams.EVERY_RUN, *self.streams)
 
     def drawn_streams(self, config: Config) -> tuple[str, ...]:
-        """The streams a run with ``config`` really draws from."""
-        return (*streams.EVERY_RUN, *(self.drawn(config) if self.drawn else self.streams))
+        """The streams a run with ``config`` really draws from (``sample`` only with --subsample)."""
+        every_run = tuple(name for name in streams.EVERY_RUN if name != "sample" or config.subsample is not None)
+        return (*every_run, *(self.drawn(config) if self.drawn else self.streams))
 
     def finish(self, config: Config, graphdef: nnx.GraphDef, params: nnx.State, dataset) -> tuple[dict, dict]:
         return self.final_evaluation(config, graphdef, params, dataset) if self.final_evaluation else ({}, {})

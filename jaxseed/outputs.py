@@ -28,26 +28,29 @@ def _example_key_data(keys: streams.Keys, names: tuple[str, ...], epoch, num_exa
 class Fingerprints:
     """Hashes of what each stream of one run drew, epoch by epoch.
 
-    shuffle: each epoch's permutation. Each per-example stream (dropout, augment,
-    latent, an objective's own): the key of every training example in every epoch
-    (each example's mask, rotation and shift, binarisation or noise is a function
-    of its key alone), hashed for the streams the config really draws from. None
-    depends on the order, the batch size or the devices, so varying ``shuffle``,
-    ``--batch-size`` or ``--devices`` leaves the others' hashes alone. Computed on the host's default device from the seeds:
-    the recomputation is the check.
+    sample (with ``--subsample``): the training examples kept. shuffle: each
+    epoch's permutation. Each per-example stream (dropout, augment, latent, an
+    objective's own): the key of every training example in every epoch (each
+    example's mask, rotation and shift, binarisation or noise is a function of its
+    key alone), hashed for the streams the config really draws from. None depends
+    on the order, the batch size or the devices, so varying ``shuffle``,
+    ``--batch-size`` or ``--devices`` leaves the others' hashes alone. Computed on
+    the host's default device from the seeds: the recomputation is the check.
     """
 
     def __init__(self, objective: Objective, config: Config, seeds: dict[str, int], num_train: int):
         self.keys = streams.root_keys(seeds)
-        self.num_train = num_train
+        self.num_train, self.num_kept = num_train, config.num_kept(num_train)
         self.draws = {name: [] for name in objective.drawn_streams(config) if name != "init"}
-        self.per_example = tuple(name for name in self.draws if name != "shuffle")
+        if "sample" in self.draws:  # drawn once per run
+            self.draws["sample"].append(np.asarray(streams.training_subset(self.keys.sample, num_train, self.num_kept)))
+        self.per_example = tuple(name for name in self.draws if name not in streams.EVERY_RUN)
 
     def add_epoch(self, epoch: int) -> None:
         example_keys = _example_key_data(self.keys, self.per_example, epoch, self.num_train)
-        for name in self.draws:
-            draws = permutation(self.keys.shuffle, epoch, self.num_train) if name == "shuffle" else example_keys[name]
-            self.draws[name].append(np.asarray(draws))
+        self.draws["shuffle"].append(np.asarray(permutation(self.keys.shuffle, epoch, self.num_kept or self.num_train)))
+        for name in self.per_example:
+            self.draws[name].append(np.asarray(example_keys[name]))
 
     def summary(self, init_param_hash: str) -> dict:
         return {"init": init_param_hash, **{name: manifest.arrays_hash(arrays) for name, arrays in self.draws.items()}}

@@ -64,3 +64,27 @@ def plot_spread(groups: list[str], stds: list[float], intervals: list[tuple[floa
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, format="png", dpi=100)
+
+
+def plot_image_rows(rows: list[tuple[str, np.ndarray, list[str]]], out: BinaryIO) -> None:
+    """One row of images per entry (name, images uint8[M, H, W, C] with C = 1: grey or 3: colour, a
+    title per image), the name at the row's left; a PNG into ``out``."""
+    from matplotlib.figure import Figure
+
+    columns = max(len(images) for _, images, _ in rows)
+    fig = Figure(figsize=(1.5 * columns + 0.5, 1.7 * len(rows)))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for line, (name, images, titles) in zip(axes, rows):
+        for ax in line[len(images):]:
+            ax.axis("off")
+        for ax, image, title in zip(line, images, titles):
+            if image.shape[-1] == 1:
+                ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(image)
+            ax.set_title(title, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        line[0].set_ylabel(name)
+    fig.tight_layout()
+    fig.savefig(out, format="png", dpi=100)

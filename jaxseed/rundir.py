@@ -4,7 +4,10 @@ A workdir is new, empty, or a jaxseed folder, recognised by its marker file
 ``.jaxseed`` (written first); anything else is refused. The marker is also the
 lock: a run holds an exclusive ``flock`` on it for its whole lifetime, so a
 second run on the same folder is refused with the holder's name, and the OS
-releases the claim when the process dies (SIGKILL leaves no stale claim).
+releases the claim when the process dies (SIGKILL leaves no stale claim). A
+study's folder is claimed shared: the shards of one study (``ablate --shard``)
+work in it at once, each run in its own exclusively claimed run folder, while a
+run can claim it no more than another run's.
 
 Writes never follow a link nor leave the folder: whole files are written under a
 unique temporary name in the folder (``mkstemp``: O_EXCL) and renamed over the
@@ -38,8 +41,8 @@ MARKER = ".jaxseed"
 # Exactly what a run and a study write: --overwrite removes these and nothing else.
 OUTPUTS = {
     "run": ("manifest.json", "metrics.jsonl", "trace.jsonl", "curves.png", "samples.png", "reconstructions.png",
-            "test_probabilities.npy", "checkpoints", "checkpoints-unreadable"),
-    "study": ("sweep.json", "ablation.json", "ablation.csv", "ablation.md", "ablation.png", "runs"),
+            "test_losses.npy", "test_probabilities.npy", "checkpoints", "checkpoints-unreadable"),
+    "study": ("sweep.json", "ablation.json", "ablation.csv", "ablation.md", "ablation.png", "unstable.png", "runs"),
 }
 # Fields every row must have, checked whenever a file is read back.
 METRICS_FIELDS = {"epoch": int, "step": int}
@@ -106,7 +109,7 @@ class RunFolder:
             raise _os_error(marker, error) from None
         folder = cls(path, kind, lock, writes=True, made=(made_folder, made_marker))
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, (fcntl.LOCK_SH if kind == "study" else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(lock)
             os.close(lock)
@@ -170,10 +173,11 @@ class RunFolder:
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def _replace(self, name: str, write: Callable[[Any], None], mode: str = "w") -> None:
-        """Write ``name`` whole: into a fresh temporary file beside it, then renamed over it."""
+    def _replace(self, name: str, write: Callable[[Any], None], mode: str = "w", exclusive: bool = False) -> bool:
+        """Write ``name`` whole: into a fresh temporary file beside it, then renamed over it, or with
+        ``exclusive`` hard-linked to it (atomic, and refused where it exists). Whether it was written."""
         if not self.writes:
-            return
+            return False
         target = self.file(name)
         try:
             fd, temporary = tempfile.mkstemp(dir=self.path, prefix=f".{name}.tmp.")
@@ -183,7 +187,10 @@ class RunFolder:
             os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, mode) as f:
                 write(f)
-            os.replace(temporary, target)
+            (os.link if exclusive else os.replace)(temporary, target)
+            return True
+        except FileExistsError:  # only os.link meets an existing target
+            return False
         except OSError as error:
             raise _os_error(target, error) from None
         finally:
@@ -191,7 +198,12 @@ class RunFolder:
                 os.unlink(temporary)
 
     def write_json(self, name: str, data: dict) -> None:
-        self._replace(name, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+        self._replace(name, lambda f: f.write(_json_text(data)))
+
+    def create_json(self, name: str, data: dict) -> bool:
+        """Write ``name`` only if it does not exist yet: of several processes creating it at once,
+        exactly one does. Whether this one did."""
+        return self._replace(name, lambda f: f.write(_json_text(data)), exclusive=True)
 
     def write_text(self, name: str, text: str) -> None:
         self._replace(name, lambda f: f.write(text))
@@ -237,6 +249,10 @@ class RunFolder:
         """The JSON lines of ``name`` that ``keep`` accepts (a resumed run redoes the others).
         A last line cut short by a kill is dropped with the rest that is redone."""
         return [row for row in read_lines(self.path, name, fields, cut_tail=True) if keep(row)]
+
+
+def _json_text(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _read_holder(lock: int, field: str = "holder") -> Any:

@@ -29,8 +29,8 @@ class TrainState(NamedTuple):
 
 
 def steps_per_epoch(config: Config, num_train: int) -> int:
-    """Full batches per epoch; the last partial batch is dropped."""
-    return num_train // config.batch_size
+    """Full batches per epoch (of the examples ``--subsample`` keeps); the last partial batch is dropped."""
+    return (config.num_kept(num_train) or num_train) // config.batch_size
 
 
 @functools.lru_cache(maxsize=16)  # the same object for the same run shape, so compiled calls are reused

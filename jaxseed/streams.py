@@ -19,6 +19,8 @@ recomputed alone — the basis of exact resume, sharding and ablation:
     dropout   an example's dropout mask  (epoch, example index)   fold_in(fold_in(root, epoch), index)
     augment   an example's augmentation  (epoch, example index)   likewise
     latent    an example's VAE noise     (epoch, example index)   likewise
+    sample    the training examples kept none: the root itself        sort(permutation(root, n)[:m])
+              (--subsample m/n)
     <own>     what an objective draws    (epoch, example index)   likewise, for a stream it declares
 
 The five built-in ids are fixed; a stream an objective declares itself (stochastic
@@ -40,12 +42,13 @@ import re
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from jaxseed.errors import UserError
 
 GENERATOR = "threefry2x32"
 THREEFRY_PARTITIONABLE = True  # the mode every draw is defined in (pinned_generator)
-STREAMS = ("init", "shuffle", "dropout", "augment", "latent")
+STREAMS = ("init", "shuffle", "dropout", "augment", "latent", "sample")
 # Fixed forever: renumbering a stream would change every result ever recorded.
 STREAM_IDS = {name: index for index, name in enumerate(STREAMS)}
 # Ids below 2**16 belong to jaxseed's own streams, present and future; a stream an objective
@@ -53,11 +56,12 @@ STREAM_IDS = {name: index for index, name in enumerate(STREAMS)}
 # run's seeds take ids from 2**31 up, so no stream's root can equal one of them at any seed.
 _USER_BASE, _RESERVED_BASE = 2**16, 2**31
 EVALUATION_ID, SYNTHETIC_DATA_ID = _RESERVED_BASE, _RESERVED_BASE + 1
-# Names an objective may not give its own streams: the built-in ones, the fixed keys', the
-# stream planned for which training examples a run samples, and nnx.Rngs' fallback names.
-RESERVED_NAMES = frozenset({*STREAMS, "evaluation", "synthetic_data", "sample", "default", "params"})
-# Streams every run draws from; the others are drawn per example, by an objective that declares them.
-EVERY_RUN = ("init", "shuffle")
+# Names an objective may not give its own streams: the built-in ones, the fixed keys', and
+# nnx.Rngs' fallback names.
+RESERVED_NAMES = frozenset({*STREAMS, "evaluation", "synthetic_data", "default", "params"})
+# Streams of every run (``sample`` draws only with --subsample); the others are drawn per example,
+# by an objective that declares them.
+EVERY_RUN = ("init", "shuffle", "sample")
 PER_EXAMPLE = ("dropout", "augment", "latent")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Seeds are 32-bit: jax.random.key takes no wider seed without x64.
@@ -201,6 +205,21 @@ def synthetic_data_key() -> jax.Array:
 def epoch_permutation(shuffle_root: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
     """Order of the training examples in ``epoch``: int32[num_examples]."""
     return jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), num_examples)
+
+
+def training_subset(sample_root: jax.Array, num_examples: int, num_kept: int) -> jax.Array:
+    """The training examples a run keeps (``--subsample``): the indices int32[num_kept], in
+    increasing order, of the first ``num_kept`` of a permutation drawn from the root itself,
+    so that keeping every example is exactly no subsampling."""
+    return jnp.sort(jax.random.permutation(sample_root, num_examples)[:num_kept])
+
+
+def epoch_order(roots: Keys, epoch: int | jax.Array, num_examples: int, num_kept: int | None) -> jax.Array:
+    """The original indices of the examples of ``epoch`` in training order: a permutation
+    (``shuffle``) of all of them, or with ``num_kept`` of the subset ``sample`` keeps."""
+    if num_kept is None:
+        return epoch_permutation(roots.shuffle, epoch, num_examples)
+    return training_subset(roots.sample, num_examples, num_kept)[epoch_permutation(roots.shuffle, epoch, num_kept)]
 
 
 def per_example_keys(root: jax.Array, position: int | jax.Array, example_index: jax.Array) -> jax.Array:

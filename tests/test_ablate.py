@@ -1,4 +1,4 @@
-"""Ablation: grouping, statistics, the determinism control, sweep resumption, strategies, diff."""
+"""Ablation: grouping, the report, the determinism control, sweep resumption, strategies, diff."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxseed import ablate, data, diff, loop, rundir, streams, train
+from jaxseed import ablate, data, diff, loop, rundir, stats, streams, train
 from jaxseed.errors import UserError
 
 CNN_STREAMS = ("init", "shuffle", "dropout", "augment")
@@ -26,34 +26,6 @@ def test_groups_vary_exactly_one_stream():
 def test_groups_reject_bad_streams(chosen, message):
     with pytest.raises(UserError, match=message):
         ablate.plan_groups(0, 2, chosen, CNN_STREAMS)
-
-
-def test_interval_factors_at_five_runs():
-    low, high = ablate.std_interval(1.0, 4)
-    assert low == pytest.approx(0.60, abs=0.005) and high == pytest.approx(2.87, abs=0.005)
-    assert ablate.std_interval(0.0, 4) == (0.0, 0.0)
-    low, high = ablate.mean_interval(3.0, 0.5, 4)  # t_{0.975, 4} = 2.776
-    assert (low, high) == (pytest.approx(3.0 - 1.388, abs=1e-3), pytest.approx(3.0 + 1.388, abs=1e-3))
-
-
-def test_intervals_cover_at_their_level():
-    """Simulated groups of K = 5 normal values: each interval covers the truth in 95% +- 1.5 points of them."""
-    groups, k, mu, sigma = 4000, 5, 3.0, 2.0
-    values = np.random.default_rng(0).normal(mu, sigma, (groups, k))
-    std = ablate.sample_std(values, axis=1)
-    low, high = ablate.std_interval(std, k - 1)
-    std_coverage = np.mean((low <= sigma) & (sigma <= high))
-    low, high = ablate.mean_interval(values.mean(1), std / np.sqrt(k), k - 1)
-    mean_coverage = np.mean((low <= mu) & (mu <= high))
-    print(f"coverage over {groups} groups of {k}: std {std_coverage:.4f}, mean {mean_coverage:.4f}")
-    assert abs(std_coverage - 0.95) < 0.015 and abs(mean_coverage - 0.95) < 0.015
-
-
-def test_disagreement_and_ensemble():
-    predictions = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [1, 1, 2, 3]])
-    assert ablate.disagreement(predictions) == pytest.approx((1 / 4 + 1 / 4 + 2 / 4) / 3)
-    probabilities = np.array([[[0.6, 0.4], [0.6, 0.4]], [[0.3, 0.7], [0.8, 0.2]]])  # [K=2, N=2, C=2]
-    assert ablate.ensemble_accuracy(probabilities, np.array([1, 1])) == 0.5  # mean probs: [.45,.55], [.7,.3]
 
 
 def fake_result(loss, accuracy, param_hash="h"):
@@ -96,7 +68,7 @@ def test_report_names_only_pairs_whose_intervals_separate(tmp_path):
     assert "- std of test loss: init > augment: intervals do not overlap" in markdown
     assert "dropout > augment" not in markdown and "augment > dropout" not in markdown  # a factor 2 is not enough
     rows = [ablate.summarize(name, results, np.array([0, 1, 2])) for name, results in groups.items()]
-    assert ablate.separated_pairs(rows, "test_loss") == [("init", "dropout"), ("init", "augment")]  # never none
+    assert stats.separated_pairs(rows, "test_loss") == [("init", "dropout"), ("init", "augment")]  # never none
     assert "- std of test accuracy: no pair of sources can be ranked at K = 5" in markdown  # all zero: all overlap
     stored = json.loads((tmp_path / "ablation.json").read_text())
     assert stored["runs"]["init"][3] == {"seeds": groups["init"][3]["seeds"], "param_hash": "3",

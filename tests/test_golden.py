@@ -29,13 +29,18 @@ def words(key):
 def test_root_keys():
     assert {name: words(getattr(ROOTS, name)) for name in streams.STREAMS} == {
         "init": [1832780943, 270669613], "shuffle": [64467757, 2916123636], "dropout": [2465931498, 255383827],
-        "augment": [3134548294, 894150801], "latent": [2954079971, 3276725750]}
+        "augment": [3134548294, 894150801], "latent": [2954079971, 3276725750], "sample": [2765691542, 824333390]}
     assert words(streams.evaluation_key()) == [917456828, 636652529]
 
 
 def test_shuffle():
     assert np.asarray(streams.epoch_permutation(ROOTS.shuffle, 0, 1000))[:8].tolist() == [
         553, 236, 802, 313, 850, 330, 132, 451]
+
+
+def test_training_subset():
+    assert np.asarray(streams.training_subset(ROOTS.sample, 1000, 8)).tolist() == [85, 126, 372, 526, 555, 587, 613,
+                                                                                  740]
 
 
 def test_per_example_keys():

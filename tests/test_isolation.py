@@ -29,6 +29,7 @@ def draws(seeds: dict) -> dict:
                                         for drawn in per_epoch),
         "dropout": manifest.arrays_hash(dropout_masks),
         "latent": manifest.arrays_hash(vae.latent_noise(drawn.latent, 20) for drawn in per_epoch),
+        "sample": manifest.arrays_hash([streams.training_subset(keys.sample, NUM_TRAIN, NUM_TRAIN // 2)]),
     }
 
 

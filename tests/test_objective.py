@@ -56,7 +56,7 @@ def test_built_in_models_are_found_by_their_file_name():
 
 def test_a_file_objective_is_found_and_recorded_by_its_file_name(tmp_path):
     found = objective.resolve(f"{MLP}:OBJECTIVE")
-    assert found.run_streams == ("init", "shuffle", "dropout", "noise")
+    assert found.run_streams == ("init", "shuffle", "sample", "dropout", "noise")
     assert objective.recorded_name(found.name) == "mlp_fashion_mnist.py:OBJECTIVE"
     assert objective.source_hash(found) is not None
 
@@ -81,7 +81,8 @@ def test_an_objective_that_cannot_be_found_is_one_line(tmp_path, spec, message):
     ('("depth", "depth")', "a tuple of distinct names"),
     ('["depth"]', "a tuple of distinct names"),
     ('("shuffle",)', "every run draws 'shuffle'"),
-    ('("sample",)', "the stream name 'sample' is taken by jaxseed"),
+    ('("sample",)', "every run draws 'sample'"),
+    ('("default",)', "the stream name 'default' is taken by jaxseed"),
     ('("evaluation",)', "is taken by jaxseed"),
     ('("Depth",)', "lower-case letters"),
 ])
@@ -112,4 +113,5 @@ def test_overriding_a_stream_the_objective_does_not_declare_is_refused(tmp_path,
     code = train.main(["--objective", f"{MLP}:OBJECTIVE", "--stream", "depth=3", "--data", "synthetic",
                        "--workdir", str(tmp_path / "run")])
     assert code == 2
-    assert "unknown stream 'depth'; this objective's streams: init, shuffle, dropout, noise" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "unknown stream 'depth'; this objective's streams: init, shuffle, sample, dropout, noise" in error

@@ -277,7 +277,8 @@ def test_one_epoch_alone(config, tmp_path):
 
     with rundir.RunFolder.claim(str(tmp_path)) as folder:
         run, state, _ = loop.setup(cnn.OBJECTIVE, config, [SEEDS], [folder], None, None, progress=False)
-        state, rows, probabilities = loop.train_epoch(run, state, loop.Position(0, 0, {}), lambda: False)
+        state, rows, examples = loop.train_epoch(run, state, loop.Position(0, 0, {}), lambda: False)
         run.checkpointer.close()
     assert int(state.step[0]) == run.num_steps == 4 and rows[0]["epoch"] == 1 and rows[0]["step"] == 4
-    assert probabilities.shape == (1, 512, 10) and set(rows[0]) >= {"train_loss", "test_loss", "test_accuracy"}
+    assert examples["probabilities"].shape == (1, 512, 10) and examples["losses"].shape == (1, 512)
+    assert set(rows[0]) >= {"train_loss", "test_loss", "test_accuracy"}

@@ -45,7 +45,7 @@ def test_derived_keys_distinct_across_streams_and_positions():
         for keys in streams.example_keys(roots, streams.PER_EXAMPLE, epoch, jnp.arange(16)).values():
             seen.update(tuple(row) for row in np.asarray(jax.random.key_data(keys)).tolist())
     seen.update(key_words(k) for k in (streams.evaluation_key(), streams.synthetic_data_key(), *roots.values()))
-    assert len(seen) == 3 * 4 * 16 + 2 + 5  # no collisions at all
+    assert len(seen) == 3 * 4 * 16 + 2 + len(streams.STREAMS)  # no collisions at all
 
 
 def test_reserved_keys_are_no_stream_root_at_any_seed():
@@ -90,7 +90,7 @@ def test_permutation_is_a_permutation_and_changes_by_epoch():
 
 def test_resolve_seeds_overrides_one_stream():
     seeds = streams.resolve_seeds(42, {"dropout": "7"})
-    assert seeds == {"init": 42, "shuffle": 42, "dropout": 7, "augment": 42, "latent": 42}
+    assert seeds == {"init": 42, "shuffle": 42, "dropout": 7, "augment": 42, "latent": 42, "sample": 42}
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -181,9 +181,10 @@ def test_replicas_equal_sequential_runs_with_every_stream_varied(tiny_config, tm
             if name.startswith(("train_", "test_")):
                 assert info["final"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
                 largest = max(largest, abs(value - info["final"][name]))
-        if model == "cnn":  # what ablate's disagreement and ensembles are computed from
-            np.testing.assert_allclose(np.load(tmp_path / f"together-{replica}" / "test_probabilities.npy"),
-                                       np.load(tmp_path / str(replica) / "test_probabilities.npy"), atol=1e-4)
+        # What ablate's disagreement, ensembles and per-example instability are computed from.
+        for name in ("test_losses.npy", *(["test_probabilities.npy"] if model == "cnn" else [])):
+            np.testing.assert_allclose(np.load(tmp_path / f"together-{replica}" / name),
+                                       np.load(tmp_path / str(replica) / name), rtol=1e-4, atol=1e-4)
     print(f"largest vmap-vs-sequential metric difference: {largest:.3g}")
 
 
@@ -215,8 +216,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert set(rows[0]) == {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                             "training_seconds", "evaluation_seconds"}
     info = json.loads((workdir / "manifest.json").read_text())
-    assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3, "latent": 3}
-    assert info["streams_used"] == ["init", "shuffle", "dropout", "augment"]
+    assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3, "latent": 3, "sample": 3}
+    assert info["streams_used"] == ["init", "shuffle", "sample", "dropout", "augment"]
     assert info["config"]["epochs"] == 2 and info["final"] == rows[-1]
     for field in ("versions", "backend", "device_count", "xla_flags", "init_param_hash", "param_hash"):
         assert field in info
@@ -227,8 +228,8 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--stream", "dropuot=1"], "unknown stream 'dropuot'; this objective's streams: init, shuffle, dropout, augment"),
-    (["--stream", "latent=1"], "does not use the 'latent' stream; it uses: init, shuffle, dropout, augment"),
+    (["--stream", "dropuot=1"], "unknown stream 'dropuot'; this objective's streams: init, shuffle, sample, dropout"),
+    (["--stream", "latent=1"], "does not use the 'latent' stream; it uses: init, shuffle, sample, dropout, augment"),
     (["--stream", "dropout"], "expected NAME=SEED"),
     (["--stream", "dropout=1.5"], f"[0, {streams.MAX_SEED}]"),
     (["--stream", "dropout=1", "--stream", "dropout=2"], "given twice"),
@@ -314,7 +315,9 @@ def test_evaluation_when_the_eval_batch_does_not_divide_the_test_set(tiny_config
                                  layout)(params)
     for name, value in whole[0].items():
         np.testing.assert_allclose(chunked[0][name], value, rtol=1e-6)
-    assert chunked[1].shape == whole[1].shape == (1, 512, 10)
+    assert chunked[1]["probabilities"].shape == whole[1]["probabilities"].shape == (1, 512, 10)
+    np.testing.assert_allclose(chunked[1]["losses"], whole[1]["losses"], rtol=1e-6)
+    np.testing.assert_allclose(whole[1]["losses"].mean(), whole[0]["test_loss"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -5,7 +5,8 @@ seeds. Paired: we look at B_k - A_k, whose variance is var(A) + var(B) - 2 cov(A
 Unpaired: had B seen other seeds than A, the difference of two independent runs
 would have variance var(A) + var(B), estimated here from the same runs. The
 interval of the mean difference at this K, and the K the unpaired design would
-need to match the paired one, say what pairing buys.
+need to match the paired one, say what pairing buys; P(B > A), the fraction of
+seeds on which B's result exceeds A's, says how often B wins a single run.
 
     python experiments/fair_comparison/run.py [--seeds K]   # writes README.md and differences.png here
 """
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import HERE, scratch, seeds, small_config, write_result  # noqa: E402
 
 from jaxseed import loop  # noqa: E402
-from jaxseed.ablate import LEVEL, mean_interval, sample_std, std_interval  # noqa: E402
+from jaxseed.stats import LEVEL, mean_interval, probability_of_improvement, sample_std, std_interval  # noqa: E402
 
 OUT = os.path.join(HERE, "fair_comparison")
 METRICS = ("test_loss", "test_accuracy")
@@ -70,9 +71,13 @@ def compare(a, b):
     var A = var B); its chi-square interval is then approximate, not exact. The
     mean's interval is Welch's: se = sqrt((s_A^2 + s_B^2) / K), t with nu.
 
+    P(B > A) with its Clopper-Pearson interval (``probability_of_improvement``) counts
+    seed by seed, so only the paired design has it.
+
     Returns {"paired": ..., "unpaired": ...} of {"mean", "sd", "sd_ci", "mean_ci",
-    "seeds_to_exclude_zero"}, plus "correlation" of A and B and "unpaired_seeds_to_match"
-    (seeds per variant the unpaired design needs for the paired interval's width).
+    "seeds_to_exclude_zero"}, the paired one also "improvement": (P(B > A), low, high);
+    plus "correlation" of A and B and "unpaired_seeds_to_match" (seeds per variant the
+    unpaired design needs for the paired interval's width).
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     k = len(a)
@@ -87,6 +92,7 @@ def compare(a, b):
                           "mean_ci": tuple(map(float, mean_interval(d.mean(), sd / math.sqrt(k), dof))),
                           # an interval excludes zero when its half width is below |mean|: never for mean 0
                           "seeds_to_exclude_zero": seeds_for(abs(d.mean()), sd, per_seed) if d.mean() else math.inf}
+    result["paired"]["improvement"] = probability_of_improvement(b, a)
     paired_half_width = (result["paired"]["mean_ci"][1] - result["paired"]["mean_ci"][0]) / 2
     result["unpaired_seeds_to_match"] = seeds_for(paired_half_width, result["unpaired"]["sd"], welch)
     result["correlation"] = float(np.corrcoef(a, b)[0, 1]) if var_a * var_b > 0 else math.nan
@@ -106,7 +112,7 @@ def main():
     lines = ["# Fair comparison", "", f"CNN on the first 4096 MNIST images, 2 epochs; A = dropout 0.25, "
              f"B = dropout 0.5; K = {k} seeds per variant, the same seeds for A and B.", "",
              "| metric | design | mean of B - A [95% t CI] | CI width | std of B - A [95% χ² CI] "
-             "| seeds to tell B from A |", "|---|---|---|---|---|---|"]
+             "| P(B > A) [95% Clopper-Pearson] | seeds to tell B from A |", "|---|---|---|---|---|---|---|"]
     fig = Figure(figsize=(10, 3.5))
     axes = fig.subplots(1, len(METRICS))
     findings = []
@@ -115,9 +121,10 @@ def main():
         found = compare(x, y)
         for design, label in (("paired", "paired (same seeds)"), ("unpaired", "unpaired (var A + var B)")):
             r = found[design]
+            improvement = "{:.2f} [{:.2f}, {:.2f}]".format(*r["improvement"]) if "improvement" in r else "–"
             lines.append(f"| {metric} | {label} | {r['mean']:+.5f} [{r['mean_ci'][0]:+.5f}, {r['mean_ci'][1]:+.5f}] "
                          f"| {width(r['mean_ci']):.5f} | {r['sd']:.5f} [{r['sd_ci'][0]:.5f}, {r['sd_ci'][1]:.5f}] "
-                         f"| {r['seeds_to_exclude_zero']} |")
+                         f"| {improvement} | {r['seeds_to_exclude_zero']} |")
         paired, unpaired = found["paired"], found["unpaired"]
         findings.append(f"- {metric}: at K = {k} the 95% interval of the mean difference is "
                         f"{width(paired['mean_ci']):.5f} wide paired and {width(unpaired['mean_ci']):.5f} unpaired; "
@@ -141,6 +148,10 @@ def main():
               f"[{low:.2f}, {high:.2f}] times the estimate for the paired design (exact for normal errors), "
               "somewhat narrower for the unpaired one (Welch-Satterthwaite degrees of freedom, approximate). "
               "`python -m jaxseed.ablate` reports the same intervals for each random source's spread.", "",
+              "`P(B > A)` is the fraction of seeds on which B's result (loss or accuracy, as named) exceeds A's, a "
+              "tie counting half (Bouthillier et al., MLSys 2021); its interval is Clopper-Pearson's, at least 95% "
+              "for any K, and wide at small K: B winning all 6 of 6 seeds would give [0.54, 1]. It needs seeds "
+              "shared by A and B, so the unpaired design has none.", "",
               "`seeds to tell B from A` is the fewest seeds per variant for the 95% t interval of the mean "
               "difference to exclude zero, if the observed mean and spread held.", "",
               "![A, B and B - A per seed, centred](differences.png)", ""]

@@ -1,0 +1,180 @@
+"""Statistics of a study, on numbers alone (nothing trained): coverage by simulation, known values, edge cases."""
+
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from conftest import PROJECT_ROOT
+from jaxseed import stats
+
+
+def test_interval_factors_at_five_runs():
+    low, high = stats.std_interval(1.0, 4)
+    assert low == pytest.approx(0.60, abs=0.005) and high == pytest.approx(2.87, abs=0.005)
+    low, high = stats.mean_interval(3.0, 0.5, 4)  # t_{0.975, 4} = 2.776
+    assert (low, high) == (pytest.approx(3.0 - 1.388, abs=1e-3), pytest.approx(3.0 + 1.388, abs=1e-3))
+
+
+def test_zero_spread_gives_exact_zeros():
+    values = [106.93230234375] * 5  # np.std would round its mean to a 1e-14 spread
+    std = stats.sample_std(values)
+    assert std == 0.0 and stats.std_interval(std, 4) == (0.0, 0.0)
+    assert stats.mean_interval(np.mean(values), 0.0, 4) == (np.mean(values), np.mean(values))
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_intervals_cover_at_their_level(k):
+    """Simulated groups of K normal values: each interval covers the truth in 95% +- 1.5 points of them."""
+    groups, mu, sigma = 4000, 3.0, 2.0
+    values = np.random.default_rng(0).normal(mu, sigma, (groups, k))
+    std = stats.sample_std(values, axis=1)
+    low, high = stats.std_interval(std, k - 1)
+    std_coverage = np.mean((low <= sigma) & (sigma <= high))
+    low, high = stats.mean_interval(values.mean(1), std / np.sqrt(k), k - 1)
+    mean_coverage = np.mean((low <= mu) & (mu <= high))
+    print(f"coverage over {groups} groups of {k}: std {std_coverage:.4f}, mean {mean_coverage:.4f}")
+    assert abs(std_coverage - 0.95) < 0.015 and abs(mean_coverage - 0.95) < 0.015
+
+
+def test_disagreement_and_ensemble():
+    predictions = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [1, 1, 2, 3]])
+    assert stats.disagreement(predictions) == pytest.approx((1 / 4 + 1 / 4 + 2 / 4) / 3)
+    probabilities = np.array([[[0.6, 0.4], [0.6, 0.4]], [[0.3, 0.7], [0.8, 0.2]]])  # [K=2, N=2, C=2]
+    assert stats.ensemble_accuracy(probabilities, np.array([1, 1])) == 0.5  # mean probs: [.45,.55], [.7,.3]
+    np.testing.assert_array_equal(stats.correct_predictions(probabilities, np.array([1, 1])),
+                                  [[False, False], [True, False]])
+
+
+def test_instability_by_hand():
+    correct = np.array([[1, 1, 0, 0], [1, 0, 0, 1], [1, 1, 0, 1]], bool)  # p = 1, 2/3, 0, 2/3
+    found = stats.instability(correct)
+    assert (found.always_right, found.always_wrong, found.unstable) == (1, 1, 2)
+    # sum p (1 - p) = 2 * 2/9; times K / (K - 1) = 3/2: 2/3; sqrt over N = 4
+    assert found.independent_flip_std == pytest.approx(math.sqrt(2 / 3) / 4)
+    assert stats.instability(np.ones((2, 5), bool)) == (5, 0, 0, 0.0)  # K = 2, all right: nothing flips
+
+
+def test_observed_variance_is_flip_variance_plus_covariances():
+    """s^2 of accuracy = the K/(K-1)-corrected independent-flip variance + the examples' summed covariance."""
+    correct = np.random.default_rng(0).random((7, 30)) < np.linspace(0.05, 0.95, 30)
+    observed = stats.sample_std(correct.mean(1)) ** 2
+    covariance = np.cov(correct.T.astype(float))  # ddof = 1, between examples across runs
+    cross = (covariance.sum() - np.trace(covariance)) / 30 ** 2
+    assert observed == pytest.approx(stats.instability(correct).independent_flip_std ** 2 + cross, abs=1e-15)
+
+
+def test_jaccard_and_its_chance_level():
+    a = np.array([1, 1, 0, 0, 1], bool)
+    b = np.array([0, 1, 1, 0, 1], bool)
+    assert stats.jaccard(a, b) == pytest.approx(2 / 4) and stats.jaccard(a, a) == 1.0
+    assert stats.jaccard(a, ~a) == 0.0 and math.isnan(stats.jaccard(np.zeros(3, bool), np.zeros(3, bool)))
+    assert stats.jaccard_if_independent(4, 5, 20) == pytest.approx(1 / 8)  # m = 4 * 5 / 20 = 1; 1 / (4 + 5 - 1)
+    assert stats.jaccard_if_independent(7, 7, 7) == 1.0 and math.isnan(stats.jaccard_if_independent(0, 0, 9))
+    draws = np.random.default_rng(1).random((2000, 2, 200)) < [[0.2], [0.3]]  # ~40 and ~60 of 200
+    measured = np.mean([stats.jaccard(x, y) for x, y in draws])
+    assert measured == pytest.approx(stats.jaccard_if_independent(40, 60, 200), rel=0.05)
+
+
+def test_most_unstable_nearest_half_first():
+    rates = np.array([1.0, 0.4, 0.5, 0.0, 0.6, 0.9, 0.2])
+    assert stats.most_unstable(rates, 3).tolist() == [2, 1, 4]  # 0.4 and 0.6 tie: lower index first
+    assert stats.most_unstable(rates, 8).tolist() == [2, 1, 4, 6, 5]  # never p = 0 or 1
+    assert stats.most_unstable(np.ones(4), 8).tolist() == []
+
+
+@pytest.mark.parametrize("difference, correlation, n, expected", [
+    (1.0, None, 17, 0.8070), (1.0, None, 16, 0.7814), (0.5, None, 64, 0.8015), (0.5, 0.5, 34, 0.8078)])
+def test_power_known_values(difference, correlation, n, expected):
+    """G*Power's values for Cohen's d = 1 and 0.5 (two-sided 5%); paired at r = 0.5 sigma_d = sigma."""
+    assert stats.t_test_power(difference, 1.0, n, correlation) == pytest.approx(expected, abs=5e-4)
+
+
+def test_power_by_simulation():
+    """4000 simulated two-sample and paired t tests reject as often as the noncentral t says (+- 2 points)."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(0.0, 1.0, (4000, 17))
+    b = rng.normal(1.0, 1.0, (4000, 17))
+    unpaired = np.mean(scipy_stats.ttest_ind(a, b, axis=1).pvalue < 0.05)
+    assert unpaired == pytest.approx(stats.t_test_power(1.0, 1.0, 17), abs=0.02)
+    shared = rng.normal(0.0, 1.0, (4000, 8))  # r = 0.64: each result = 0.8 shared + 0.6 own noise
+    a = 0.8 * shared + 0.6 * rng.normal(0.0, 1.0, (4000, 8))
+    b = 0.5 + 0.8 * shared + 0.6 * rng.normal(0.0, 1.0, (4000, 8))
+    paired = np.mean(scipy_stats.ttest_rel(a, b, axis=1).pvalue < 0.05)
+    assert paired == pytest.approx(stats.t_test_power(0.5, 1.0, 8, correlation=0.64), abs=0.02)
+
+
+def test_seeds_needed_known_values_and_minimal():
+    assert stats.seeds_needed(0.5, 1.0) == 64 and stats.seeds_needed(1.0, 1.0) == 17
+    assert stats.seeds_needed(0.5, 1.0, correlation=0.5) == 34
+    for difference, std, r in ((0.001, 0.0006, None), (0.001, 0.0006, 0.84), (0.3, 0.2, None), (2.0, 0.5, 0.0)):
+        n = stats.seeds_needed(difference, std, r)
+        assert stats.t_test_power(difference, std, n, r) >= stats.POWER
+        assert n == 2 or stats.t_test_power(difference, std, n - 1, r) < stats.POWER
+    z = scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)
+    many = stats.seeds_needed(0.01, 1.0)  # the t test's estimated variance costs at most a seed here
+    assert many - math.ceil(2 * z ** 2 / 0.01 ** 2) in (0, 1)
+
+
+def test_seeds_needed_edges():
+    assert stats.seeds_needed(0.1, 0.0) == 2 and stats.seeds_needed(0.1, 1.0, correlation=1.0) == 2
+    assert stats.seeds_needed(1e-6, 1.0) == math.inf and stats.seeds_needed(0.5, 1.0, max_seeds=50) == math.inf
+    with pytest.raises(ValueError, match="must be > 0"):
+        stats.seeds_needed(0.0, 1.0)
+
+
+@pytest.mark.parametrize("n, correlation", [(2, None), (2, 0.8), (5, None), (10, 0.84), (64, None)])
+def test_detectable_difference_inverts_seeds_needed(n, correlation):
+    delta = stats.detectable_difference(0.003, n, correlation)
+    assert stats.t_test_power(delta, 0.003, n, correlation) == pytest.approx(stats.POWER, abs=1e-9)
+    assert stats.seeds_needed(delta * 1.001, 0.003, correlation) == n
+    assert stats.detectable_difference(0.006, n, correlation) == pytest.approx(2 * delta)  # linear in sigma
+    assert stats.detectable_difference(0.0, n, correlation) == 0.0
+
+
+def test_detectable_difference_known_value():
+    assert stats.detectable_difference(1.0, 64) == pytest.approx(0.4991, abs=5e-4)  # d = 0.5 needs 64 per arm
+
+
+def test_probability_of_improvement_by_hand():
+    a, b = [3, 2, 5, 1, 4, 4], [1, 2, 3, 2, 3, 4]  # wins 3, ties 2, losses 1
+    p, low, high = stats.probability_of_improvement(a, b)
+    assert p == pytest.approx(4 / 6)
+    assert low == pytest.approx(0.1181, abs=1e-4)  # Clopper-Pearson's lower end at 3 of 6
+    assert high == pytest.approx(0.975 ** (1 / 6))  # upper end at 5 of 6: x^6 = 0.975
+    assert stats.probability_of_improvement(a, a) == (0.5, 0.0, 1.0)
+    p, low, high = stats.probability_of_improvement([2] * 6, [1] * 6)
+    assert (p, high) == (1.0, 1.0) and low == pytest.approx(0.025 ** (1 / 6))  # 0.54: six seeds are few
+    p, low, high = stats.probability_of_improvement([1] * 6, [2] * 6)
+    assert (p, low) == (0.0, 0.0) and high == pytest.approx(1 - 0.025 ** (1 / 6))
+
+
+@pytest.mark.parametrize("p", [0.3, 0.9])
+def test_probability_of_improvement_covers(p):
+    """2000 simulated studies of K = 10 seed pairs: the interval covers P(A > B) at least 95% of the time."""
+    rng = np.random.default_rng(3)
+    shift = scipy_stats.norm.ppf(p)  # A - B ~ N(shift, 1): P(A > B) = p
+    b = rng.normal(0.0, 1.0, (2000, 10))
+    a = b + rng.normal(shift, 1.0, (2000, 10))
+    covered = np.mean([low <= p <= high for _, low, high in map(stats.probability_of_improvement, a, b)])
+    assert covered >= 0.95 - 0.01  # Clopper-Pearson is conservative: at or above its level
+
+
+def test_fair_comparison_pure_parts_on_fake_numbers():
+    """experiments/fair_comparison/run.py imports, and its comparison of B with A works on made-up results."""
+    path = os.path.join(PROJECT_ROOT, "experiments", "fair_comparison", "run.py")
+    spec = importlib.util.spec_from_file_location("fair_comparison_run", path)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    a = np.array([0.980, 0.982, 0.979, 0.985, 0.981, 0.983])
+    b = a + np.array([0.002, 0.001, 0.003, -0.001, 0.002, 0.002])
+    found = run.compare(a, b)
+    assert found["paired"]["mean"] == pytest.approx(0.0015)
+    assert found["paired"]["improvement"] == stats.probability_of_improvement(b, a)  # 5 of 6 seeds: B > A
+    assert found["paired"]["improvement"][0] == pytest.approx(5 / 6)
+    assert "improvement" not in found["unpaired"]
+    assert found["paired"]["mean_ci"][1] - found["paired"]["mean_ci"][0] < (
+        found["unpaired"]["mean_ci"][1] - found["unpaired"]["mean_ci"][0])  # pairing removes the shared part

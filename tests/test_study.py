@@ -1,0 +1,131 @@
+"""A study's sixth source (`sample`: which examples a run trains on) and sweeps shared by processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import PROJECT_ROOT, TINY_CONFIG
+from jaxseed import ablate, loop, objective, streams
+
+SEEDS = {name: 4 for name in streams.STREAMS}
+
+
+def run(config, seeds, workdir):
+    return loop.train_and_evaluate(config, seeds, str(workdir), progress=False)
+
+
+def test_subsample_keeps_examples_by_their_original_index():
+    """The kept examples are drawn once from the root; each epoch permutes them; keeping all is no subsampling."""
+    roots = streams.root_keys(SEEDS)
+    kept = np.asarray(streams.training_subset(roots.sample, 256, 128))
+    assert len(set(kept.tolist())) == 128 and (np.diff(kept) > 0).all() and kept.max() < 256
+    order = np.asarray(streams.epoch_order(roots, 3, 256, 128))
+    assert sorted(order.tolist()) == kept.tolist()  # the same examples every epoch, in the epoch's order
+    np.testing.assert_array_equal(streams.epoch_order(roots, 3, 256, 256), streams.epoch_order(roots, 3, 256, None))
+    other = streams.root_keys({**SEEDS, "sample": 5})
+    assert set(np.asarray(streams.training_subset(other.sample, 256, 128)).tolist()) != set(kept.tolist())
+
+
+@pytest.fixture(scope="module")
+def off(tmp_path_factory):
+    return run(TINY_CONFIG, SEEDS, tmp_path_factory.mktemp("off"))
+
+
+def test_sample_is_inert_when_off(off, tmp_path):
+    """Without --subsample the sample stream draws nothing: its seed changes no bit."""
+    varied = run(TINY_CONFIG, {**SEEDS, "sample": 9}, tmp_path)
+    assert varied["param_hash"] == off["param_hash"] and varied["fingerprints"] == off["fingerprints"]
+    assert "sample" not in off["fingerprints"]
+    whole = run(TINY_CONFIG.replace(subsample=1.0), SEEDS, tmp_path / "whole")  # keeping every example
+    assert whole["param_hash"] == off["param_hash"]
+
+
+def test_sample_varies_alone_when_on(off, tmp_path):
+    config = TINY_CONFIG.replace(subsample=0.5)  # 128 of the 256 examples: two steps of 64 per epoch
+    base, varied = run(config, SEEDS, tmp_path / "a"), run(config, {**SEEDS, "sample": 9}, tmp_path / "b")
+    assert base["final"]["step"] == 2 * config.epochs
+    for name, value in base["fingerprints"].items():
+        assert (varied["fingerprints"][name] == value) == (name != "sample"), name
+    assert base["param_hash"] != varied["param_hash"]
+    # Per-example draws stay keyed by the original example index: the same keys as without subsampling.
+    assert all(base["fingerprints"][name] == off["fingerprints"][name] for name in ("init", "dropout", "augment"))
+
+
+SWEEP = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1", "--steps-per-call",
+         "4", "--seeds", "2", "--streams", "init", "--strategy", "sequential", "--quiet"]
+
+
+def test_two_processes_complete_one_study_with_shards(tmp_path):
+    """Shards 0/2 and 1/2 run at once on one folder: every planned run once, none lost or duplicated."""
+    workdir = tmp_path / "study"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    shards = [subprocess.Popen([sys.executable, "-m", "jaxseed.ablate", *SWEEP, "--workdir", str(workdir),
+                                "--shard", f"{i}/2"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [shard.communicate(timeout=600) for shard in shards]
+    assert [shard.returncode for shard in shards] == [0, 0], [err[-2000:] for _, err in outputs]
+    runs = sorted(os.listdir(workdir / "runs"))
+    assert runs == ["all-000", "all-001", "init-000", "init-001", "none-000", "none-001"]
+    for name in runs:
+        lines = (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1]
+        assert json.loads((workdir / "runs" / name / "manifest.json").read_text())["status"] == "finished"
+    report = subprocess.run([sys.executable, "-m", "jaxseed.ablate", "--report", "--workdir", str(workdir)],
+                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    stored = json.loads((workdir / "ablation.json").read_text())
+    assert stored["runs_finished"] == stored["runs_planned"] == 6
+    assert "Determinism control" in report.stdout
+
+
+def test_a_shard_reports_what_has_finished(tmp_path, capsys):
+    """One shard alone finishes its share; the report covers only groups with two finished runs."""
+    workdir = tmp_path / "study"
+    assert ablate.main([*SWEEP, "--workdir", str(workdir), "--shard", "0/3"]) == 0  # runs 0 and 3 of the plan
+    out = capsys.readouterr().out
+    assert sorted(os.listdir(workdir / "runs")) == ["all-001", "init-000"]
+    assert "no group of" in out and "has two finished runs yet" in out
+    assert ablate.main([*SWEEP, "--workdir", str(workdir), "--shard", "1/3"]) == 0
+    assert ablate.main([*SWEEP, "--workdir", str(workdir), "--shard", "2/3"]) == 0
+    assert len(json.loads((workdir / "ablation.json").read_text())["summary"]) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard", "3/2"], "I/N needs 0 <= I < N"),
+    (["--shard", "x"], "expected I/N"),
+    (["--shard", "1/0"], "I/N needs 0 <= I < N"),
+    (["--subsample", "0"], "subsample must be > 0.0"),
+    (["--subsample", "1.5"], "subsample must be <= 1.0"),
+    (["--report", "--workdir", "{tmp}/nothing"], "holds no study (no sweep.json)"),
+    (["--report"], "--report needs the --workdir"),
+])
+def test_bad_study_flags_are_one_line(tmp_path, capsys, args, message):
+    try:
+        code = ablate.main([*SWEEP, *[arg.replace("{tmp}", str(tmp_path)) for arg in args]])
+    except SystemExit as parser_exit:  # argparse's own check of a flag's form
+        code = parser_exit.code
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and error.count("\n") == 1, error
+
+
+def test_a_study_of_another_configuration_is_refused(tmp_path, capsys):
+    workdir = str(tmp_path / "study")
+    assert ablate.main([*SWEEP, "--workdir", workdir, "--shard", "0/6"]) == 0
+    capsys.readouterr()
+    assert ablate.main([*SWEEP, "--workdir", workdir, "--learning-rate", "0.1", "--shard", "1/6"]) == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+
+
+def test_the_subsample_group_of_an_ablation(tmp_path):
+    """Off, the ablation has no sample group (it would change no bit); on, it has one by default."""
+    config = TINY_CONFIG.replace(subsample=0.5, epochs=1)
+
+    sweep = ablate.plan_sweep(config, objective.resolve("cnn"), 2, None, 0, "sequential", str(tmp_path))
+    assert list(sweep.groups) == ["init", "shuffle", "sample", "dropout", "augment", "all", "none"]
+    sweep = ablate.plan_sweep(config.replace(subsample=None), objective.resolve("cnn"), 2, None, 0, "sequential",
+                              str(tmp_path))
+    assert "sample" not in sweep.groups
