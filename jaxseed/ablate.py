@@ -20,6 +20,7 @@ test images its runs disagree on). The statistics are jaxseed.stats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -114,6 +115,8 @@ def summarize(name: str, results: list[dict], labels: np.ndarray | None) -> dict
         row["disagreement"] = stats.disagreement(probabilities.argmax(-1))
         row["ensemble_accuracy"] = stats.ensemble_accuracy(probabilities, labels)
         row.update(stats.instability(stats.correct_predictions(probabilities, labels))._asdict())
+    elif all("losses" in r for r in results):  # any other objective: its loss on each test example
+        row.update(stats.loss_instability(np.stack([r["losses"] for r in results]))._asdict())
     row["distinct_param_hashes"] = len({r["param_hash"] for r in results})
     return row
 
@@ -136,23 +139,28 @@ def run_dir(workdir: str, group: str, index: int) -> str:
     return os.path.join(workdir, "runs", f"{group}-{index:03d}")
 
 
-def load_result(path: str, seeds: dict, shape: tuple[int, int] | None) -> dict | None:
-    """A finished run's result (seeds, param_hash, final metrics, and a classifier's test
-    probabilities of ``shape`` [num_test, classes]), or None if it has not finished. Read as
-    input: a study folder may come from anyone."""
+def load_result(path: str, seeds: dict, drawn: tuple[str, ...], num_test: int,
+                classes: int | None) -> dict | None:
+    """A finished run's result: seeds, param_hash, final metrics, each test example's loss
+    (``losses`` float[num_test], where the run stored them) and a classifier's class
+    probabilities (float[num_test, classes]); None if it has not finished. Its seeds must be the
+    planned ones on the ``drawn`` streams (the others draw nothing). Read as input: a study folder
+    may come from anyone."""
     try:
         recorded = rundir.read_manifest(path)
     except FileNotFoundError:
         return None
     if recorded.get("status") != "finished":
         return None
-    if recorded["streams"] != seeds:
+    if any(recorded["streams"].get(name) != seeds[name] for name in drawn):
         raise UserError(f"{path} holds a run of other seeds than this sweep planned; choose another --workdir")
     result = {"seeds": seeds, "param_hash": recorded.get("param_hash"), "final": recorded.get("final")}
     if not isinstance(result["final"], dict) or not isinstance(result["param_hash"], str):
         raise UserError(f"{path}/manifest.json lacks the final metrics or param_hash of a finished run")
-    if shape is not None:
-        result["probabilities"] = rundir.load_array(path, "test_probabilities.npy", np.float32, shape)
+    if classes is not None:
+        result["probabilities"] = rundir.load_array(path, "test_probabilities.npy", np.float32, (num_test, classes))
+    with contextlib.suppress(FileNotFoundError):  # runs of a jaxseed before they stored them have none
+        result["losses"] = rundir.load_array(path, "test_losses.npy", np.float32, (num_test,))
     return result
 
 
@@ -185,7 +193,9 @@ def plan_sweep(config: Config, found: objective.Objective, num_seeds: int, chose
     groups = plan_groups(base_seed, num_seeds, chosen or found.drawn_streams(config), used)
     strategy, strategy_reason = choose_strategy(strategy, jax.default_backend())
     workdir = workdir or os.path.join("runs", f"ablation-{cli.run_name(config)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    header = {"config": manifest.config_record(config, workdir), "groups_planned": groups, "strategy": strategy,
+    # JSON objects have no order: the groups' order, which decides what each shard runs, is kept beside them.
+    header = {"config": manifest.config_record(config, workdir), "groups_planned": groups,
+              "group_order": list(groups), "strategy": strategy,
               "strategy_reason": strategy_reason,
               "base_seed": base_seed, **manifest.environment()}
     return Sweep(config, found, groups, strategy, workdir, header)
@@ -194,28 +204,52 @@ def plan_sweep(config: Config, found: objective.Objective, num_seeds: int, chose
 def recorded_sweep(workdir: str, args) -> Sweep:
     """The sweep ``workdir`` holds, for ``--report``; the data and a user's objective are named by
     the flags where the record alone may not choose them (``manifest.config_from_record``)."""
+    given = cli.config_changes(args)
+    extra = sorted(set(given) - set(cli.RELOCATED))
+    if extra:
+        raise UserError("--report takes the study's settings from its sweep.json; drop "
+                        + ", ".join("--" + name.replace("_", "-") for name in extra))
     try:
         recorded = rundir.read_json(workdir, "sweep.json")
     except FileNotFoundError:
         raise UserError(f"{workdir} holds no study (no sweep.json)") from None
-    relocated = {name: value for name, value in cli.config_changes(args).items() if name in cli.RELOCATED}
+    relocated = {name: value for name, value in given.items() if name in cli.RELOCATED}
     config = manifest.config_from_record(recorded.get("config"), workdir, **relocated)
     found = objective.resolve(config.model)
     groups = recorded.get("groups_planned")
     if not isinstance(groups, dict) or "none" not in groups or not all(isinstance(g, list) for g in groups.values()):
         raise UserError(f"{workdir}/sweep.json holds no plan of groups")
+    order = recorded.get("group_order")
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(groups):  # a study of an older jaxseed
+        order = sorted(groups, key=lambda name: (name in ("all", "none"), name == "none"))  # varied, all, none
     names = streams.seed_names(found.run_streams)
-    groups = {str(name): [manifest.seeds_from_record(seeds, workdir, names) for seeds in group]
-              for name, group in groups.items()}
+    groups = {str(name): [manifest.seeds_from_record(seeds, workdir, names) for seeds in groups[name]]
+              for name in order}
     return Sweep(config, found, groups, str(recorded.get("strategy")), workdir, recorded)
 
 
-def shard_runs(groups: dict, shard: tuple[int, int]) -> dict[str, list[int]]:
-    """The runs of shard I of N, group -> run indices: the j-th run of the plan (groups in order,
-    then indices) belongs to shard j mod N, so the N shards are disjoint and cover the plan."""
+def shard_runs(groups: dict, shard: tuple[int, int], strategy: str) -> dict[str, list[int]]:
+    """The runs of shard I of N, group -> run indices. The plan is cut into units, a run each, but
+    under vmap a varied group's K runs together (they are one program: split, its parts would be
+    other programs); the j-th unit (groups in the plan's order) belongs to shard j mod N, so the N
+    shards are disjoint and cover the plan."""
     index, count = shard
-    order = [(name, k) for name, group in groups.items() for k in range(len(group))]
-    return {name: [k for j, (group, k) in enumerate(order) if group == name and j % count == index] for name in groups}
+    units = []
+    for name, group in groups.items():
+        together = strategy == "vmap" and name != "none"
+        units += [(name, list(range(len(group))))] if together else [(name, [k]) for k in range(len(group))]
+    mine = {name: [] for name in groups}
+    for j, (name, runs) in enumerate(units):
+        if j % count == index:
+            mine[name] += runs
+    return mine
+
+
+def _on(groups: dict, drawn: tuple[str, ...]) -> dict:
+    """A plan's seeds of the ``drawn`` streams only: the others draw nothing (and a plan recorded
+    before a stream existed has no seed for it)."""
+    return {name: [{stream: seeds.get(stream) for stream in drawn} if isinstance(seeds, dict) else seeds
+                   for seeds in group] if isinstance(group, list) else group for name, group in groups.items()}
 
 
 def open_sweep(sweep: Sweep) -> rundir.RunFolder:
@@ -226,7 +260,10 @@ def open_sweep(sweep: Sweep) -> rundir.RunFolder:
         if study.create_json("sweep.json", sweep.header):  # of shards starting together, one writes it
             return study
         recorded = rundir.read_json(sweep.workdir, "sweep.json")
-        if (recorded.get("config"), recorded.get("groups_planned")) != (sweep.header["config"], sweep.groups):
+        planned, drawn = recorded.get("groups_planned"), sweep.objective.drawn_streams(sweep.config)
+        if (not isinstance(planned, dict) or recorded.get("config") != sweep.header["config"]
+                or recorded.get("group_order", list(sweep.groups)) != list(sweep.groups)
+                or _on(planned, drawn) != _on(sweep.groups, drawn)):
             raise UserError(f"{sweep.workdir} holds a different sweep; choose another --workdir")
         # Runs of one group made by other programs would not be comparable (vmap sums in another order).
         ran = (recorded.get("strategy"), recorded.get("backend"))
@@ -246,17 +283,18 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     run finished so far, by any shard; returns its markdown (None while no group has two runs).
     ``detect`` and ``correlation`` size a comparison in the report (``write_report``)."""
     config = sweep.config
-    labels, images, shape = None, None, None
-    if sweep.objective.classifier:  # the report compares the runs' predictions of each test example
-        dataset = data.load(config.data, config.data_dir)
-        labels, images = dataset.test_labels, dataset.test_images
-        shape = (len(labels), objective.data_spec(dataset).num_classes)
+    # The report compares the runs' outputs on each test example (a classifier's, with its labels and images).
+    dataset = data.load(config.data, config.data_dir, config.train_limit)
+    labels, images = (dataset.test_labels, dataset.test_images) if sweep.objective.classifier else (None, None)
+    classes = objective.data_spec(dataset).num_classes if sweep.objective.classifier else None
+    drawn = sweep.objective.drawn_streams(config)
 
     def result(name: str, k: int) -> dict | None:
-        return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], shape)
+        return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], drawn, len(dataset.test_labels),
+                           classes)
 
     num_seeds = len(sweep.groups["none"])
-    mine = shard_runs(sweep.groups, shard) if train else {name: [] for name in sweep.groups}
+    mine = shard_runs(sweep.groups, shard, sweep.strategy) if train else {name: [] for name in sweep.groups}
     todo = {name: [k for k in runs if result(name, k) is None] for name, runs in mine.items()}
     total = sum(map(len, mine.values()))
     if not quiet and train:
@@ -267,6 +305,9 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
               desc=f"ablation ({sweep.strategy})", disable=quiet or not train) as bar:
         for name, missing in todo.items():
             for batch in batches(name, missing, sweep.strategy):
+                batch = [k for k in batch if result(name, k) is None]  # another shard may have finished it since
+                if not batch:
+                    continue
                 checkpoints = (study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"))
                                if sweep.strategy == "vmap" else None)  # sequential runs keep their own
                 run_group(config, sweep.objective, [sweep.groups[name][k] for k in batch],
@@ -311,6 +352,10 @@ INSTABILITY = (Metric("always_right", "always right", True, "d"), Metric("always
                Metric("unstable", "unstable", True, "d"),
                Metric("independent_flip_std", "std of accuracy if examples flipped independently", True),
                Metric("test_accuracy", "test accuracy"))
+# Any other objective's (the VAE's) per-example table, beside the observed std of its test loss.
+LOSS_INSTABILITY = (Metric("example_loss_std", "mean over test examples of each one's std", True),
+                    Metric("independent_loss_std", "std of test loss if examples varied independently", True),
+                    Metric("test_loss", "test loss"))
 PARTS = {"mean": "mean [95% t CI]", "std": "std [95% χ² CI]"}  # the columns of a final metric
 UNSTABLE_SHOWN = 8  # images per group in unstable.png
 
@@ -404,9 +449,9 @@ def instability_lines(rows: list[dict], overlaps: list[dict]) -> list[str]:
                                                                      for key in ("jaccard", "jaccard_if_independent"))])
                   for o in overlaps]
         lines += ["", "The Jaccard index |U_a ∩ U_b| / |U_a ∪ U_b| of two groups' unstable sets is 1 when two "
-                  "sources make the same test examples unstable and 0 when they share none; above `if independent` (random "
-                  "sets of the same sizes), the two sources destabilise partly the same examples (a point value: no "
-                  "interval)."]
+                  "sources make the same test examples unstable and 0 when they share none; above `if independent` "
+                  "(random sets of the same sizes), the two sources destabilise partly the same examples (a point "
+                  "value: no interval)."]
     return lines
 
 
@@ -523,6 +568,13 @@ def write_report(study: rundir.RunFolder, rows: list[dict], results: dict[str, l
                      "the groups above are those with two or more.")
     if "unstable" in rows[0]:
         lines += instability_lines(rows, overlaps)
+    elif "independent_loss_std" in rows[0]:
+        lines += ["", "### Per-example spread of the test loss", "",
+                  *table(rows, held(rows, LOSS_INSTABILITY), parts=("std",)), "",
+                  "Each test example's loss (for the VAE its negative ELBO) has a std over the group's runs, s_i; "
+                  "sqrt(Σ s_i²) / N is the std the mean test loss would have if examples varied independently. The "
+                  "observed std exceeds it by the examples' covariance across runs: a prediction below the observed "
+                  "std's interval says some runs score every example better (a point value: no interval)."]
     if correct and test_images is not None:
         lines += unstable_picture(study, correct, labels, test_images)
     lines += seed_lines(rows, plan, finals[0].title)

@@ -85,7 +85,7 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentParser:
     """Flags of a training run: the seeds, every Config field, the workdir and run control."""
-    p = new_parser(prog, "Train on MNIST with named, separately seeded key streams.")
+    p = new_parser(prog, "Train a model with named, separately seeded key streams.")
     p.add_argument("--seed", type=str, default=None,
                    help=f"seed of every stream, an integer in [0, {streams.MAX_SEED}] (default 0)")
     p.add_argument("--stream", action="append", default=[], type=_stream_override, metavar="NAME=SEED",
@@ -165,13 +165,20 @@ def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, obje
     given = config_changes(args)
     config = manifest.config_from_record(recorded["config"], workdir, **{name: given.get(name) for name in RELOCATED})
     found = objective.resolve(config.model)
+    recorded_source = recorded.get("objective", {}).get("source_sha256") if isinstance(recorded.get("objective"),
+                                                                                        dict) else None
+    if config.model not in objective.built_in() and recorded_source not in (None, objective.source_hash(found)):
+        raise UserError(f"the objective {config.model} is not the code {workdir} was trained with (its source's "
+                        f"sha256 differs: {recorded_source[:12]}… recorded); restore that file, or start afresh")
     seeds = manifest.seeds_from_record(recorded["streams"], workdir, streams.seed_names(found.run_streams))
     differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
                    for field, value in given.items() if field not in RELOCATED and getattr(config, field) != value]
+    if "model" in given and objective.recorded_name(given["model"]) != objective.recorded_name(config.model):
+        differences.append(f"model is {config.model!r} in the run, {given['model']!r} given")
     if args.seed is not None or args.stream:
-        given = _seeds(args, found)[1]
+        given, drawn = _seeds(args, found)[1], found.drawn_streams(config)  # the others draw nothing
         differences += [f"seed of stream {name!r} is {seeds.get(name)} in the run, {given[name]} given"
-                        for name in given if seeds.get(name) != given[name]]
+                        for name in drawn if seeds.get(name) != given[name]]
     if differences:
         raise UserError(f"cannot resume {workdir} with other settings: " + "; ".join(differences))
     return config, found, seeds

@@ -75,8 +75,9 @@ class Config:
     subsample: Optional[float] = setting(None, "train on a fraction F of the training examples, drawn from the "
                                                "'sample' stream (default: all)", above=0.0, maximum=1.0)
     # Augmentation (drawn from the `augment` stream, applied inside the jitted step).
-    augment: str = setting("affine", "on-device augmentation from the 'augment' stream: a small rotation and "
-                                     "shift, or a padded random crop and horizontal flip", choices=AUGMENTATIONS)
+    augment: str = setting("affine", "CNN and your objectives: on-device augmentation from the 'augment' stream: "
+                                     "a small rotation and shift, or a padded random crop and horizontal flip",
+                           choices=AUGMENTATIONS)
     crop_padding: int = setting(4, "crop_flip: zeros padded on each side before the random crop", minimum=0,
                                 maximum=1024)
     max_translation: float = setting(2.0, "pixels; shifts are uniform in [-max, max] on each axis", minimum=0.0,
@@ -141,7 +142,8 @@ class Config:
 
     def num_kept(self, num_train: int) -> int | None:
         """How many training examples ``subsample`` keeps of ``num_train`` (None: no subsampling)."""
-        return None if self.subsample is None else min(num_train, max(1, round(self.subsample * num_train)))
+        # The nearest integer, halves up (Python's round() would take halves to even).
+        return None if self.subsample is None else min(num_train, max(1, math.floor(self.subsample * num_train + 0.5)))
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

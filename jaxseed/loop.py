@@ -361,7 +361,7 @@ def _train(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
             done = at.epoch * run.num_steps + at.first
             folder.write_lines("trace.jsonl", folder.kept_lines("trace.jsonl", lambda row: row["step"] < done,
                                                                 rundir.TRACE_FIELDS))
-    common = {"streams_used": list(run.objective.run_streams), "data_hash": data_hash,
+    common = {"streams_used": list(run.objective.drawn_streams(run.config)), "data_hash": data_hash,
               "objective": {"name": objectives.recorded_name(run.objective.name),
                             "source_sha256": objectives.source_hash(run.objective)},
               "execution": {"loop": run.loop_form, "steps_per_call": run.per_call, "replicas": len(run.seeds),

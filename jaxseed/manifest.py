@@ -54,18 +54,22 @@ def _git_commit() -> str | None:
 
 
 def command(argv: list[str]) -> list[str]:
-    """The command line without this machine's paths: an absolute path becomes relative to the
-    working folder when inside it, else only its last part ("<...>/name").
+    """The command line without this machine's paths: an absolute path (also after ``npz:``, or as
+    the file of ``path.py:NAME``) becomes relative to the working folder when inside it, else
+    only its last part ("<...>/name").
 
     ``sys.orig_argv`` keeps "-m jaxseed.train" where argv[0] would be the module's path.
     """
     def local(text: str) -> str:
         flag, equals, value = text.partition("=") if text.startswith("--") else ("", "", text)
-        if not os.path.isabs(value):
+        prefix = NPZ if npz_path(value) else ""
+        path, colon, name = value.removeprefix(prefix).rpartition(":")
+        path, suffix = (path, colon + name) if path.endswith(".py") else (value.removeprefix(prefix), "")
+        if not os.path.isabs(path):
             return text
-        relative = os.path.relpath(value)
-        value = relative if not relative.startswith("..") else f"<...>/{os.path.basename(value.rstrip('/'))}"
-        return f"{flag}{equals}{value}"
+        relative = os.path.relpath(path)
+        path = relative if not relative.startswith("..") else f"<...>/{os.path.basename(path.rstrip('/'))}"
+        return f"{flag}{equals}{prefix}{path}{suffix}"
 
     return [os.path.basename(argv[0]), *map(local, argv[1:])]
 

@@ -159,9 +159,7 @@ def _import(module_name: str):
     except UserError:
         raise
     except Exception as error:  # the user's code: any failure to import it is bad input
-        reason = (str(error).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"cannot import the objective module {module_name}: {type(error).__name__}: {reason}") \
-            from None
+        raise UserError(f"cannot import the objective module {module_name}: {_first_line(error)}") from None
 
 
 def check(found, name: str) -> Objective:
@@ -180,6 +178,11 @@ def check(found, name: str) -> Objective:
     if len(set(ids)) != len(ids):
         raise UserError(f"{name}: two of its streams' names map to one id; rename one")
     return found if found.name == name else dataclasses.replace(found, name=name)
+
+
+def _first_line(error: Exception) -> str:
+    """An exception from the user's code as one line: its type and its message's first line."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
 
 
 def source_hash(objective: Objective) -> str | None:
@@ -213,19 +216,24 @@ def check_shapes(objective: Objective, config: Config, spec: DataSpec, batch_siz
     except UserError:
         raise
     except Exception as error:  # the user's code failed on a batch of the data's shape
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
         raise UserError(f"objective {objective.name} failed on a batch of images {h}x{w}x{c}: "
-                        f"{type(error).__name__}: {reason}") from None
+                        f"{_first_line(error)}") from None
     problems = []
-    if not set(objective.drawn_streams(config)) <= set(objective.run_streams):
-        problems.append(f"drawn returns streams it does not declare: {objective.drawn_streams(config)}")
+    if objective.drawn and not set(objective.drawn(config)) <= set(objective.streams):
+        problems.append(f"drawn returns streams it does not declare: {objective.drawn(config)}")
     if getattr(loss, "shape", None) != ():
         problems.append(f"train_loss must return a scalar mean loss first, got shape {getattr(loss, 'shape', loss)}")
-    if not isinstance(sums, dict) or "count" not in sums or any(np.shape(v) != () for v in sums.values()):
-        problems.append("train_loss's metric sums must be a dict of scalars with 'count'")
+    if not isinstance(sums, dict) or not {"loss", "count"} <= set(sums) or any(np.shape(v) != () for v in
+                                                                                sums.values()):
+        problems.append("train_loss's metric sums must be a dict of scalars with 'loss' and 'count'")
     if not isinstance(metrics, dict) or "loss" not in metrics or any(
             np.shape(v) != (batch_size,) for v in metrics.values()):
         problems.append(f"eval_metrics must return a dict with 'loss' of per-example values float[{batch_size}]")
+    elif isinstance(sums, dict):
+        logged = {f"train_{name}" for name in sums if name != "count"} | {f"test_{name}" for name in metrics}
+        unknown = [name for _, names in objective.panels for name in names if name not in logged]
+        if unknown:
+            problems.append(f"panels name metrics it does not compute: {', '.join(unknown)}")
     expected = (batch_size, spec.num_classes) if objective.classifier else None
     got = None if probabilities is None else np.shape(probabilities)
     if got != expected:

@@ -34,10 +34,13 @@ def plot_curves(metrics: list[dict], out: BinaryIO, panels: dict[str, tuple[str,
 
 
 def save_grid(images, out: BinaryIO, columns: int) -> None:
-    """Tile images float[N, H, W, C] in [0, 1] (C = 1: grey, 3: colour) into one PNG, written into ``out``."""
+    """Tile images float[N, H, W, C] in [0, 1] (C = 3 in colour, else grey: the channels' mean) into
+    one PNG, written into ``out``."""
     import matplotlib.image
 
     images = np.clip(np.asarray(images), 0.0, 1.0)
+    if images.shape[-1] != 3:
+        images = images.mean(-1, keepdims=True)
     rows = -(-len(images) // columns)
     height, width, channels = images.shape[1:]
     canvas = np.ones((rows * (height + 2) + 2, columns * (width + 2) + 2, channels))
@@ -67,7 +70,7 @@ def plot_spread(groups: list[str], stds: list[float], intervals: list[tuple[floa
 
 
 def plot_image_rows(rows: list[tuple[str, np.ndarray, list[str]]], out: BinaryIO) -> None:
-    """One row of images per entry (name, images uint8[M, H, W, C] with C = 1: grey or 3: colour, a
+    """One row of images per entry (name, images uint8[M, H, W, C], C = 3 in colour, else grey, a
     title per image), the name at the row's left; a PNG into ``out``."""
     from matplotlib.figure import Figure
 
@@ -78,10 +81,10 @@ def plot_image_rows(rows: list[tuple[str, np.ndarray, list[str]]], out: BinaryIO
         for ax in line[len(images):]:
             ax.axis("off")
         for ax, image, title in zip(line, images, titles):
-            if image.shape[-1] == 1:
-                ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-            else:
+            if image.shape[-1] == 3:
                 ax.imshow(image)
+            else:  # grey, or channels that are no colours: their mean
+                ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
             ax.set_title(title, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -48,6 +48,7 @@ OUTPUTS = {
 METRICS_FIELDS = {"epoch": int, "step": int}
 TRACE_FIELDS = {"step": int, "epoch": int, "loss": (int, float), "param_checksum": int}
 MANIFEST_FIELDS = {"config": dict, "streams": dict}
+_HOLDER_BYTES = 512  # the marker's record, padded with spaces (JSON allows them)
 MAX_JSON_BYTES = 64 << 20  # a manifest, a metrics or trace file of a very long run stays far below
 # mkstemp makes files private (0600); a run's files get the modes the user's umask gives any file.
 _UMASK = os.umask(0o022)
@@ -125,8 +126,10 @@ class RunFolder:
 
     def _check_and_clear(self, resume: bool, overwrite: bool) -> None:
         recorded = _read_holder(self._lock, field="kind")
-        if recorded not in (None, self.kind):
-            raise UserError(f"workdir {self.path} holds a jaxseed {recorded}, not a {self.kind}")
+        others = [kind for kind, names in OUTPUTS.items() if kind != self.kind and any(
+            os.path.lexists(self.file(name)) for name in names if name not in OUTPUTS[self.kind])]
+        if recorded not in (None, self.kind) or others:
+            raise UserError(f"workdir {self.path} holds a jaxseed {recorded or others[0]}, not a {self.kind}")
         holds = any(os.path.lexists(self.file(name)) for name in OUTPUTS[self.kind])
         if holds and not (resume or overwrite):
             raise UserError(f"workdir {self.path} already holds a {self.kind}; pass --overwrite to start afresh, "
@@ -241,6 +244,10 @@ class RunFolder:
             if self.writes and not os.path.lexists(target):
                 try:
                     os.mkdir(target)
+                except FileExistsError:  # made by another shard of the study a moment ago: checked again
+                    if os.path.islink(target) or not os.path.isdir(target):
+                        raise UserError(f"{target} is not a folder jaxseed made (a link or a file); remove it or "
+                                        "choose another --workdir") from None
                 except OSError as error:
                     raise _os_error(target, error) from None
         return target
@@ -267,9 +274,10 @@ def _write_holder(lock: int, kind: str) -> None:
     """Who holds the claim, for the message a refused run prints (written under the lock, in place:
     the lock is on this file, so it must not be replaced by a rename)."""
     holder = f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    text = json.dumps({"kind": kind, "holder": holder}).encode()
+    # One write of a fixed length, never a truncation: the shards of a study, which share the claim,
+    # may write it at once, and each leaves a whole record.
+    text = json.dumps({"kind": kind, "holder": holder[:400]}).ljust(_HOLDER_BYTES).encode()
     try:
-        os.ftruncate(lock, 0)
         os.pwrite(lock, text, 0)
     except OSError as error:
         raise UserError(f"cannot write the workdir's {MARKER}: {error.strerror}") from None

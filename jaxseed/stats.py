@@ -166,6 +166,34 @@ def instability(correct: np.ndarray) -> Instability:
                        independent_flip_std=float(np.sqrt(k / (k - 1) * np.sum(rates * (1 - rates))) / n))
 
 
+class LossInstability(NamedTuple):
+    """How the K runs of a group score each test example's loss: the mean over examples of each
+    example's std across the runs, and the std of the mean test loss that examples varying
+    independently would give."""
+
+    example_loss_std: float
+    independent_loss_std: float
+
+
+def loss_instability(losses: np.ndarray) -> LossInstability:
+    r"""Per-example spread of a loss over runs (the VAE's negative ELBO, or any objective's).
+
+    .. math::
+      s_i = \mathrm{std}_k(x_{ki}),\qquad
+      \sigma_{\text{indep}} = \frac{1}{N}\sqrt{\textstyle\sum_i s_i^2}
+
+    The mean loss of run k is m_k = (1/N) Σ_i x_ki, so var(m) = (1/N²)(Σ_i var_i + Σ_{i≠j} cov_ij):
+    σ_indep is its std without the examples' covariance across runs (the loss analogue of
+    ``instability``'s independent-flip std), comparable with the observed std of the test loss
+    (both with ddof = 1).
+
+    Args:
+      losses: float[K, N], run k's loss on test example i.
+    """
+    spread = sample_std(np.asarray(losses, np.float64), axis=0)
+    return LossInstability(float(spread.mean()), float(np.sqrt(np.sum(spread**2)) / spread.size))
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     r"""Jaccard index of two sets given as masks bool[N]: |A ∩ B| / |A ∪ B|; nan when both are empty.
 

@@ -23,7 +23,7 @@ recomputed alone — the basis of exact resume, sharding and ablation:
               (--subsample m/n)
     <own>     what an objective draws    (epoch, example index)   likewise, for a stream it declares
 
-The five built-in ids are fixed; a stream an objective declares itself (stochastic
+The six built-in ids are fixed; a stream an objective declares itself (stochastic
 depth, noise injection) has an id derived from its name, apart from theirs.
 
 The example index is the example's place in its split, so a per-example draw
@@ -124,8 +124,9 @@ class Keys(Mapping):
     def __repr__(self) -> str:
         return f"Keys({', '.join(self._keys)})"
 
-    def tree_flatten(self):
-        return tuple(self._keys.values()), tuple(self._keys)
+    def tree_flatten(self):  # by name: the same structure whatever order the seeds came in
+        names = tuple(sorted(self._keys))
+        return tuple(self._keys[name] for name in names), names
 
     @classmethod
     def tree_unflatten(cls, names, keys):

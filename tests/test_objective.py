@@ -32,7 +32,7 @@ TEMPLATE = """
 
     def train_loss(model, batch, config, keys):
         losses = optax.softmax_cross_entropy_with_integer_labels(model(batch.images), batch.labels)
-        return {LOSS}, {{"loss": losses.sum(), "count": batch.labels.shape[0]}}
+        return {LOSS}, {SUMS}
 
     def eval_metrics(model, batch, config):
         logits = model(batch.images)
@@ -44,8 +44,9 @@ TEMPLATE = """
 """
 
 
-def objective_file(tmp_path, loss="losses.mean()", probabilities="jax.nn.softmax(logits)", streams="()"):
-    return write(tmp_path, TEMPLATE.format(LOSS=loss, PROBABILITIES=probabilities, STREAMS=streams))
+def objective_file(tmp_path, loss="losses.mean()", probabilities="jax.nn.softmax(logits)", streams="()",
+                   sums='{"loss": losses.sum(), "count": batch.labels.shape[0]}'):
+    return write(tmp_path, TEMPLATE.format(LOSS=loss, PROBABILITIES=probabilities, STREAMS=streams, SUMS=sums))
 
 
 def test_built_in_models_are_found_by_their_file_name():
@@ -97,6 +98,9 @@ def test_a_stream_name_colliding_with_jaxseeds_is_refused(tmp_path, streams, mes
     ({"probabilities": "None"}, "class probabilities of shape \\(64, 10\\) \\(classifier=True\\), got None"),
     ({"probabilities": "logits[:, :3]"}, "got \\(64, 3\\)"),
     ({"loss": "losses.mean() + batch.nothing"}, "failed on a batch of images 28x28x1: AttributeError"),
+    ({"sums": '{"count": batch.labels.shape[0]}'}, "metric sums must be a dict of scalars with 'loss' and 'count'"),
+    ({"streams": "(), panels=((\"accuracy\", (\"test_accuracy\",)),)"}, "panels name metrics it does not compute: "
+                                                                      "test_accuracy"),
 ])
 def test_an_objective_returning_wrong_shapes_is_refused_before_training(tmp_path, capsys, change, message):
     path = objective_file(tmp_path, **change)
@@ -115,3 +119,25 @@ def test_overriding_a_stream_the_objective_does_not_declare_is_refused(tmp_path,
     assert code == 2
     error = capsys.readouterr().err
     assert "unknown stream 'depth'; this objective's streams: init, shuffle, sample, dropout, noise" in error
+
+
+def test_resuming_with_an_edited_objective_is_refused(tmp_path, capsys):
+    """The manifest records the objective's source: other code under the same name does not resume the run."""
+    path = tmp_path / "mlp.py"
+    path.write_text(open(MLP).read())
+    flags = ["--objective", f"{path}:OBJECTIVE", "--data", "synthetic", "--train-limit", "256", "--batch-size", "64",
+             "--augment", "none", "--quiet", "--workdir", str(tmp_path / "run")]
+    assert train.main([*flags, "--epochs", "1"]) == 0
+    path.write_text(open(MLP).read().replace("NOISE_STD = 0.1", "NOISE_STD = 0.2"))
+    objective.resolve.cache_clear()
+    assert train.main([*flags, "--resume"]) == 2
+    assert "is not the code" in capsys.readouterr().err
+
+
+def test_the_recorded_command_keeps_no_path_of_this_machine():
+    from jaxseed import manifest
+
+    recorded = manifest.command(["train", "--data", "npz:/home/someone/data.npz", "--objective",
+                                 "/home/someone/model.py:OBJECTIVE", "--data-dir=/srv/mnist"])
+    assert recorded == ["train", "--data", "npz:<...>/data.npz", "--objective", "<...>/model.py:OBJECTIVE",
+                        "--data-dir=<...>/mnist"]

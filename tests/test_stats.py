@@ -178,3 +178,19 @@ def test_fair_comparison_pure_parts_on_fake_numbers():
     assert "improvement" not in found["unpaired"]
     assert found["paired"]["mean_ci"][1] - found["paired"]["mean_ci"][0] < (
         found["unpaired"]["mean_ci"][1] - found["unpaired"]["mean_ci"][0])  # pairing removes the shared part
+
+
+def test_loss_instability_against_a_hand_computation():
+    losses = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 5.0]])  # K = 2 runs, N = 3 examples
+    spread = stats.loss_instability(losses)
+    per_example = np.array([np.sqrt(2.0), 0.0, np.sqrt(2.0)])  # ddof = 1
+    assert spread.example_loss_std == pytest.approx(per_example.mean())
+    assert spread.independent_loss_std == pytest.approx(np.sqrt(np.sum(per_example**2)) / 3)
+    # Independent examples: the observed std of the mean loss matches the prediction on average.
+    rng = np.random.default_rng(0)
+    predicted, observed = [], []
+    for _ in range(200):
+        runs = rng.normal(size=(10, 400)) * rng.uniform(0.5, 2.0, 400)
+        predicted.append(stats.loss_instability(runs).independent_loss_std)
+        observed.append(stats.sample_std(runs.mean(1)) ** 2)
+    assert np.sqrt(np.mean(observed)) == pytest.approx(np.mean(predicted), rel=0.1)

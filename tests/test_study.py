@@ -100,8 +100,8 @@ def test_a_shard_reports_what_has_finished(tmp_path, capsys):
     (["--shard", "1/0"], "I/N needs 0 <= I < N"),
     (["--subsample", "0"], "subsample must be > 0.0"),
     (["--subsample", "1.5"], "subsample must be <= 1.0"),
-    (["--report", "--workdir", "{tmp}/nothing"], "holds no study (no sweep.json)"),
     (["--report"], "--report needs the --workdir"),
+    (["--report", "--workdir", "{tmp}"], "--report takes the study's settings from its sweep.json; drop --batch-size"),
 ])
 def test_bad_study_flags_are_one_line(tmp_path, capsys, args, message):
     try:
@@ -110,6 +110,23 @@ def test_bad_study_flags_are_one_line(tmp_path, capsys, args, message):
         code = parser_exit.code
     error = capsys.readouterr().err
     assert code == 2 and message in error and error.count("\n") == 1, error
+
+
+def test_report_on_a_folder_with_no_study_is_one_line(tmp_path, capsys):
+    assert ablate.main(["--report", "--workdir", str(tmp_path / "nothing")]) == 2
+    assert "holds no study (no sweep.json)" in capsys.readouterr().err
+
+
+def test_shards_are_disjoint_and_cover_the_plan():
+    groups = {"init": [{}] * 3, "shuffle": [{}] * 3, "all": [{}] * 3, "none": [{}] * 3}
+    for strategy in ("sequential", "vmap"):
+        for count in (1, 2, 5):
+            shares = [ablate.shard_runs(groups, (i, count), strategy) for i in range(count)]
+            for name in groups:
+                assert sorted(k for share in shares for k in share[name]) == [0, 1, 2], (strategy, count, name)
+    vmap = [ablate.shard_runs(groups, (i, 2), "vmap") for i in range(2)]
+    assert [share["init"] for share in vmap] == [[0, 1, 2], []]  # a vmapped group is one program: never split
+    assert [share["none"] for share in vmap] == [[1], [0, 2]]  # each none run its own program (units 3, 4, 5)
 
 
 def test_a_study_of_another_configuration_is_refused(tmp_path, capsys):
@@ -129,3 +146,16 @@ def test_the_subsample_group_of_an_ablation(tmp_path):
     sweep = ablate.plan_sweep(config.replace(subsample=None), objective.resolve("cnn"), 2, None, 0, "sequential",
                               str(tmp_path))
     assert "sample" not in sweep.groups
+
+
+def test_a_run_recorded_before_the_sample_stream_is_still_a_result_of_its_study(tmp_path):
+    """An older run's manifest has no seed of `sample`; without --subsample it drew nothing, so the run is the one
+    planned."""
+    old = {name: 0 for name in streams.STREAMS if name != "sample"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {}, "streams": old, "status": "finished",
+                                                        "param_hash": "h", "final": {"test_loss": 1.0}}))
+    drawn = objective.resolve("cnn").drawn_streams(TINY_CONFIG)
+    result = ablate.load_result(str(tmp_path), {**old, "sample": 0}, drawn, 10, None)
+    assert result["final"] == {"test_loss": 1.0} and "losses" not in result
+    with pytest.raises(Exception, match="other seeds"):
+        ablate.load_result(str(tmp_path), {**old, "init": 1, "sample": 0}, drawn, 10, None)

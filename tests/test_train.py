@@ -217,7 +217,7 @@ def test_cli_end_to_end(tmp_path, capsys):
                             "training_seconds", "evaluation_seconds"}
     info = json.loads((workdir / "manifest.json").read_text())
     assert info["streams"] == {"init": 3, "shuffle": 3, "dropout": 9, "augment": 3, "latent": 3, "sample": 3}
-    assert info["streams_used"] == ["init", "shuffle", "sample", "dropout", "augment"]
+    assert info["streams_used"] == ["init", "shuffle", "dropout", "augment"]
     assert info["config"]["epochs"] == 2 and info["final"] == rows[-1]
     for field in ("versions", "backend", "device_count", "xla_flags", "init_param_hash", "param_hash"):
         assert field in info

@@ -18,8 +18,8 @@ from flax import nnx
 
 from jaxseed import data, manifest
 from jaxseed.config import Config
-from jaxseed.objective import (EVAL_BINARIZE, EVAL_IMPORTANCE, EVAL_LATENT, EVAL_SAMPLES, Batch, DataSpec,
-                               Objective, eval_keys, to_unit)
+from jaxseed.objective import (EVAL_BINARIZE, EVAL_IMPORTANCE, EVAL_LATENT, EVAL_SAMPLES, Batch, Objective,
+                               eval_keys, to_unit)
 
 
 class VAE(nnx.Module):
@@ -155,17 +155,20 @@ def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
                              jnp.arange(start, stop)))
     noise = latent_noise(eval_keys(EVAL_SAMPLES, jnp.arange(64)), config.latents)
     samples = jax.nn.sigmoid(model.decode(noise))
-    shown = Batch(dataset.test_images[:32], dataset.test_labels[:32], jnp.arange(32))
+    columns = min(8, num_test)
+    rows = min(32, num_test) // columns  # 4 rows of 8 test images above their reconstructions, where there are 32
+    count = rows * columns
+    shown = Batch(dataset.test_images[:count], dataset.test_labels[:count], jnp.arange(count))
     originals = binarize(shown.images, eval_keys(EVAL_BINARIZE, shown.index), config)
     reconstructions = jax.nn.sigmoid(model.decode(model.encode(originals)[0]))
     shape = model.image_shape
-    pairs = jnp.stack([originals.reshape(4, 8, *shape), reconstructions.reshape(4, 8, *shape)], 1)
+    pairs = jnp.stack([originals.reshape(rows, columns, *shape), reconstructions.reshape(rows, columns, *shape)], 1)
     test_inputs = binarize(dataset.test_images, eval_keys(EVAL_BINARIZE, jnp.arange(num_test)), config)
     test_noise = latent_noise(eval_keys(EVAL_LATENT, jnp.arange(num_test)), config.latents)
     return ({"test_nll_importance": float(jnp.concatenate(nll).mean()),
              "importance_samples": config.importance_samples,
              "evaluation_fingerprint": manifest.arrays_hash([np.packbits(np.asarray(test_inputs, bool)), test_noise])},
-            {"samples.png": (samples, 8), "reconstructions.png": (pairs.reshape(64, *shape), 8)})
+            {"samples.png": (samples, 8), "reconstructions.png": (pairs.reshape(2 * count, *shape), columns)})
 
 
 OBJECTIVE = Objective(
