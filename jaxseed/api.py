@@ -16,6 +16,7 @@ from jaxseed import ablate as ablation
 from jaxseed import cli, entry, loop, objective
 from jaxseed.streams import resolve_seeds
 from jaxseed.config import Config
+from jaxseed.errors import UserError
 from jaxseed.objective import Objective
 
 
@@ -43,9 +44,11 @@ def train(model: Objective | str = "cnn", *, seed: int = 0, streams: dict[str, i
 
 def ablate(model: Objective | str = "cnn", *, seeds: int = 5, vary: tuple[str, ...] | None = None, base_seed: int = 0,
            strategy: str = "auto", workdir: str | None = None, quiet: bool = True, **settings) -> str:
-    """Vary each stream of ``model`` alone (``vary``: which; default every stream it uses), K =
-    ``seeds`` runs per group, plus the ``all`` and ``none`` groups; returns the report (markdown).
-    The same ``workdir`` again completes an unfinished study."""
+    """Vary each stream of ``model`` alone (``vary``: which; default every stream it draws from),
+    K = ``seeds`` runs per group, plus the ``all`` and ``none`` groups; returns the report
+    (markdown). The same ``workdir`` again completes an unfinished study."""
+    if not isinstance(seeds, int) or seeds < 2:
+        raise UserError(f"seeds must be an integer >= 2 (a spread needs two runs), got {seeds!r}")
     found = _objective(model)
     config = Config(**settings).replace(model=found.name)
     sweep = ablation.plan_sweep(config, found, seeds, vary, base_seed, strategy, workdir)

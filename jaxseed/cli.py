@@ -189,7 +189,7 @@ def run_name(config: Config) -> str:
     def short(text: str) -> str:
         return os.path.splitext(os.path.basename(text.rstrip("/")))[0]
 
-    model = short(config.model.rpartition(":")[0] or config.model)
+    model = short(objective.split_name(config.model)[0] or config.model)
     data = short(npz_path(config.data)) if npz_path(config.data) else config.data
     return f"{model}-{data}".replace(":", "-")
 

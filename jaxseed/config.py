@@ -106,8 +106,9 @@ class Config:
                                          "JAX starts); no effect on CPU and TPU")
     # Pin XLA CPU's instruction set (recorded), so that x86 machines with other vector extensions
     # generate the same code; see jaxseed.machine.
-    portable: bool = setting(False, "pin XLA CPU's instruction set to AVX2 for results portable across x86 CPUs "
-                                    "(slower; set before JAX starts)")
+    portable: bool = setting(False, "cap XLA CPU's generated code at AVX2 (set before JAX starts); not enough for "
+                                    "the same bits on another CPU: large matmuls and convolution gradients run in a "
+                                    "kernel library that picks its kernels from the CPU (see the README)")
     # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every
     # `checkpoint_every` steps when > 0.
     checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)

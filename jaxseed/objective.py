@@ -119,8 +119,8 @@ def resolve(name: str) -> Objective:
     if name in built_in():
         found = importlib.import_module(f"jaxseed.models.{name}").OBJECTIVE
     else:
-        module_name, sep, attribute = name.rpartition(":")
-        if not sep or not module_name or not attribute.isidentifier():
+        module_name, attribute = split_name(name)
+        if not module_name or not attribute.isidentifier():
             raise UserError(f"{name!r} is neither a built-in model ({', '.join(built_in())}) nor an objective "
                             "named as package.module:NAME or path/to/file.py:NAME")
         module = _import(module_name)
@@ -130,11 +130,17 @@ def resolve(name: str) -> Objective:
     return check(found, name)
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """("package.module" or "path/to/file.py", "NAME") of an objective named ``module:NAME``; ("", name) else."""
+    module_name, _, attribute = name.rpartition(":")
+    return module_name, attribute
+
+
 def recorded_name(name: str) -> str:
     """``name`` as a manifest records it: a file's objective by the file's name alone (where a
     file lies on this machine is no part of the run; the user names it again to verify)."""
-    module_name, sep, attribute = name.rpartition(":")
-    return f"{os.path.basename(module_name)}:{attribute}" if sep and module_name.endswith(".py") else name
+    module_name, attribute = split_name(name)
+    return f"{os.path.basename(module_name)}:{attribute}" if module_name.endswith(".py") else name
 
 
 def _import(module_name: str):

@@ -43,15 +43,14 @@ def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_met
             lines.append(f"first epoch whose metrics differ: {old['epoch']} ({', '.join(changed)})")
             break
     if recorded.get("cpu") != rerun.get("cpu") and not drawn and recorded_metrics and rerun_metrics:
-        portable = recorded.get("config", {}).get("portable")
-        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1], portable)
+        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1])
     return lines
 
 
-def _across_machines(old: dict, new: dict, portable: bool) -> list[str]:
+def _across_machines(old: dict, new: dict) -> list[str]:
     """Another CPU, same draws: name the likely cause and compare the final metrics within tolerance."""
-    lines = ["likely cause: another CPU (XLA CPU compiles for the host's vector extensions, so float "
-             "rounding differs)" + ("" if portable else "; runs made with --portable may match across x86 machines")]
+    lines = ["likely cause: another CPU (XLA CPU's code and its kernel libraries depend on the CPU, so float "
+             "rounding differs, with or without --portable)"]
     numbers = (int, float)
     for name in sorted(k for k in old if k.startswith("test_") and isinstance(old[k], numbers)
                        and isinstance(new.get(k), numbers)):

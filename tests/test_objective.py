@@ -141,3 +141,10 @@ def test_the_recorded_command_keeps_no_path_of_this_machine():
                                  "/home/someone/model.py:OBJECTIVE", "--data-dir=/srv/mnist"])
     assert recorded == ["train", "--data", "npz:<...>/data.npz", "--objective", "<...>/model.py:OBJECTIVE",
                         "--data-dir=<...>/mnist"]
+
+
+def test_the_python_api_refuses_a_study_of_one_seed():
+    from jaxseed import api
+
+    with pytest.raises(UserError, match="seeds must be an integer >= 2"):
+        api.ablate("cnn", seeds=1, data="synthetic")
