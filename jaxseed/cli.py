@@ -165,11 +165,6 @@ def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, obje
     given = config_changes(args)
     config = manifest.config_from_record(recorded["config"], workdir, **{name: given.get(name) for name in RELOCATED})
     found = objective.resolve(config.model)
-    recorded_source = recorded.get("objective", {}).get("source_sha256") if isinstance(recorded.get("objective"),
-                                                                                        dict) else None
-    if config.model not in objective.built_in() and recorded_source not in (None, objective.source_hash(found)):
-        raise UserError(f"the objective {config.model} is not the code {workdir} was trained with (its source's "
-                        f"sha256 differs: {recorded_source[:12]}… recorded); restore that file, or start afresh")
     seeds = manifest.seeds_from_record(recorded["streams"], workdir, streams.seed_names(found.run_streams))
     differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
                    for field, value in given.items() if field not in RELOCATED and getattr(config, field) != value]

@@ -200,6 +200,12 @@ def restore(run: Run, state: TrainState, data_hash: str) -> tuple[TrainState, Po
             raise UserError(f"the data differs from the data {folder.path} was trained on (data_hash "
                             f"{str(recorded['data_hash'])[:16]}…, here {data_hash[:16]}…); "
                             "pass the same --data-dir")
+        source = objectives.recorded_source(recorded)  # a user's file; built-ins change with jaxseed's versions
+        if run.objective.name not in objectives.built_in() and source not in (
+                None, objectives.source_hash(run.objective)):
+            raise UserError(f"the objective {run.objective.name} is not the code {folder.path} was trained with "
+                            f"(its source's sha256 differs: {source[:12]}… recorded); restore that file, or start "
+                            "afresh with --overwrite")
     restored = run.checkpointer.restore_latest(state)
     if not restored:
         return state, Position(0, 0, {})

@@ -63,8 +63,8 @@ def command(argv: list[str]) -> list[str]:
     def local(text: str) -> str:
         flag, equals, value = text.partition("=") if text.startswith("--") else ("", "", text)
         prefix = NPZ if npz_path(value) else ""
-        path, colon, name = value.removeprefix(prefix).rpartition(":")
-        path, suffix = (path, colon + name) if path.endswith(".py") else (value.removeprefix(prefix), "")
+        path, name = objective.split_name(value.removeprefix(prefix))
+        path, suffix = (path, f":{name}") if path.endswith(".py") else (value.removeprefix(prefix), "")
         if not os.path.isabs(path):
             return text
         relative = os.path.relpath(path)

@@ -200,6 +200,13 @@ def source_hash(objective: Objective) -> str | None:
         return None
 
 
+def recorded_source(record: dict) -> str | None:
+    """The sha256 of the objective's source that a manifest records (None where it records none)."""
+    entry = record.get("objective")
+    return entry.get("source_sha256") if isinstance(entry, dict) else None
+
+
+@functools.lru_cache(maxsize=16)  # an ablation's runs share one shape: traced once, not once per run
 def check_shapes(objective: Objective, config: Config, spec: DataSpec, batch_size: int) -> None:
     """Trace the objective on an abstract batch, so that what it returns is checked before
     training starts: UserError (one line) naming what is wrong."""

@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 from jaxseed import cli, entry, loop, rundir
+from jaxseed.objective import recorded_source as objective_source
 
 PROG = "python -m jaxseed.verify"
 
@@ -89,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {config.data}{f' from {config.data_dir}' if config.data_dir else ''}, data_hash "
               f"{rerun['data_hash']} ({'the same as' if rerun['data_hash'] == recorded.get('data_hash') else 'NOT'} "
               "the recorded one)")
-        source = recorded.get("objective", {}).get("source_sha256") if isinstance(recorded.get("objective"), dict) \
-            else None
-        if source and source != rerun["objective"]["source_sha256"]:
+        if objective_source(recorded) not in (None, objective_source(rerun)):
             print(f"objective {objective.name}: its source file differs from the one the run was trained with")
         if rerun["param_hash"] == recorded["param_hash"]:
             print(f"MATCH param_hash {rerun['param_hash']}")

@@ -20,12 +20,12 @@ gives other bytes but the same arrays; sha256 of each array's bytes (C order):
 """
 
 import argparse
-import gzip
 import hashlib
 import os
-import sys
 
 import numpy as np
+
+from cut_mnist_slice import read_verified  # beside this script: the same verified read
 
 SHA256 = {  # of the decompressed files, whatever gzip wraps them (the package's differs from the original)
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -37,17 +37,6 @@ KEEP = {"train": 1000, "t10k": 500}
 HEADER = {"images": 16, "labels": 8}  # bytes before the data: magic and sizes, checked through the sha256
 DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion-mnist-small.npz")
-
-
-def read_verified(folder: str, stem: str) -> bytes:
-    """The decompressed bytes of ``stem`` from ``folder``; exits if they are not Fashion-MNIST's."""
-    path = os.path.join(folder, stem)
-    with (open(path, "rb") if os.path.exists(path) else gzip.open(path + ".gz")) as f:
-        raw = f.read()
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != SHA256[stem]:
-        sys.exit(f"{path}[.gz]: sha256 {digest}, expected {SHA256[stem]}: not the full Fashion-MNIST file")
-    return raw
 
 
 def first_examples(raw: bytes, stem: str) -> np.ndarray:
@@ -64,7 +53,8 @@ def main() -> None:
     source = parser.parse_args().source
     names = {"train-images-idx3-ubyte": "x_train", "train-labels-idx1-ubyte": "y_train",
              "t10k-images-idx3-ubyte": "x_test", "t10k-labels-idx1-ubyte": "y_test"}
-    arrays = {names[stem]: first_examples(read_verified(source, stem), stem) for stem in SHA256}
+    arrays = {names[stem]: first_examples(read_verified(source, stem, SHA256, "Fashion-MNIST"), stem)
+              for stem in SHA256}
     np.savez_compressed(OUTPUT, **arrays)
     for key, array in arrays.items():
         print(f"{key:8} {hashlib.sha256(array.tobytes()).hexdigest()}  {array.dtype}{list(array.shape)}")

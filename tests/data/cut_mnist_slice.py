@@ -30,14 +30,15 @@ KEEP = {"train": 2000, "t10k": 500}
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist-slice")
 
 
-def read_verified(folder: str, stem: str) -> bytes:
-    """The decompressed bytes of ``stem`` from ``folder``; exits if they are not MNIST's."""
+def read_verified(folder: str, stem: str, sha256: dict = MNIST_SHA256, data_set: str = "MNIST") -> bytes:
+    """The decompressed bytes of ``stem`` from ``folder`` (plain or .gz); exits unless their
+    sha256 is ``sha256[stem]``, that of the full file of ``data_set``."""
     path = os.path.join(folder, stem)
     with (open(path, "rb") if os.path.exists(path) else gzip.open(path + ".gz")) as f:
         raw = f.read()
     digest = hashlib.sha256(raw).hexdigest()
-    if digest != MNIST_SHA256[stem]:
-        sys.exit(f"{path}[.gz]: sha256 {digest}, expected {MNIST_SHA256[stem]}: not the full MNIST file")
+    if digest != sha256[stem]:
+        sys.exit(f"{path}[.gz]: sha256 {digest}, expected {sha256[stem]}: not the full {data_set} file")
     return raw
 
 
