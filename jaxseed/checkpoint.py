@@ -47,6 +47,36 @@ def _quiet_orbax():
         logger.setLevel(level)
 
 
+def _is_orphaned_write(unraisable: Any) -> bool:
+    """A tensorstore write that ends after orbax's save loop has closed on an earlier failed write.
+
+    orbax runs a synchronous save on a fresh asyncio loop and closes it when the
+    first write fails; the other writes still in flight then finish on
+    tensorstore's threads and find no loop to report to. Their result is moot
+    (the save already failed as one UserError), but Python prints each as an
+    unraisable traceback, at any moment up to exit.
+    """
+    frames = unraisable.exc_traceback
+    while frames is not None and frames.tb_next is not None:
+        frames = frames.tb_next
+    return (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+            and frames is not None and frames.tb_frame.f_code.co_name == "_check_closed")
+
+
+def _drop_orphaned_writes() -> None:
+    """Drops only those reports (see ``_is_orphaned_write``); every other one goes to the hook before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxseed_orphaned_writes", False):
+        return
+
+    def hook(unraisable):
+        if not _is_orphaned_write(unraisable):
+            previous(unraisable)
+
+    hook.jaxseed_orphaned_writes = True
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     """Save and restore (state, progress) pairs; keeps the last ``max_to_keep``.
 
@@ -58,6 +88,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, max_to_keep: int = 3):
         self.directory = os.path.abspath(directory)
+        _drop_orphaned_writes()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False)
         try:
