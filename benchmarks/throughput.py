@@ -17,7 +17,8 @@ bar the field sets on a CPU; skipped, and said so, where torch is not installed.
 The CLI: ``python -m jaxseed.train`` with the default config (augmentation on) for 2
 epochs of ``--steps`` steps (fewer where the data set is smaller), in its own process;
 its training images/s are those of epoch 2 in its ``metrics.jsonl`` (``training_seconds``),
-as epoch 1 includes compiling.
+as epoch 1 includes compiling; and the same with ``--portable`` (other XLA flags, so its own
+process too).
 Each round times the in-process loops in turn, then the PyTorch process, then the CLI
 process; each figure is the median over the rounds.
 With ``--objective SPEC --data D``, any objective instead (examples/resnet_cifar10.py on
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None):
     torch_python = args.torch_python if has_torch(args.torch_python) else None
     plain_evaluation, jaxseed_evaluation, test_images = evaluations(config, dataset, keys)
     times = {name: [] for name in ("reference", "flax pool", *loops, "plain evaluation", "evaluation")}
-    torch_runs, cli_speeds = [], []
+    torch_runs, cli_speeds, portable_speeds = [], [], []
     with tempfile.TemporaryDirectory(prefix="jaxseed-torch-") as folder:
         arrays = os.path.join(folder, "train.npz")
         if torch_python:
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None):
             if torch_python:
                 torch_runs.append(torch_speed(torch_python, arrays, config, args.steps))
             cli_speeds.append(cli_speed(data_flags, config, args.steps, dataset.num_train))
+            portable_speeds.append(cli_speed([*data_flags, "--portable"], config, args.steps, dataset.num_train))
     ref_speed = ref_images / statistics.median(times["reference"])
     print(f"reference (jit step per call, numpy batches): {ref_speed:8.0f} images/s, compile {ref_compile:.1f}s")
     speed = ref_images / statistics.median(times["flax pool"])
@@ -341,6 +343,9 @@ def main(argv: list[str] | None = None):
     print(f"jaxseed CLI training, augment={config.augment} (metrics.jsonl, epoch {CLI_EPOCHS} of {CLI_EPOCHS}): "
           f"{speed:.0f} images/s, ratio {speed / ref_speed:.2f}x, {speed / loop_speeds[config.augment]:.2f}x the "
           f"jitted call{versus_torch(speed)}")
+    portable = statistics.median(portable_speeds)
+    print(f"jaxseed CLI training --portable (same bits on other x86 CPUs): {portable:.0f} images/s, "
+          f"{portable / speed:.2f}x the CLI without it")
     plain_speed, speed = (test_images / statistics.median(times[name]) for name in ("plain evaluation", "evaluation"))
     print(f"evaluation, jit call per numpy batch:        {plain_speed:8.0f} images/s")
     print(f"evaluation, jaxseed (test set on device):    {speed:8.0f} images/s, ratio {speed / plain_speed:.2f}x")

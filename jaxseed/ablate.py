@@ -13,8 +13,10 @@ Groups of K runs each:
 
 Each run's result is stored as it finishes; rerunning the same command completes
 only the missing runs. Writes ablation.json (every run, and the summary),
-ablation.csv, ablation.md and ablation.png, and for a classifier unstable.png (the
-test images its runs disagree on). The statistics are jaxseed.stats.
+ablation.csv, ablation.md and ablation.png, for a classifier unstable.png (the
+test images its runs disagree on), and records.npz: the finished runs, compact, from
+which ``--records`` continues the study in another folder, machine or session.
+The statistics are jaxseed.stats.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import os
 import shutil
 import sys
 import time
+import zipfile
+import zlib
 from itertools import combinations
 from typing import NamedTuple
 
@@ -278,10 +282,12 @@ def open_sweep(sweep: Sweep) -> rundir.RunFolder:
 
 
 def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[int, int] = (0, 1),
-              train: bool = True, detect: float | None = None, correlation: float | None = None) -> str | None:
-    """Train every missing run of ``shard`` (unless not ``train``), then write the report of every
-    run finished so far, by any shard; returns its markdown (None while no group has two runs).
-    ``detect`` and ``correlation`` size a comparison in the report (``write_report``)."""
+              train: bool = True, detect: float | None = None, correlation: float | None = None,
+              records: str | None = None) -> str | None:
+    """Restore the runs ``records`` holds that the study lacks, train every missing run of ``shard``
+    (unless not ``train``), then write the records and the report of every run finished so far, by
+    any shard; returns the report's markdown (None while no group has two runs). ``detect`` and
+    ``correlation`` size a comparison in the report (``write_report``)."""
     config = sweep.config
     # The report compares the runs' outputs on each test example (a classifier's, with its labels and images).
     dataset = data.load(config.data, config.data_dir, config.train_limit)
@@ -293,14 +299,27 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
         return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], drawn, len(dataset.test_labels),
                            classes)
 
+    def record_finished() -> dict[str, dict[int, dict]]:
+        """Every finished run's result, by group and index, after writing them all to the records."""
+        finished = {name: {k: found for k in range(num_seeds) if (found := result(name, k)) is not None}
+                    for name in sweep.groups}
+        write_records(study, sweep, [os.path.basename(run_dir(sweep.workdir, name, k))
+                                     for name, group in finished.items() for k in group], len(dataset.test_labels),
+                      classes)
+        return finished
+
     num_seeds = len(sweep.groups["none"])
+    study.folder("runs")
+    if records:
+        restored = restore_records(records, sweep, len(dataset.test_labels), classes)
+        if not quiet:
+            print(f"restored {len(restored)} finished runs from {records}", file=sys.stderr)
     mine = shard_runs(sweep.groups, shard, sweep.strategy) if train else {name: [] for name in sweep.groups}
     todo = {name: [k for k in runs if result(name, k) is None] for name, runs in mine.items()}
     total = sum(map(len, mine.values()))
     if not quiet and train:
         print(f"strategy {sweep.strategy}: {sweep.header['strategy_reason']}", file=sys.stderr)
     start = time.perf_counter()
-    study.folder("runs")
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
               desc=f"ablation ({sweep.strategy})", disable=quiet or not train) as bar:
         for name, missing in todo.items():
@@ -314,9 +333,10 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
                           [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy, checkpoints,
                           own_program=name == "none")
                 bar.update(len(batch))
-    finished = {name: [found for k in range(num_seeds) if (found := result(name, k)) is not None]
-                for name in sweep.groups}
-    results = {name: group for name, group in finished.items() if len(group) >= 2}  # a spread needs two
+                record_finished()  # as runs finish: a study stopped for good still leaves its records
+    finished = record_finished()
+    # A spread needs two runs.
+    results = {name: list(group.values()) for name, group in finished.items() if len(group) >= 2}
     if not results:
         return None
     rows = [summarize(name, group, labels) for name, group in results.items()]
@@ -324,6 +344,107 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
               "runs_finished": sum(map(len, finished.values())), "runs_planned": len(sweep.groups) * num_seeds}
     return write_report(study, rows, results, header, labels=labels, test_images=images, detect=detect,
                         correlation=correlation)
+
+
+# ---------------------------------------------------------------- records
+
+RECORDS = "records.npz"
+
+
+def write_records(study: rundir.RunFolder, sweep: Sweep, names: list[str], num_test: int,
+                  classes: int | None) -> None:
+    """Every finished run of the study in one compressed file, ``records.npz``: its manifest and
+    metrics, and its per-example test outputs (what the report reads) at float16, a small part
+    of the runs' folders. Committed beside a report, it lets another machine or session continue
+    the study where this one stopped (``--records``). A run stored without per-example losses (an
+    older jaxseed's) has NaN in their place."""
+    manifests, metrics, losses, probabilities = [], [], [], []
+    for name in names:
+        path = os.path.join(sweep.workdir, "runs", name)
+        manifests.append(json.dumps(rundir.read_manifest(path)))
+        metrics.append(json.dumps(rundir.read_metrics(path)))
+        try:
+            losses.append(rundir.load_array(path, "test_losses.npy", np.float32, (num_test,)))
+        except FileNotFoundError:
+            losses.append(np.full(num_test, np.nan, np.float32))
+        if classes is not None:
+            probabilities.append(rundir.load_array(path, "test_probabilities.npy", np.float32, (num_test, classes)))
+    arrays = {"header": np.array(json.dumps(sweep.header)), "names": np.array(names, dtype=str),
+              "manifests": np.array(manifests, dtype=str), "metrics": np.array(metrics, dtype=str),
+              "losses": np.array(losses, np.float16).reshape(len(names), num_test)}
+    if classes is not None:
+        arrays["probabilities"] = np.array(probabilities, np.float16).reshape(len(names), num_test, classes)
+    study.save_arrays(RECORDS, arrays)
+
+
+# A records file of 10,000 runs of CIFAR-10's test set stays below this.
+MAX_RECORDS_BYTES = 4 << 30
+
+
+def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the array ``key`` of an .npz, from its header alone."""
+    with archive.open(key + ".npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{key} is in .npy format {version}")
+        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)(member)
+    return shape, dtype
+
+
+def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None) -> list[str]:
+    """Write the runs of a records file (``write_records``) that the study folder has not finished
+    into it, as finished runs; returns their names. The file is input: it must hold this sweep
+    (configuration, plan, strategy, backend), arrays of the data's shapes, and manifests that name
+    the planned seeds (checked again when the report reads them, as any run's)."""
+    planned = {os.path.basename(run_dir(sweep.workdir, name, k)) for name, runs in sweep.groups.items()
+               for k in range(len(runs))}
+    keys = ("header", "names", "manifests", "metrics", "losses", *(("probabilities",) if classes is not None else ()))
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            # Every array's size from its .npy header, before any is read: the file is input.
+            shapes = {key: _npy_header(stored.zip, key) for key in keys}
+            runs = shapes["names"][0][0] if len(shapes["names"][0]) == 1 else -1
+            expected = {"losses": ((runs, num_test), np.float16),
+                        "probabilities": ((runs, num_test, classes), np.float16)}
+            if (not 0 <= runs <= len(planned) or any(shapes[key] != expected[key] for key in expected if key in keys)
+                    or any(shapes[key][0] != (runs,) or shapes[key][1].kind != "U" for key in keys[1:4])
+                    or shapes["header"][0] != () or shapes["header"][1].kind != "U"
+                    or sum(np.prod(shape) * dtype.itemsize for shape, dtype in shapes.values()) > MAX_RECORDS_BYTES):
+                raise ValueError("its arrays are not of this sweep's shapes (runs, test examples, classes)")
+            header = json.loads(str(stored["header"]))
+            names, manifests, metrics = (stored[key].tolist() for key in ("names", "manifests", "metrics"))
+            losses = stored["losses"]
+            probabilities = stored["probabilities"] if classes is not None else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise UserError(f"cannot read the records {path}: {str(error).splitlines()[0][:200]}") from None
+    same = ("config", "groups_planned", "group_order", "strategy", "backend")
+    if not isinstance(header, dict) or any(header.get(key) != sweep.header.get(key) for key in same):
+        raise UserError(f"{path} holds the runs of another sweep (configuration, plan, strategy or backend); "
+                        "continue it with its own command, or drop --records")
+    if not set(names) <= planned:
+        raise UserError(f"{path} names runs this sweep did not plan")
+    restored = []
+    for i, name in enumerate(names):
+        folder = os.path.join(sweep.workdir, "runs", name)
+        with contextlib.suppress(FileNotFoundError):
+            if rundir.read_manifest(folder).get("status") == "finished":
+                continue
+        try:
+            recorded, rows = json.loads(manifests[i]), json.loads(metrics[i])
+        except json.JSONDecodeError as error:
+            raise UserError(f"cannot read the records {path}: run {name}: {error}") from None
+        if not isinstance(recorded, dict) or not isinstance(rows, list):
+            raise UserError(f"cannot read the records {path}: run {name} is not a manifest and metrics")
+        with rundir.RunFolder.claim(folder, "run", resume=True) as run:
+            run.write_lines("metrics.jsonl", rows)
+            if not np.isnan(losses[i]).all():
+                run.save_array("test_losses.npy", losses[i].astype(np.float32))
+            if probabilities is not None:
+                run.save_array("test_probabilities.npy", probabilities[i].astype(np.float32))
+            run.write_json("manifest.json", recorded)  # last: a run counts once its manifest says finished
+        restored.append(name)
+    return restored
 
 
 # ---------------------------------------------------------------- report
@@ -629,6 +750,11 @@ def ablate_parser():
                         help="correlation of two configurations' results on the same seeds, as "
                              "experiments/fair_comparison measures it: the report adds the paired design (default: "
                              "unpaired only)")
+    parser.add_argument("--records", metavar="FILE",
+                        help="a records.npz of this study (the compact file every study writes beside its report): "
+                             "the finished runs it holds are restored into --workdir and not trained again, so a "
+                             "study continues on another machine or in a later session; their per-example "
+                             "outputs are float16")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_config_flags(parser)
     return parser
@@ -661,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         with open_sweep(sweep) as study:
             try:
                 markdown = run_sweep(sweep, study, args.quiet, args.shard, train=not args.report,
-                                     detect=args.detect, correlation=args.correlation)
+                                     detect=args.detect, correlation=args.correlation, records=args.records)
             except KeyboardInterrupt:
                 again = "the same command" if args.workdir else f"it with --workdir {sweep.workdir}"
                 raise entry.Interrupted(f"interrupted; finished runs are kept: rerun {again} to complete the "
@@ -672,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pictures = ", unstable.png" if sweep.objective.classifier else ""
             print(markdown + f"\nreport in {sweep.workdir}: ablation.md, ablation.csv, ablation.json, ablation.png"
-                             f"{pictures}")
+                             f"{pictures}, records.npz")
         return 0
 
     return entry.run("jaxseed.ablate", ablate)

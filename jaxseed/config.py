@@ -104,11 +104,11 @@ class Config:
     # differently from run to run; this flag asks XLA for deterministic ones (recorded).
     deterministic: bool = setting(False, "GPU: deterministic kernels (--xla_gpu_deterministic_ops=true; set before "
                                          "JAX starts); no effect on CPU and TPU")
-    # Pin XLA CPU's instruction set (recorded), so that x86 machines with other vector extensions
-    # generate the same code; see jaxseed.machine.
-    portable: bool = setting(False, "cap XLA CPU's generated code at AVX2 (set before JAX starts); not enough for "
-                                    "the same bits on another CPU: large matmuls and convolution gradients run in a "
-                                    "kernel library that picks its kernels from the CPU (see the README)")
+    # Pin what XLA CPU computes to what any x86 CPU with AVX2 computes alike (recorded); see
+    # jaxseed.machine.
+    portable: bool = setting(False, "the same bits on other x86 CPUs with AVX2: XLA CPU's code capped at AVX2, its "
+                                    "kernel library's CPU-dependent arithmetic off, the VAE's kernel gradients summed "
+                                    "in a fixed order (set before JAX starts; ~5%% slower; see the README)")
     # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every
     # `checkpoint_every` steps when > 0.
     checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)

@@ -2,9 +2,11 @@
 
 XLA CPU compiles for the host's vector extensions (SSE4.2, AVX2, AVX-512, ...):
 the same code, seed and versions gave different weights on two x86 machines,
-and ``--xla_cpu_max_isa=SSE4_2`` alone changes the bits on one. Bitwise equality
-is therefore a same-machine promise unless the instruction set is pinned:
-``portable`` caps XLA CPU at AVX2, which most x86 machines of the last decade have.
+and ``--xla_cpu_max_isa=SSE4_2`` alone changes the bits on one. Its kernel library
+for dots and convolutions also picks kernels from the CPU it finds at run time,
+whatever the cap. ``portable`` pins both: XLA's code at AVX2 (which most x86
+machines of the last decade have) and the library's arithmetic at what XLA calls
+consistent across CPUs (``--xla_cpu_enable_platform_dependent_math=false``).
 On GPU, ``deterministic`` asks XLA for kernels that round the same way on every run.
 """
 
@@ -22,7 +24,10 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from jaxseed.errors import UserError
 
-PORTABLE_FLAG = "--xla_cpu_max_isa=AVX2"
+# Measured under qemu-user (issue 18): the cap alone left every matmul and convolution gradient of
+# the models on another CPU's bits; with the second flag the CNN matched, and the VAE's kernel gradients
+# needed jaxseed.portable besides. The cap keeps AVX-512 hosts on the code AVX2 CPUs run.
+PORTABLE_FLAGS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_enable_platform_dependent_math=false")
 # --xla_gpu_exclude_nondeterministic_ops would be stricter, but could not compile Flax's
 # max-pool gradient (select-and-scatter); the CNN no longer uses it, untried on a GPU since.
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
@@ -65,7 +70,8 @@ def _require_flag(flag: str, option: str) -> None:
 def require_flags(config) -> None:
     """Set the XLA flags the config asks for (``portable``, ``deterministic``) before JAX starts."""
     if config.portable:
-        _require_flag(PORTABLE_FLAG, "--portable")
+        for flag in PORTABLE_FLAGS:
+            _require_flag(flag, "--portable")
     if config.deterministic:
         _require_flag(DETERMINISTIC_FLAG, "--deterministic")
 

@@ -42,7 +42,8 @@ MARKER = ".jaxseed"
 OUTPUTS = {
     "run": ("manifest.json", "metrics.jsonl", "trace.jsonl", "curves.png", "samples.png", "reconstructions.png",
             "test_losses.npy", "test_probabilities.npy", "checkpoints", "checkpoints-unreadable"),
-    "study": ("sweep.json", "ablation.json", "ablation.csv", "ablation.md", "ablation.png", "unstable.png", "runs"),
+    "study": ("sweep.json", "ablation.json", "ablation.csv", "ablation.md", "ablation.png", "unstable.png",
+              "records.npz", "runs"),
 }
 # Fields every row must have, checked whenever a file is read back.
 METRICS_FIELDS = {"epoch": int, "step": int}
@@ -227,6 +228,10 @@ class RunFolder:
 
     def save_array(self, name: str, array: np.ndarray) -> None:
         self._replace(name, lambda f: np.save(f, np.asarray(array), allow_pickle=False), mode="wb")
+
+    def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Several arrays in one compressed ``.npz``, whole or not at all."""
+        self._replace(name, lambda f: np.savez_compressed(f, **arrays), mode="wb")
 
     def save_picture(self, name: str, draw: Callable[[Any], None]) -> None:
         """``draw(file)`` writes a PNG into an open binary file."""

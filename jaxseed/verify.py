@@ -6,6 +6,8 @@ Prints MATCH (exit 0) or MISMATCH (exit 1) of ``param_hash``; on a mismatch,
 what differs between the two environments, which streams drew differently,
 and the first epoch whose metrics differ; when only the CPU differs, the likely
 cause and whether the final test metrics agree within ``METRIC_TOLERANCE``.
+It says first what equality to expect: a ``--portable`` run the same bits on any
+x86 CPU with AVX2, another run only on a CPU like the one it ran on.
 """
 
 from __future__ import annotations
@@ -44,14 +46,27 @@ def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_met
             lines.append(f"first epoch whose metrics differ: {old['epoch']} ({', '.join(changed)})")
             break
     if recorded.get("cpu") != rerun.get("cpu") and not drawn and recorded_metrics and rerun_metrics:
-        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1])
+        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1], portable(recorded))
     return lines
 
 
-def _across_machines(old: dict, new: dict) -> list[str]:
+def portable(manifest: dict) -> bool:
+    config = manifest.get("config")
+    return isinstance(config, dict) and config.get("portable") is True
+
+
+def expectation(manifest: dict) -> str:
+    if portable(manifest):
+        return "--portable run: the same bits expected on any x86 CPU with AVX2 (same versions and flags)"
+    return "not a --portable run: the same bits expected only on a CPU like the one it ran on"
+
+
+def _across_machines(old: dict, new: dict, was_portable: bool) -> list[str]:
     """Another CPU, same draws: name the likely cause and compare the final metrics within tolerance."""
-    lines = ["likely cause: another CPU (XLA CPU's code and its kernel libraries depend on the CPU, so float "
-             "rounding differs, with or without --portable)"]
+    lines = ["likely cause: another CPU, although the run was --portable (a CPU without AVX2, or another "
+             "jax version's kernels: report it)" if was_portable else
+             "likely cause: another CPU (without --portable, XLA CPU's code and its kernel libraries depend on "
+             "the CPU, so float rounding differs; train with --portable for bits that travel)"]
     numbers = (int, float)
     for name in sorted(k for k in old if k.startswith("test_") and isinstance(old[k], numbers)
                        and isinstance(new.get(k), numbers)):
@@ -90,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {config.data}{f' from {config.data_dir}' if config.data_dir else ''}, data_hash "
               f"{rerun['data_hash']} ({'the same as' if rerun['data_hash'] == recorded.get('data_hash') else 'NOT'} "
               "the recorded one)")
+        print(expectation(recorded))
         if objective_source(recorded) not in (None, objective_source(rerun)):
             print(f"objective {objective.name}: its source file differs from the one the run was trained with")
         if rerun["param_hash"] == recorded["param_hash"]:

@@ -7,6 +7,13 @@ from jaxseed.config import Config
 # Tests read and write nothing outside the repository and their temporary folders: no persistent
 # compilation cache in ~/.cache (the CLI's default) for them or the commands they start.
 os.environ["JAXSEED_COMPILATION_CACHE"] = ""
+# The tests compile hundreds of tiny programs and run each for milliseconds, so LLVM's optimisation
+# of XLA's generated code costs them more than it saves (a tiny run's first call: 17.8 s at the
+# default level, 9.6 s at 0, here). Dots and convolutions run in XLA's kernel library either way,
+# and what the tests compare (runs of one configuration against each other, files, errors) holds
+# at any level. The commands they start inherit it; the portability check, which is about the
+# compiled code, runs without it (tests/test_portable.py).
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 
 @pytest.fixture(scope="session", autouse=True)

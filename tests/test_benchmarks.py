@@ -16,6 +16,7 @@ def test_throughput_benchmark_runs():
     assert sum(line.startswith("jaxseed") and "ratio" in line for line in lines) == 3
     assert any(line.startswith("jaxseed CLI training") and "epoch 2 of 2" in line and "the jitted call" in line
                for line in lines)
+    assert any(line.startswith("jaxseed CLI training --portable") and "the CLI without it" in line for line in lines)
     # PyTorch is timed in its own process where torch is installed, and said to be missing otherwise
     torch_installed = importlib.util.find_spec("torch") is not None
     assert any(line.startswith("PyTorch eager") and ("own process" if torch_installed else "not installed") in line

@@ -159,3 +159,31 @@ def test_a_run_recorded_before_the_sample_stream_is_still_a_result_of_its_study(
     assert result["final"] == {"test_loss": 1.0} and "losses" not in result
     with pytest.raises(Exception, match="other seeds"):
         ablate.load_result(str(tmp_path), {**old, "init": 1, "sample": 0}, drawn, 10, None)
+
+
+def test_a_study_continues_elsewhere_from_its_records(tmp_path, monkeypatch, capsys):
+    """records.npz, committed beside a report, restores the finished runs in a new folder: they are not
+    trained again; records of another sweep, or not records at all, are refused in one line."""
+    first = tmp_path / "first"
+    assert ablate.main([*SWEEP, "--workdir", str(first), "--shard", "0/3"]) == 0  # all-001 and init-000
+    records = first / "records.npz"
+    trained = []
+    monkeypatch.setattr(ablate, "run_group", lambda config, found, seeds, paths, *rest, **options: trained.extend(
+        os.path.basename(p) for p in paths))
+    second = tmp_path / "second"
+    assert ablate.main([*SWEEP, "--workdir", str(second), "--shard", "0/3", "--records", str(records)]) == 0
+    assert trained == []
+    for name in ("all-001", "init-000"):
+        assert (json.loads((second / "runs" / name / "manifest.json").read_text())
+                == json.loads((first / "runs" / name / "manifest.json").read_text()))
+        np.testing.assert_allclose(np.load(second / "runs" / name / "test_probabilities.npy"),
+                                   np.load(first / "runs" / name / "test_probabilities.npy"), rtol=1e-3, atol=1e-4)
+    capsys.readouterr()
+    assert ablate.main([*SWEEP, "--epochs", "2", "--workdir", str(tmp_path / "third"), "--records", str(records)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "holds the runs of another sweep" in error
+    (tmp_path / "bad.npz").write_text("not records")
+    assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "fourth"), "--records", str(tmp_path / "bad.npz")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot read the records" in error
+    assert trained == []

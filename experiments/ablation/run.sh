@@ -2,10 +2,12 @@
 # Claim: each random source moves the result by a different amount. Runs the per-stream
 # ablation of the CNN on MNIST and on Fashion-MNIST (with the `sample` group: each run trains on
 # 80% of the first 10,000 images) and of the VAE on MNIST, and copies the reports here.
-#   bash experiments/ablation/run.sh [cnn|fashion|vae ...]   (from the project root; ~20 min per CNN study,
-#                                                             ~25 min for the VAE on 2 CPU cores)
-# Resumable: rerunning completes only the runs missing from runs/ablation-*; --shard I/N splits a study
-# over processes or hosts. MNIST_DIR and FASHION_MNIST_DIR name local copies (default: the download cache).
+#   bash experiments/ablation/run.sh [cnn|fashion|vae|cnn-full ...]   (from the project root; ~20 min per
+#                                   CNN study, ~25 min for the VAE, ~5.5 h for cnn-full on 2 CPU cores)
+# Resumable: rerunning completes only the runs missing from runs/ablation-*, and a study's records.npz
+# copied here (its finished runs, compact) lets another machine or session continue it; --shard I/N
+# splits a study over processes or hosts. MNIST_DIR and FASHION_MNIST_DIR name local copies (default:
+# the download cache).
 set -euo pipefail
 here=experiments/ablation
 mnist=(${MNIST_DIR:+--data-dir "$MNIST_DIR"})
@@ -16,13 +18,20 @@ cnn=(--model cnn --seeds 10 --epochs 2 --train-limit 10000 --subsample 0.8 --det
 studies=("$@")
 if [ ${#studies[@]} -eq 0 ]; then studies=(cnn fashion vae); fi
 for study in "${studies[@]}"; do
+    records=()
+    if [ -e "$here/$study/records.npz" ]; then records=(--records "$here/$study/records.npz"); fi
     case $study in
-        cnn) python -m jaxseed.ablate "${cnn[@]}" "${mnist[@]}" --workdir runs/ablation-cnn --quiet ;;
-        fashion) python -m jaxseed.ablate "${cnn[@]}" "${fashion[@]}" --workdir runs/ablation-fashion --quiet ;;
+        cnn) python -m jaxseed.ablate "${cnn[@]}" "${mnist[@]}" --workdir runs/ablation-cnn --quiet "${records[@]}" ;;
+        fashion) python -m jaxseed.ablate "${cnn[@]}" "${fashion[@]}" --workdir runs/ablation-fashion --quiet \
+                     "${records[@]}" ;;
+        # The full size: all of MNIST, 10 epochs (~5.5 h here): continued from its records across sessions.
+        cnn-full) python -m jaxseed.ablate --model cnn --seeds 10 --epochs 10 --subsample 0.8 --detect 0.001 \
+                      --correlation "$correlation" "${mnist[@]}" --workdir runs/ablation-cnn-full --quiet \
+                      "${records[@]}" ;;
         vae) python -m jaxseed.ablate --model vae --seeds 5 --epochs 2 "${mnist[@]}" --workdir runs/ablation-vae \
-                 --quiet ;;
+                 --quiet "${records[@]}" ;;
     esac
     mkdir -p "$here/$study"
-    cp runs/ablation-$study/ablation.{md,csv,json,png} "$here/$study/"
+    cp runs/ablation-$study/ablation.{md,csv,json,png} runs/ablation-$study/records.npz "$here/$study/"
     if [ -e runs/ablation-$study/unstable.png ]; then cp runs/ablation-$study/unstable.png "$here/$study/"; fi
 done

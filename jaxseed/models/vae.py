@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from jaxseed import data, manifest
+from jaxseed import portable as portable_ops
 from jaxseed.config import Config
 from jaxseed.objective import (EVAL_BINARIZE, EVAL_IMPORTANCE, EVAL_LATENT, EVAL_SAMPLES, Batch, Objective,
                                eval_keys, to_unit)
@@ -27,20 +28,22 @@ class VAE(nnx.Module):
 
     Encoder: H*W*C -> 512 -> 256 -> (mean, log-variance) of a diagonal Gaussian q(z|x)
     over ``latents`` dimensions. Decoder: z -> 256 -> 512 -> H*W*C Bernoulli logits.
+    ``portable``: kernel gradients that round alike on any x86 CPU (``jaxseed.portable``).
     """
 
     def __init__(self, *, init_key: jax.Array, latents: int = 20, hidden: tuple[int, int] = (512, 256),
-                 image_shape: tuple[int, int, int] = (28, 28, 1)):
+                 image_shape: tuple[int, int, int] = (28, 28, 1), portable: bool = False):
         rngs = nnx.Rngs(params=init_key)
         wide, narrow = hidden
         pixels = math.prod(image_shape)
-        self.enc1 = nnx.Linear(pixels, wide, rngs=rngs)
-        self.enc2 = nnx.Linear(wide, narrow, rngs=rngs)
-        self.mean = nnx.Linear(narrow, latents, rngs=rngs)
-        self.logvar = nnx.Linear(narrow, latents, rngs=rngs)
-        self.dec1 = nnx.Linear(latents, narrow, rngs=rngs)
-        self.dec2 = nnx.Linear(narrow, wide, rngs=rngs)
-        self.out = nnx.Linear(wide, pixels, rngs=rngs)
+        linear = portable_ops.linear_options(portable)
+        self.enc1 = nnx.Linear(pixels, wide, **linear, rngs=rngs)
+        self.enc2 = nnx.Linear(wide, narrow, **linear, rngs=rngs)
+        self.mean = nnx.Linear(narrow, latents, **linear, rngs=rngs)
+        self.logvar = nnx.Linear(narrow, latents, **linear, rngs=rngs)
+        self.dec1 = nnx.Linear(latents, narrow, **linear, rngs=rngs)
+        self.dec2 = nnx.Linear(narrow, wide, **linear, rngs=rngs)
+        self.out = nnx.Linear(wide, pixels, **linear, rngs=rngs)
         self.latents = latents
         self.image_shape = tuple(image_shape)
 
@@ -173,7 +176,8 @@ def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
 
 OBJECTIVE = Objective(
     name="vae",
-    build=lambda config, spec, key: VAE(init_key=key, latents=config.latents, image_shape=spec.image_shape),
+    build=lambda config, spec, key: VAE(init_key=key, latents=config.latents, image_shape=spec.image_shape,
+                                        portable=config.portable),
     train_loss=train_loss,
     eval_metrics=eval_metrics,
     streams=("augment", "latent"),
