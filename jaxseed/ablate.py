@@ -384,11 +384,7 @@ MAX_RECORDS_BYTES = 4 << 30
 def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of the array ``key`` of an .npz, from its header alone."""
     with archive.open(key + ".npy") as member:
-        version = np.lib.format.read_magic(member)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"{key} is in .npy format {version}")
-        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)(member)
+        shape, _, dtype = rundir.npy_header(member)
     return shape, dtype
 
 

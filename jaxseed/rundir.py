@@ -366,6 +366,17 @@ def read_trace(folder: str) -> list[dict]:
     return read_lines(folder, "trace.jsonl", TRACE_FIELDS)
 
 
+def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy array ``f`` is at, from its header alone
+    (ValueError for another format), so a crafted header costs nothing."""
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"unsupported .npy version {version}")
+    return read_header(f, max_header_size=10_000)
+
+
 def load_array(folder: str, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """An ``.npy`` file of a run, refused unless its header says ``dtype`` and ``shape``
     (checked before the body is read, so a crafted header costs nothing)."""
@@ -373,12 +384,7 @@ def load_array(folder: str, name: str, dtype: np.dtype, shape: tuple[int, ...]) 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f"unsupported .npy version {version}")
-            found_shape, fortran, found_dtype = read_header(f, max_header_size=10_000)
+            found_shape, fortran, found_dtype = npy_header(f)
             if found_shape != tuple(shape) or found_dtype != np.dtype(dtype) or fortran:
                 raise ValueError(f"holds {found_dtype}{list(found_shape)}, expected {np.dtype(dtype)}{list(shape)}")
             array = np.fromfile(f, dtype=dtype, count=int(np.prod(shape)))
