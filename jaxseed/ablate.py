@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxseed import cli, data, entry, loop, manifest, objective, plots, rundir, stats, streams
+from jaxseed import cli, data, entry, loop, machine, manifest, objective, plots, rundir, stats, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 
@@ -420,25 +420,34 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None)
                         "continue it with its own command, or drop --records")
     if not set(names) <= planned:
         raise UserError(f"{path} names runs this sweep did not plan")
+    try:
+        recorded, rows = [json.loads(text) for text in manifests], [json.loads(text) for text in metrics]
+    except json.JSONDecodeError as error:
+        raise UserError(f"cannot read the records {path}: {error}") from None
+    if not all(isinstance(m, dict) for m in recorded) or not all(isinstance(r, list) for r in rows):
+        raise UserError(f"cannot read the records {path}: not manifests and metrics")
+    here = machine.cpu()
+    # Without --portable another CPU computes other bits: its runs beside this machine's would make a
+    # group's spread part machine, and the determinism control fail for a reason it does not name.
+    others = [m.get("cpu") for m in recorded if m.get("cpu") != here]
+    if others and not sweep.config.portable:
+        other = others[0].get("model") if isinstance(others[0], dict) else others[0]
+        raise UserError(f"{path} holds runs of another CPU ({other}; this one: {here['model']}), "
+                        "whose bits differ from this machine's: continue the study on that CPU (one run with "
+                        "--portable continues on any x86 CPU with AVX2)")
     restored = []
     for i, name in enumerate(names):
         folder = os.path.join(sweep.workdir, "runs", name)
         with contextlib.suppress(FileNotFoundError):
             if rundir.read_manifest(folder).get("status") == "finished":
                 continue
-        try:
-            recorded, rows = json.loads(manifests[i]), json.loads(metrics[i])
-        except json.JSONDecodeError as error:
-            raise UserError(f"cannot read the records {path}: run {name}: {error}") from None
-        if not isinstance(recorded, dict) or not isinstance(rows, list):
-            raise UserError(f"cannot read the records {path}: run {name} is not a manifest and metrics")
         with rundir.RunFolder.claim(folder, "run", resume=True) as run:
-            run.write_lines("metrics.jsonl", rows)
+            run.write_lines("metrics.jsonl", rows[i])
             if not np.isnan(losses[i]).all():
                 run.save_array("test_losses.npy", losses[i].astype(np.float32))
             if probabilities is not None:
                 run.save_array("test_probabilities.npy", probabilities[i].astype(np.float32))
-            run.write_json("manifest.json", recorded)  # last: a run counts once its manifest says finished
+            run.write_json("manifest.json", recorded[i])  # last: a run counts once its manifest says finished
         restored.append(name)
     return restored
 

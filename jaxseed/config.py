@@ -106,7 +106,7 @@ class Config:
                                          "JAX starts); no effect on CPU and TPU")
     # Pin what XLA CPU computes to what any x86 CPU with AVX2 computes alike (recorded); see
     # jaxseed.machine.
-    portable: bool = setting(False, "the same bits on other x86 CPUs with AVX2: XLA CPU's code capped at AVX2, its "
+    portable: bool = setting(False, "the same bits on other x86 CPUs with AVX2: XLA CPU's code capped at AVX, its "
                                     "kernel library's CPU-dependent arithmetic off, the VAE's kernel gradients summed "
                                     "in a fixed order (set before JAX starts; ~5%% slower; see the README)")
     # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every

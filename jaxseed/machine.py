@@ -4,9 +4,10 @@ XLA CPU compiles for the host's vector extensions (SSE4.2, AVX2, AVX-512, ...):
 the same code, seed and versions gave different weights on two x86 machines,
 and ``--xla_cpu_max_isa=SSE4_2`` alone changes the bits on one. Its kernel library
 for dots and convolutions also picks kernels from the CPU it finds at run time,
-whatever the cap. ``portable`` pins both: XLA's code at AVX2 (which most x86
-machines of the last decade have) and the library's arithmetic at what XLA calls
-consistent across CPUs (``--xla_cpu_enable_platform_dependent_math=false``).
+whatever the cap, and LLVM tunes XLA's code for the CPU it is named after. ``portable``
+pins all three: XLA's code at AVX, for a CPU named after that cap on every x86 CPU with
+AVX2 (which most machines of the last decade have), and the library's arithmetic at what
+XLA calls consistent across CPUs (``--xla_cpu_enable_platform_dependent_math=false``).
 On GPU, ``deterministic`` asks XLA for kernels that round the same way on every run.
 """
 
@@ -26,8 +27,11 @@ from jaxseed.errors import UserError
 
 # Measured under qemu-user (issue 18): the cap alone left every matmul and convolution gradient of
 # the models on another CPU's bits; with the second flag the CNN matched, and the VAE's kernel gradients
-# needed jaxseed.portable besides. The cap keeps AVX-512 hosts on the code AVX2 CPUs run.
-PORTABLE_FLAGS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_enable_platform_dependent_math=false")
+# needed jaxseed.portable besides. The cap is AVX, not AVX2: XLA names the CPU it compiles for after
+# the cap only where the cap removes a feature, else after the host (llvm::sys::getHostCPUName), and
+# LLVM's tuning for "skylake" gave other bits than for "haswell" (an emulated Haswell given Skylake's
+# model number computed what the emulated Skylake did). AVX removes AVX2 on every CPU that has it.
+PORTABLE_FLAGS = ("--xla_cpu_max_isa=AVX", "--xla_cpu_enable_platform_dependent_math=false")
 # --xla_gpu_exclude_nondeterministic_ops would be stricter, but could not compile Flax's
 # max-pool gradient (select-and-scatter); the CNN no longer uses it, untried on a GPU since.
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"

@@ -15,6 +15,11 @@ fashion=(--data fashion_mnist ${FASHION_MNIST_DIR:+--data-dir "$FASHION_MNIST_DI
 # The correlation of two configurations' results under the same seeds, from experiments/fair_comparison.
 correlation=${CORRELATION:-0.84}
 cnn=(--model cnn --seeds 10 --epochs 2 --train-limit 10000 --subsample 0.8 --detect 0.001 --correlation "$correlation")
+# A study stopped before its end (killed, or the session over) still leaves its finished runs' records here.
+keep_records() { if [ -n "${study:-}" ] && [ -e "runs/ablation-$study/records.npz" ]; then
+    mkdir -p "$here/$study" && cp "runs/ablation-$study/records.npz" "$here/$study/"; fi; }
+trap keep_records EXIT
+trap 'exit 143' INT TERM
 studies=("$@")
 if [ ${#studies[@]} -eq 0 ]; then studies=(cnn fashion vae); fi
 for study in "${studies[@]}"; do
@@ -24,10 +29,11 @@ for study in "${studies[@]}"; do
         cnn) python -m jaxseed.ablate "${cnn[@]}" "${mnist[@]}" --workdir runs/ablation-cnn --quiet "${records[@]}" ;;
         fashion) python -m jaxseed.ablate "${cnn[@]}" "${fashion[@]}" --workdir runs/ablation-fashion --quiet \
                      "${records[@]}" ;;
-        # The full size: all of MNIST, 10 epochs (~5.5 h here): continued from its records across sessions.
+        # The full size: all of MNIST, 10 epochs (~5.5 h here): continued from its records across sessions,
+        # whose machines differ, so --portable (the same bits on any x86 CPU with AVX2).
         cnn-full) python -m jaxseed.ablate --model cnn --seeds 10 --epochs 10 --subsample 0.8 --detect 0.001 \
-                      --correlation "$correlation" "${mnist[@]}" --workdir runs/ablation-cnn-full --quiet \
-                      "${records[@]}" ;;
+                      --correlation "$correlation" --portable "${mnist[@]}" --workdir runs/ablation-cnn-full \
+                      --quiet "${records[@]}" ;;
         vae) python -m jaxseed.ablate --model vae --seeds 5 --epochs 2 "${mnist[@]}" --workdir runs/ablation-vae \
                  --quiet "${records[@]}" ;;
     esac
