@@ -108,7 +108,7 @@ class Config:
     # jaxseed.machine.
     portable: bool = setting(False, "the same bits on other x86 CPUs with AVX2: XLA CPU's code capped at AVX, its "
                                     "kernel library's CPU-dependent arithmetic off, the VAE's kernel gradients summed "
-                                    "in a fixed order (set before JAX starts; ~5%% slower; see the README)")
+                                    "in a fixed order (set before JAX starts; ~2%% slower; see the README)")
     # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every
     # `checkpoint_every` steps when > 0.
     checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)
