@@ -433,7 +433,7 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None)
     if others and not sweep.config.portable:
         other = others[0].get("model") if isinstance(others[0], dict) else others[0]
         raise UserError(f"{path} holds runs of another CPU ({other}; this one: {here['model']}), "
-                        "whose bits differ from this machine's: continue the study on that CPU (one run with "
+                        "whose bits differ from this machine's: continue the study on that CPU (a study run with "
                         "--portable continues on any x86 CPU with AVX2)")
     restored = []
     for i, name in enumerate(names):

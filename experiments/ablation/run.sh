@@ -3,7 +3,7 @@
 # ablation of the CNN on MNIST and on Fashion-MNIST (with the `sample` group: each run trains on
 # 80% of the first 10,000 images) and of the VAE on MNIST, and copies the reports here.
 #   bash experiments/ablation/run.sh [cnn|fashion|vae|cnn-full ...]   (from the project root; ~20 min per
-#                                   CNN study, ~25 min for the VAE, ~5.5 h for cnn-full on 2 CPU cores)
+#                                   CNN study, ~25 min for the VAE, ~4 h for cnn-full on 2 CPU cores)
 # Resumable: rerunning completes only the runs missing from runs/ablation-*, and a study's records.npz
 # copied here (its finished runs, compact) lets another machine or session continue it; --shard I/N
 # splits a study over processes or hosts. MNIST_DIR and FASHION_MNIST_DIR name local copies (default:
@@ -29,7 +29,7 @@ for study in "${studies[@]}"; do
         cnn) python -m jaxseed.ablate "${cnn[@]}" "${mnist[@]}" --workdir runs/ablation-cnn --quiet "${records[@]}" ;;
         fashion) python -m jaxseed.ablate "${cnn[@]}" "${fashion[@]}" --workdir runs/ablation-fashion --quiet \
                      "${records[@]}" ;;
-        # The full size: all of MNIST, 10 epochs (~5.5 h here): continued from its records across sessions,
+        # The full size: all of MNIST, 10 epochs (~4 h here): continued from its records across sessions,
         # whose machines differ, so --portable (the same bits on any x86 CPU with AVX2).
         cnn-full) python -m jaxseed.ablate --model cnn --seeds 10 --epochs 10 --subsample 0.8 --detect 0.001 \
                       --correlation "$correlation" --portable "${mnist[@]}" --workdir runs/ablation-cnn-full \
