@@ -18,9 +18,11 @@ import hashlib
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxseed import machine
+from jaxseed import machine, streams
 from jaxseed.config import Config
 
 MODELS = ("cnn", "vae")
@@ -36,11 +38,9 @@ def export(folder: str, batch_size: int) -> None:
     each model's step (state, batch, stream keys -> state) and evaluation, and for the ops."""
     import functools
 
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
+    from flax import nnx  # the models' modules only here: emulated, `run` imports neither Flax nor Optax
 
-    from jaxseed import objective, step, streams
+    from jaxseed import objective, step
     from jaxseed.objective import Batch, DataSpec
 
     def write(name, function, inputs, save_inputs=True):
@@ -88,11 +88,6 @@ def ops(x, a, b, key_data):
     """Ops a user's objective may add: rsqrt (layer and group norms; its fast approximation differed
     between emulated Intel and AMD CPUs without --portable), erf_inv, tanh, a 3136-deep matmul, and
     the truncated normal draw that initialises the models' weights."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxseed import streams
-
     key = jax.random.wrap_key_data(key_data, impl=streams.GENERATOR)
     return (jax.lax.rsqrt(x), jax.scipy.special.erfinv(x / 101), jnp.tanh(x), a @ b,
             jax.random.truncated_normal(key, -2.0, 2.0, (64, 128)))
@@ -101,7 +96,6 @@ def ops(x, a, b, key_data):
 def run(folder: str) -> list[str]:
     """Compile each written program on this CPU, run it (the steps STEPS times, each from the
     last one's state), and hash what it computes."""
-    import jax
 
     def program(name):
         with open(os.path.join(folder, f"{name}.export"), "rb") as f:
@@ -131,8 +125,6 @@ def main() -> None:
     args = parser.parse_args()
     machine.require_flags(Config(portable=True))  # as the CLI does, before JAX starts
     if args.command == "export":
-        from jaxseed import streams
-
         streams.pinned_generator(export)(args.folder, args.batch_size)
     print("\n".join(run(args.folder)))
 
