@@ -426,15 +426,21 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None)
         raise UserError(f"cannot read the records {path}: {error}") from None
     if not all(isinstance(m, dict) for m in recorded) or not all(isinstance(r, list) for r in rows):
         raise UserError(f"cannot read the records {path}: not manifests and metrics")
+    # Without --portable another CPU computes other bits, and with it too on another number of cores:
+    # such runs beside this machine's would make a group's spread part machine, and the determinism
+    # control fail for a reason it does not name. Records from before cores were recorded say nothing.
     here = machine.cpu()
-    # Without --portable another CPU computes other bits: its runs beside this machine's would make a
-    # group's spread part machine, and the determinism control fail for a reason it does not name.
-    others = [m.get("cpu") for m in recorded if m.get("cpu") != here]
+    cpus = [m.get("cpu") if isinstance(m.get("cpu"), dict) else {"model": m.get("cpu")} for m in recorded]
+    cores = sorted({c["cores"] for c in cpus if c.get("cores") not in (None, here["cores"])})
+    if cores:
+        raise UserError(f"{path} holds runs on {cores[0]} usable cores (this process may use {here['cores']}), "
+                        f"whose bits differ from these: continue the study with as many (taskset -c 0-{cores[0] - 1} "
+                        "python -m jaxseed.ablate ...)")
+    others = [c for c in cpus if {**c, "cores": here["cores"]} != here]
     if others and not sweep.config.portable:
-        other = others[0].get("model") if isinstance(others[0], dict) else others[0]
-        raise UserError(f"{path} holds runs of another CPU ({other}; this one: {here['model']}), "
+        raise UserError(f"{path} holds runs of another CPU ({others[0].get('model')}; this one: {here['model']}), "
                         "whose bits differ from this machine's: continue the study on that CPU (a study run with "
-                        "--portable continues on any x86 CPU with AVX2)")
+                        "--portable continues on any x86 CPU with AVX2 with as many usable cores)")
     restored = []
     for i, name in enumerate(names):
         folder = os.path.join(sweep.workdir, "runs", name)

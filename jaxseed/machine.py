@@ -41,7 +41,8 @@ VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512b
 
 
 def cpu() -> dict:
-    """{"model", "architecture", "vector_extensions", "cpuid_features"} of this machine's CPU."""
+    """{"model", "architecture", "vector_extensions", "cpuid_features", "cores"} of this machine's
+    CPU; ``cores`` counts those this process may run on (``usable_cores``)."""
     fields = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -53,7 +54,14 @@ def cpu() -> dict:
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     return {"model": fields.get("model name") or platform.processor() or None, "architecture": platform.machine(),
             "vector_extensions": [name for name in VECTOR_EXTENSIONS if name in flags],
-            "cpuid_features": runtime_cpu_features()}
+            "cpuid_features": runtime_cpu_features(), "cores": usable_cores()}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as ``taskset`` sets it). XLA CPU's thread
+    pool follows them and its kernels split sums by thread, so they change the bits: a run pinned
+    to 1 of 2 cores gave another param_hash, --portable or not (AMD EPYC, AVX2)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def xla_flags() -> str:

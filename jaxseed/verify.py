@@ -7,7 +7,8 @@ what differs between the two environments, which streams drew differently,
 and the first epoch whose metrics differ; when only the CPU differs, the likely
 cause and whether the final test metrics agree within ``METRIC_TOLERANCE``.
 It says first what equality to expect: a ``--portable`` run the same bits on any
-x86 CPU with AVX2, another run only on a CPU like the one it ran on.
+x86 CPU with AVX2, another run only on a CPU like the one it ran on; either on as
+many usable cores.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_met
             lines.append(f"first epoch whose metrics differ: {old['epoch']} ({', '.join(changed)})")
             break
     if recorded.get("cpu") != rerun.get("cpu") and not drawn and recorded_metrics and rerun_metrics:
-        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1], portable(recorded))
+        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1],
+                                  _cause(recorded.get("cpu"), rerun.get("cpu"), portable(recorded)))
     return lines
 
 
@@ -57,16 +59,27 @@ def portable(manifest: dict) -> bool:
 
 def expectation(manifest: dict) -> str:
     if portable(manifest):
-        return "--portable run: the same bits expected on any x86 CPU with AVX2 (same versions and flags)"
-    return "not a --portable run: the same bits expected only on a CPU like the one it ran on"
+        return ("--portable run: the same bits expected on any x86 CPU with AVX2 (same versions, flags and "
+                "number of usable cores)")
+    return "not a --portable run: the same bits expected only on a CPU like the one it ran on, on as many cores"
 
 
-def _across_machines(old: dict, new: dict, was_portable: bool) -> list[str]:
+def _cause(recorded_cpu, rerun_cpu, was_portable: bool) -> str:
+    cores = (recorded_cpu.get("cores"), rerun_cpu.get("cores")) if isinstance(recorded_cpu, dict) else (None, None)
+    if None not in cores and {**recorded_cpu, "cores": cores[1]} == rerun_cpu:
+        return (f"likely cause: another number of usable cores ({cores[0]} recorded, {cores[1]} here; XLA CPU's "
+                f"kernels split their sums by thread): rerun pinned to as many, taskset -c 0-{cores[0] - 1} "
+                f"{PROG} ...")
+    if was_portable:
+        return ("likely cause: another CPU, although the run was --portable (a CPU without AVX2, or another "
+                "jax version's kernels: report it)")
+    return ("likely cause: another CPU (without --portable, XLA CPU's code and its kernel libraries depend on "
+            "the CPU, so float rounding differs; train with --portable for bits that travel)")
+
+
+def _across_machines(old: dict, new: dict, cause: str) -> list[str]:
     """Another CPU, same draws: name the likely cause and compare the final metrics within tolerance."""
-    lines = ["likely cause: another CPU, although the run was --portable (a CPU without AVX2, or another "
-             "jax version's kernels: report it)" if was_portable else
-             "likely cause: another CPU (without --portable, XLA CPU's code and its kernel libraries depend on "
-             "the CPU, so float rounding differs; train with --portable for bits that travel)"]
+    lines = [cause]
     numbers = (int, float)
     for name in sorted(k for k in old if k.startswith("test_") and isinstance(old[k], numbers)
                        and isinstance(new.get(k), numbers)):

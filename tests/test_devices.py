@@ -49,12 +49,18 @@ def test_device_count_changes_no_draw(eight_devices):
     assert largest <= DEVICE_TOLERANCE
 
 
-def test_one_of_eight_devices_is_bit_for_bit_a_plain_run(eight_devices, tmp_path):
-    """--devices 1 in a process with 8 devices computes what a process with one device does."""
+def test_one_of_eight_devices_draws_what_a_plain_run_draws(eight_devices, tmp_path):
+    """--devices 1 in a process with 8 devices draws what a process with one device draws. Its bits
+    are the same on some CPUs only: an Intel Xeon (AVX-512) gave one param_hash, an AMD EPYC (AVX2)
+    two, as XLA CPU's kernels split their sums by the threads a device gets."""
     config = Config(data="synthetic", train_limit=256, batch_size=64, epochs=1, steps_per_call=4)
     alone = loop.train_and_evaluate(config, {name: 1 + i for i, name in enumerate(streams.STREAMS)}, str(tmp_path),
                                     progress=False)
-    assert eight_devices["by_devices"]["1"]["param_hash"] == alone["param_hash"]
+    among_eight = eight_devices["by_devices"]["1"]
+    assert among_eight["fingerprints"] == alone["fingerprints"]
+    assert among_eight["init_param_hash"] == alone["init_param_hash"]
+    for name, value in metrics(alone).items():
+        assert among_eight["final"][name] == pytest.approx(value, rel=DEVICE_TOLERANCE), name
     assert alone["execution"]["devices"] == 1
 
 

@@ -175,6 +175,20 @@ def test_verify_names_another_cpu_and_compares_within_tolerance():
     assert verify.expectation(recorded).startswith("not a --portable run")
 
 
+def test_verify_names_another_core_count():
+    """The same CPU on another number of usable cores: XLA's kernels split sums by thread."""
+    base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
+            "fingerprints": {"init": "a"}, "config": {"portable": True}}
+    cpu = {"model": "A", "vector_extensions": ["avx2"], "cores": 2}
+    lines = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "cores": 16}},
+                           [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}])
+    assert ("likely cause: another number of usable cores (2 recorded, 16 here; XLA CPU's kernels split their sums "
+            "by thread): rerun pinned to as many, taskset -c 0-1 python -m jaxseed.verify ...") in lines
+    other = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "model": "B", "cores": 16}},
+                           [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}])
+    assert any(line.startswith("likely cause: another CPU, although the run was --portable") for line in other)
+
+
 def test_vae_resume_equals_uninterrupted(tmp_path):
     from jaxseed.config import Config
 

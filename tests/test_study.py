@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT, TINY_CONFIG
-from jaxseed import ablate, loop, objective, streams
+from jaxseed import ablate, loop, machine, objective, streams
 
 SEEDS = {name: 4 for name in streams.STREAMS}
 
@@ -163,8 +163,8 @@ def test_a_run_recorded_before_the_sample_stream_is_still_a_result_of_its_study(
 
 def test_a_study_continues_elsewhere_from_its_records(tmp_path, monkeypatch, capsys):
     """records.npz, committed beside a report, restores the finished runs in a new folder: they are not
-    trained again; records of another sweep, of another CPU (the study is not --portable), or not records
-    at all, are refused in one line."""
+    trained again; records of another sweep, of another CPU (the study is not --portable), of another
+    number of usable cores, or not records at all, are refused in one line."""
     first = tmp_path / "first"
     assert ablate.main([*SWEEP, "--workdir", str(first), "--shard", "0/3"]) == 0  # all-001 and init-000
     records = first / "records.npz"
@@ -185,13 +185,20 @@ def test_a_study_continues_elsewhere_from_its_records(tmp_path, monkeypatch, cap
     assert error.count("\n") == 1 and "holds the runs of another sweep" in error
     with np.load(records) as stored:
         moved = dict(stored)
+    stored_manifests = moved["manifests"].tolist()
     moved["manifests"] = np.array([json.dumps({**json.loads(text), "cpu": {"model": "AMD EPYC 9B14"}})
-                                   for text in moved["manifests"].tolist()])
+                                   for text in stored_manifests])
     np.savez(tmp_path / "moved.npz", **moved)
     assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "fifth"), "--records", str(tmp_path / "moved.npz")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "holds runs of another CPU (AMD EPYC 9B14; this one: " in error
     assert not (tmp_path / "fifth" / "runs" / "all-001" / "manifest.json").exists()
+    moved["manifests"] = np.array([json.dumps({**json.loads(text), "cpu": {**machine.cpu(), "cores": 64}})
+                                   for text in stored_manifests])
+    np.savez(tmp_path / "cores.npz", **moved)
+    assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "sixth"), "--records", str(tmp_path / "cores.npz")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "holds runs on 64 usable cores (this process may use " in error
     (tmp_path / "bad.npz").write_text("not records")
     assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "fourth"), "--records", str(tmp_path / "bad.npz")]) == 2
     error = capsys.readouterr().err
