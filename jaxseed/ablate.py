@@ -436,7 +436,7 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None)
         raise UserError(f"{path} holds runs on {cores[0]} usable cores (this process may use {here['cores']}), "
                         f"whose bits differ from these: continue the study with as many (taskset -c 0-{cores[0] - 1} "
                         "python -m jaxseed.ablate ...)")
-    others = [c for c in cpus if {**c, "cores": here["cores"]} != here]
+    others = [c for c in cpus if not machine.same_cpu(c, here)]
     if others and not sweep.config.portable:
         raise UserError(f"{path} holds runs of another CPU ({others[0].get('model')}; this one: {here['model']}), "
                         "whose bits differ from this machine's: continue the study on that CPU (a study run with "

@@ -57,6 +57,12 @@ def cpu() -> dict:
             "cpuid_features": runtime_cpu_features(), "cores": usable_cores()}
 
 
+def same_cpu(a: dict, b: dict) -> bool:
+    """Whether two ``cpu()`` records name the same CPU, whatever cores each process had (records
+    from before cores were recorded have none)."""
+    return {**a, "cores": None} == {**b, "cores": None}
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its affinity, as ``taskset`` sets it). XLA CPU's thread
     pool follows them and its kernels split sums by thread, so they change the bits: a run pinned

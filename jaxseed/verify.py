@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 
-from jaxseed import cli, entry, loop, rundir
+from jaxseed import cli, entry, loop, machine, rundir
 from jaxseed.objective import recorded_source as objective_source
 
 PROG = "python -m jaxseed.verify"
@@ -66,7 +66,7 @@ def expectation(manifest: dict) -> str:
 
 def _cause(recorded_cpu, rerun_cpu, was_portable: bool) -> str:
     cores = (recorded_cpu.get("cores"), rerun_cpu.get("cores")) if isinstance(recorded_cpu, dict) else (None, None)
-    if None not in cores and {**recorded_cpu, "cores": cores[1]} == rerun_cpu:
+    if None not in cores and machine.same_cpu(recorded_cpu, rerun_cpu):
         return (f"likely cause: another number of usable cores ({cores[0]} recorded, {cores[1]} here; XLA CPU's "
                 f"kernels split their sums by thread): rerun pinned to as many, taskset -c 0-{cores[0] - 1} "
                 f"{PROG} ...")
