@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import augment, step, streams
+from jaxseed import augment, machine, step, streams
 from jaxseed.config import Config
 from jaxseed.models import cnn
 from jaxseed.objective import Batch, DataSpec, to_unit
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     config = Config()
+    machine.require_flags(config)  # the thread pool and XLA flags of every run, before JAX starts
     print(f"backend {jax.default_backend()}, batch {config.batch_size}, median of {args.rounds} rounds "
           f"of {args.calls} calls")
     times = {name: milliseconds(fn, fn_args, args.calls, args.rounds)

@@ -20,7 +20,7 @@ import time
 
 import jax
 
-from jaxseed import ablate, loop, streams
+from jaxseed import ablate, loop, machine, streams
 from jaxseed.config import Config
 
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = {"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else {"data": "synthetic"}
     config = Config(model=args.model, epochs=args.epochs, train_limit=args.train_limit, **data)
+    machine.require_flags(config)  # the thread pool and XLA flags of every run, before JAX starts
     backend = jax.default_backend()
     speeds = {strategy: runs_per_hour(config, args.seeds, strategy) for strategy in ("sequential", "vmap")}
     print(f"{backend} ({', '.join(sorted({d.device_kind for d in jax.devices()}))}), {jax.device_count()} devices, "

@@ -48,14 +48,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import data, loop, mesh, objective, step, streams
+from jaxseed import data, loop, machine, mesh, objective, step, streams
 from jaxseed.config import Config
 from jaxseed.objective import Batch
 
 
 def initial_state(config: Config, dataset: data.Dataset, keys: streams.Keys, tx: optax.GradientTransformation):
     """(graphdef, TrainState) of ``config.model`` built for ``dataset`` from the init stream."""
-    return step.init_state(objective.resolve(config.model), config, objective.data_spec(dataset), keys, tx)
+    return step.init_state(objective.resolve(config.model), config, objective.data_spec(dataset, config.data), keys, tx)
 
 
 def seconds(fn) -> float:
@@ -210,14 +210,15 @@ def torch_speed(python: str, arrays: str, config: Config, steps: int) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def cli_speed(data_flags: list[str], config: Config, steps: int, num_train: int) -> float:
+def cli_speed(data_flags: list[str], config: Config, steps: int, num_train: int, env: dict | None = None) -> float:
     """Training images per second of the last of CLI_EPOCHS epochs of ``python -m jaxseed.train``
-    (default config, ``steps`` steps an epoch or the whole training set), from its metrics.jsonl."""
+    (default config, ``steps`` steps an epoch or the whole training set), from its metrics.jsonl;
+    ``env``: variables set for that process."""
     train_limit = min(steps * config.batch_size, num_train)
     with tempfile.TemporaryDirectory(prefix="jaxseed-cli-") as workdir:
         subprocess.run([sys.executable, "-m", "jaxseed.train", "--epochs", str(CLI_EPOCHS), "--quiet",
                         "--train-limit", str(train_limit), "--workdir", workdir, *data_flags],
-                       stdout=subprocess.DEVNULL, check=True)
+                       stdout=subprocess.DEVNULL, check=True, env={**os.environ, **(env or {})})
         with open(os.path.join(workdir, "metrics.jsonl")) as lines:
             *_, before, last = (json.loads(line) for line in lines)
     return (last["step"] - before["step"]) * config.batch_size / last["training_seconds"]
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--data", default="synthetic", help="with --objective: the data set (default synthetic)")
     parser.add_argument("--augment", default="affine", help="with --objective: the augmentation (default affine)")
     args = parser.parse_args(argv)
+    machine.require_flags(Config())  # the thread pool and XLA flags of every run, before JAX starts
     if args.objective:
         return objective_speeds(args)
     dataset = data.load("mnist", args.data_dir) if args.data_dir else data.load("synthetic")

@@ -70,17 +70,22 @@ def plan_groups(base_seed: int, num_seeds: int, chosen: tuple[str, ...], used: t
     return groups
 
 
-def choose_strategy(strategy: str, backend: str) -> tuple[str, str]:
-    """(strategy, why): ``auto`` picks whichever ran more runs per hour on this backend in the
-    measurement recorded in STRATEGIES_FILE (``benchmarks/sweep.py --record``); on a backend
-    with no measurement, ``sequential``, and the reason says so."""
-    if strategy != "auto":
-        return strategy, "asked for"
+def _measurement(backend: str) -> dict | None:
+    """The sweep measurement STRATEGIES_FILE records for ``backend`` (``benchmarks/sweep.py --record``)."""
     try:
         with open(STRATEGIES_FILE) as f:
-            measured = json.load(f).get(backend)
+            return json.load(f).get(backend)
     except (OSError, ValueError):
-        measured = None
+        return None
+
+
+def choose_strategy(strategy: str, backend: str) -> tuple[str, str]:
+    """(strategy, why): ``auto`` picks whichever ran more runs per hour on this backend in the
+    measurement recorded in STRATEGIES_FILE; on a backend with no measurement, ``sequential``, and
+    the reason says so."""
+    if strategy != "auto":
+        return strategy, "asked for"
+    measured = _measurement(backend)
     if not measured:
         return "sequential", (f"auto: no sweep measurement recorded for {backend} (run benchmarks/sweep.py --record "
                               "there); sequential")
@@ -89,6 +94,18 @@ def choose_strategy(strategy: str, backend: str) -> tuple[str, str]:
     return fastest, (f"auto: {fastest} ran {speeds[fastest]:.0f} runs/h against " + ", ".join(
         f"{name} {speed:.0f}" for name, speed in speeds.items() if name != fastest)
                      + f" on {backend} ({measured['date']}, {STRATEGIES_FILE_NAME})")
+
+
+def expected_hours(config: Config, strategy: str, backend: str, runs: int, num_train: int) -> float | None:
+    """Hours ``runs`` runs of ``config`` on ``num_train`` training examples are expected to take: the
+    measured runs/h of STRATEGIES_FILE scaled by the examples each run trains on (epochs x examples;
+    the measured runs' compilation scales along, so long runs come out somewhat dearer than they are).
+    None where no measurement of this model was made on this backend."""
+    measured = _measurement(backend)
+    if not measured or measured.get("model") != config.model or strategy not in measured["runs_per_hour"]:
+        return None
+    scale = config.epochs * num_train / (measured["epochs"] * measured["train_limit"])
+    return runs * scale / measured["runs_per_hour"][strategy]
 
 
 def batches(group: str, missing: list[int], strategy: str) -> list[list[int]]:
@@ -249,11 +266,56 @@ def shard_runs(groups: dict, shard: tuple[int, int], strategy: str) -> dict[str,
     return mine
 
 
-def _on(groups: dict, drawn: tuple[str, ...]) -> dict:
+def _on(groups, drawn: tuple[str, ...]):
     """A plan's seeds of the ``drawn`` streams only: the others draw nothing (and a plan recorded
     before a stream existed has no seed for it)."""
+    if not isinstance(groups, dict):
+        return groups
     return {name: [{stream: seeds.get(stream) for stream in drawn} if isinstance(seeds, dict) else seeds
                    for seeds in group] if isinstance(group, list) else group for name, group in groups.items()}
+
+
+# What determines a study's results, beside its plan. Paths are not among them (the data's hash is):
+# a study moves between folders and machines. The settings of how it computes (ARITHMETIC) must also
+# match for runs to be added beside recorded ones; a study whose every run is recorded recomputes
+# its report from them whatever they are.
+PATHS = ("data_dir", "data")
+ARITHMETIC = ("portable", "cpu_threads", "deterministic", "loop", "steps_per_call", "eval_batch_size", "devices",
+              "mesh")
+ENVIRONMENT = ("strategy", "backend", "versions", "xla_flags")
+
+
+def _question(header: dict) -> dict:
+    """A study's configuration, less paths and ARITHMETIC (a field recorded before it existed: its default)."""
+    config = header.get("config") if isinstance(header.get("config"), dict) else {}
+    defaults = Config().to_dict()
+    return {name: config.get(name, defaults[name]) for name in defaults if name not in (*PATHS, *ARITHMETIC)}
+
+
+def _first(pairs) -> str | None:
+    return next((f"{name}: {there!r} there, {here!r} here" for name, there, here in pairs if there != here), None)
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def plan_difference(recorded: dict, header: dict, drawn: tuple[str, ...]) -> str | None:
+    """The first difference between a recorded study's question (configuration less paths and
+    ARITHMETIC, plan of groups) and this one's, said as "WHAT: A there, B here"; None if the same."""
+    here = _question(header)
+    return _first([*((_flag(name), value, here[name]) for name, value in _question(recorded).items()),
+                   ("the plan of groups and seeds", _on(recorded.get("groups_planned"), drawn),
+                    _on(header["groups_planned"], drawn)),
+                   ("the order of groups", recorded.get("group_order", header["group_order"]), header["group_order"])])
+
+
+def arithmetic_difference(recorded: dict, header: dict, environment: bool) -> str | None:
+    """The first difference in how two studies compute: their ARITHMETIC settings, and with
+    ``environment`` the ENVIRONMENT they recorded."""
+    config = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
+    return _first([*((_flag(name), config.get(name), header["config"][name]) for name in ARITHMETIC),
+                   *((name, recorded.get(name), header.get(name)) for name in ENVIRONMENT if environment)])
 
 
 def open_sweep(sweep: Sweep) -> rundir.RunFolder:
@@ -264,11 +326,10 @@ def open_sweep(sweep: Sweep) -> rundir.RunFolder:
         if study.create_json("sweep.json", sweep.header):  # of shards starting together, one writes it
             return study
         recorded = rundir.read_json(sweep.workdir, "sweep.json")
-        planned, drawn = recorded.get("groups_planned"), sweep.objective.drawn_streams(sweep.config)
-        if (not isinstance(planned, dict) or recorded.get("config") != sweep.header["config"]
-                or recorded.get("group_order", list(sweep.groups)) != list(sweep.groups)
-                or _on(planned, drawn) != _on(sweep.groups, drawn)):
-            raise UserError(f"{sweep.workdir} holds a different sweep; choose another --workdir")
+        differs = (plan_difference(recorded, sweep.header, sweep.objective.drawn_streams(sweep.config))
+                   or arithmetic_difference(recorded, sweep.header, environment=False))
+        if differs:
+            raise UserError(f"{sweep.workdir} holds a different sweep ({differs}); choose another --workdir")
         # Runs of one group made by other programs would not be comparable (vmap sums in another order).
         ran = (recorded.get("strategy"), recorded.get("backend"))
         if ran != (sweep.strategy, sweep.header["backend"]):
@@ -292,7 +353,7 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     # The report compares the runs' outputs on each test example (a classifier's, with its labels and images).
     dataset = data.load(config.data, config.data_dir, config.train_limit)
     labels, images = (dataset.test_labels, dataset.test_images) if sweep.objective.classifier else (None, None)
-    classes = objective.data_spec(dataset).num_classes if sweep.objective.classifier else None
+    classes = objective.data_spec(dataset, config.data).num_classes if sweep.objective.classifier else None
     drawn = sweep.objective.drawn_streams(config)
 
     def result(name: str, k: int) -> dict | None:
@@ -303,15 +364,17 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
         """Every finished run's result, by group and index, after writing them all to the records."""
         finished = {name: {k: found for k in range(num_seeds) if (found := result(name, k)) is not None}
                     for name in sweep.groups}
-        write_records(study, sweep, [os.path.basename(run_dir(sweep.workdir, name, k))
+        write_records(study, sweep, header, [os.path.basename(run_dir(sweep.workdir, name, k))
                                      for name, group in finished.items() for k in group], len(dataset.test_labels),
                       classes)
         return finished
 
     num_seeds = len(sweep.groups["none"])
     study.folder("runs")
+    header = sweep.header
     if records:
-        restored = restore_records(records, sweep, len(dataset.test_labels), classes)
+        restored, header = restore_records(records, sweep, len(dataset.test_labels), classes,
+                                           manifest.arrays_hash(dataset))
         if not quiet:
             print(f"restored {len(restored)} finished runs from {records}", file=sys.stderr)
     mine = shard_runs(sweep.groups, shard, sweep.strategy) if train else {name: [] for name in sweep.groups}
@@ -319,6 +382,12 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     total = sum(map(len, mine.values()))
     if not quiet and train:
         print(f"strategy {sweep.strategy}: {sweep.header['strategy_reason']}", file=sys.stderr)
+    runs = sum(map(len, todo.values()))
+    hours = expected_hours(config, sweep.strategy, sweep.header["backend"], runs,
+                           config.num_kept(dataset.num_train) or dataset.num_train)
+    if hours is not None and hours >= 1:  # said even when --quiet: a command of hours should not start unseen
+        print(f"{PROG}: {runs} runs to train, expected to take ~{hours:.1f} h here (from {STRATEGIES_FILE_NAME}); "
+              "--shard I/N splits them over processes or hosts, and a stopped study resumes", file=sys.stderr)
     start = time.perf_counter()
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
               desc=f"ablation ({sweep.strategy})", disable=quiet or not train) as bar:
@@ -340,7 +409,7 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     if not results:
         return None
     rows = [summarize(name, group, labels) for name, group in results.items()]
-    header = {**sweep.header, "seconds_this_invocation": time.perf_counter() - start,
+    header = {**header, "seconds_this_invocation": time.perf_counter() - start,
               "runs_finished": sum(map(len, finished.values())), "runs_planned": len(sweep.groups) * num_seeds}
     return write_report(study, rows, results, header, labels=labels, test_images=images, detect=detect,
                         correlation=correlation)
@@ -351,13 +420,14 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
 RECORDS = "records.npz"
 
 
-def write_records(study: rundir.RunFolder, sweep: Sweep, names: list[str], num_test: int,
+def write_records(study: rundir.RunFolder, sweep: Sweep, header: dict, names: list[str], num_test: int,
                   classes: int | None) -> None:
     """Every finished run of the study in one compressed file, ``records.npz``: its manifest and
     metrics, and its per-example test outputs (what the report reads) at float16, a small part
     of the runs' folders. Committed beside a report, it lets another machine or session continue
-    the study where this one stopped (``--records``). A run stored without per-example losses (an
-    older jaxseed's) has NaN in their place."""
+    the study where this one stopped (``--records``); ``header``: the study's (``sweep.json``'s, or
+    the records' it was restored from). A run stored without per-example losses (an older jaxseed's)
+    has NaN in their place."""
     manifests, metrics, losses, probabilities = [], [], [], []
     for name in names:
         path = os.path.join(sweep.workdir, "runs", name)
@@ -369,7 +439,7 @@ def write_records(study: rundir.RunFolder, sweep: Sweep, names: list[str], num_t
             losses.append(np.full(num_test, np.nan, np.float32))
         if classes is not None:
             probabilities.append(rundir.load_array(path, "test_probabilities.npy", np.float32, (num_test, classes)))
-    arrays = {"header": np.array(json.dumps(sweep.header)), "names": np.array(names, dtype=str),
+    arrays = {"header": np.array(json.dumps(header)), "names": np.array(names, dtype=str),
               "manifests": np.array(manifests, dtype=str), "metrics": np.array(metrics, dtype=str),
               "losses": np.array(losses, np.float16).reshape(len(names), num_test)}
     if classes is not None:
@@ -388,11 +458,27 @@ def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np
     return shape, dtype
 
 
-def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None) -> list[str]:
+def _machine_difference(recorded: list[dict], portable: bool) -> str | None:
+    """The first recorded run whose XLA CPU thread pool, or CPU (unless ``portable``), is not this process's."""
+    here, pool = machine.cpu(), machine.thread_pool()
+    for run in recorded:
+        cpu = run.get("cpu") if isinstance(run.get("cpu"), dict) else {"model": run.get("cpu")}
+        if run.get("thread_pool") != pool:
+            return f"XLA CPU thread pool: {run.get('thread_pool')!r} there, {pool!r} here"
+        if not portable and not machine.same_cpu(cpu, here):
+            return f"CPU: {cpu.get('model')!r} there, {here['model']!r} here, and the study is not --portable"
+    return None
+
+
+def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None,
+                    data_hash: str) -> tuple[list[str], dict]:
     """Write the runs of a records file (``write_records``) that the study folder has not finished
-    into it, as finished runs; returns their names. The file is input: it must hold this sweep
-    (configuration, plan, strategy, backend), arrays of the data's shapes, and manifests that name
-    the planned seeds (checked again when the report reads them, as any run's)."""
+    into it, as finished runs; returns their names and the header the report carries (the records'
+    where they hold every planned run: they are the study). The file is input: it must hold this
+    study (configuration less paths, plan), runs of this data (its hash), computed as this process
+    computes unless it holds every run (``arithmetic_difference``, ``_machine_difference``), arrays of
+    the data's shapes, and manifests that name the planned seeds (checked again when the report
+    reads them, as any run's)."""
     planned = {os.path.basename(run_dir(sweep.workdir, name, k)) for name, runs in sweep.groups.items()
                for k in range(len(runs))}
     keys = ("header", "names", "manifests", "metrics", "losses", *(("probabilities",) if classes is not None else ()))
@@ -414,10 +500,11 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None)
             probabilities = stored["probabilities"] if classes is not None else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise UserError(f"cannot read the records {path}: {str(error).splitlines()[0][:200]}") from None
-    same = ("config", "groups_planned", "group_order", "strategy", "backend")
-    if not isinstance(header, dict) or any(header.get(key) != sweep.header.get(key) for key in same):
-        raise UserError(f"{path} holds the runs of another sweep (configuration, plan, strategy or backend); "
-                        "continue it with its own command, or drop --records")
+    differs = plan_difference(header, sweep.header, sweep.objective.drawn_streams(sweep.config)) if isinstance(
+        header, dict) else "not a study's header"
+    if differs:
+        raise UserError(f"{path} holds the runs of another study ({differs}); continue it with its own command, "
+                        "or drop --records")
     if not set(names) <= planned:
         raise UserError(f"{path} names runs this sweep did not plan")
     try:
@@ -426,21 +513,22 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None)
         raise UserError(f"cannot read the records {path}: {error}") from None
     if not all(isinstance(m, dict) for m in recorded) or not all(isinstance(r, list) for r in rows):
         raise UserError(f"cannot read the records {path}: not manifests and metrics")
-    # Without --portable another CPU computes other bits, and with it too on another number of cores:
-    # such runs beside this machine's would make a group's spread part machine, and the determinism
-    # control fail for a reason it does not name. Records from before cores were recorded say nothing.
-    here = machine.cpu()
-    cpus = [m.get("cpu") if isinstance(m.get("cpu"), dict) else {"model": m.get("cpu")} for m in recorded]
-    cores = sorted({c["cores"] for c in cpus if c.get("cores") not in (None, here["cores"])})
-    if cores:
-        raise UserError(f"{path} holds runs on {cores[0]} usable cores (this process may use {here['cores']}), "
-                        f"whose bits differ from these: continue the study with as many (taskset -c 0-{cores[0] - 1} "
-                        "python -m jaxseed.ablate ...)")
-    others = [c for c in cpus if not machine.same_cpu(c, here)]
-    if others and not sweep.config.portable:
-        raise UserError(f"{path} holds runs of another CPU ({others[0].get('model')}; this one: {here['model']}), "
-                        "whose bits differ from this machine's: continue the study on that CPU (a study run with "
-                        "--portable continues on any x86 CPU with AVX2 with as many usable cores)")
+    other_data = sorted({str(m.get("data_hash")) for m in recorded} - {data_hash})
+    if other_data:
+        raise UserError(f"{path} holds runs trained on other data (data_hash {other_data[0][:16]}…, here "
+                        f"{data_hash[:16]}…): name the study's data with --data-dir or --data")
+    # Runs computed otherwise (another CPU without --portable, another thread pool, other flags or versions)
+    # beside this machine's would make a group's spread part machine, and the determinism control fail
+    # for a reason it does not name; a study whose every run is recorded only recomputes its report.
+    differs = arithmetic_difference(header, sweep.header, environment=True) or _machine_difference(
+        recorded, sweep.config.portable)
+    complete = set(names) == planned
+    if differs and not complete:
+        raise UserError(f"{path} holds runs computed otherwise ({differs}), whose bits differ from this process's: "
+                        "continue the study where they ran, or drop --records")
+    if differs:
+        print(f"{PROG}: the records hold every planned run, computed otherwise ({differs}): the report is "
+              "recomputed from them, and no run could be added here", file=sys.stderr)
     restored = []
     for i, name in enumerate(names):
         folder = os.path.join(sweep.workdir, "runs", name)
@@ -455,7 +543,7 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None)
                 run.save_array("test_probabilities.npy", probabilities[i].astype(np.float32))
             run.write_json("manifest.json", recorded[i])  # last: a run counts once its manifest says finished
         restored.append(name)
-    return restored
+    return restored, header if complete else sweep.header
 
 
 # ---------------------------------------------------------------- report

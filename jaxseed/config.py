@@ -109,6 +109,13 @@ class Config:
     portable: bool = setting(False, "the same bits on other x86 CPUs with AVX2: XLA CPU's code capped at AVX, its "
                                     "kernel library's CPU-dependent arithmetic off, the VAE's kernel gradients summed "
                                     "in a fixed order (set before JAX starts; ~2%% slower; see the README)")
+    # XLA CPU's thread pool, fixed so that the bits do not follow the machine's cores (its kernels split
+    # their sums by thread); see jaxseed.machine. 2, from benchmarks/cpu_threads.py on 2 cores: 8 threads
+    # cost the VAE a quarter of its images/s there (the README's table). A process of D CPU devices
+    # has max(cpu_threads, D) threads (XLA's rule): it matches plain runs of that many.
+    cpu_threads: int = setting(2, "XLA CPU's thread pool: this many threads on any number of cores, so the bits do "
+                                  "not depend on them (0: one per usable core, as XLA chooses; the bits then follow "
+                                  "the core count); set before JAX starts", minimum=0, maximum=4096)
     # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every
     # `checkpoint_every` steps when > 0.
     checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)

@@ -46,6 +46,9 @@ _IDX_UBYTE = 0x08
 MAX_EXAMPLES = 1_000_000
 _READ_CHUNK = 1 << 20  # gzip reads through a temporary buffer of this size
 NUM_CLASSES = 10  # of MNIST, Fashion-MNIST, CIFAR-10 and the synthetic set
+# Data sets whose classes are fixed: their readers refuse another label, and a model's head has
+# NUM_CLASSES outputs whatever labels reach it (one corrupted label does not grow the head).
+FIXED_CLASSES = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 _TFDS_PREFIX = "tfds:"
 
 # CIFAR-10's binary version: five training batches (in this order) and one test batch, in the
@@ -424,6 +427,12 @@ def synthetic(num_train: int = 2048, num_test: int = 512) -> Dataset:
     images = np.asarray(images, np.uint8)[..., None]
     labels = np.asarray(labels, np.int32)
     return Dataset(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:])
+
+
+def classes(name: str, dataset: Dataset) -> int:
+    """The classes a model for data set ``name`` predicts: fixed for the built-in sets
+    (``FIXED_CLASSES``), else the largest label plus one."""
+    return NUM_CLASSES if name in FIXED_CLASSES else dataset.num_classes
 
 
 def load(name: str, data_dir: str | None = None, train_limit: int | None = None) -> Dataset:

@@ -166,10 +166,12 @@ def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], fol
     if not 0 < config.batch_size <= kept:
         raise UserError(f"--batch-size must be in [1, {kept}] (the training examples "
                         f"{'kept' if config.subsample else 'in the set'}), got {config.batch_size}")
-    spec = objectives.data_spec(host_data)
+    spec = objectives.data_spec(host_data, config.data)
     objectives.check_shapes(objective, config, spec, config.batch_size)
     layout = mesh.plan(len(seeds), config.batch_size, config.devices, config.mesh)
     backend = jax.default_backend()
+    if backend == "cpu" and folders[0].writes:
+        machine.check_thread_pool(config.cpu_threads)
     if config.deterministic and backend != "gpu" and folders[0].writes:
         print(f"jaxseed: --deterministic has no effect on {backend} (it selects GPU kernels)", file=sys.stderr)
     keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))

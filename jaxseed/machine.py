@@ -9,6 +9,10 @@ pins all three: XLA's code at AVX, for a CPU named after that cap on every x86 C
 AVX2 (which most machines of the last decade have), and the library's arithmetic at what
 XLA calls consistent across CPUs (``--xla_cpu_enable_platform_dependent_math=false``).
 On GPU, ``deterministic`` asks XLA for kernels that round the same way on every run.
+
+Every run, whatever it asks, also fixes two things of XLA CPU's: its thread pool (``cpu_threads``;
+the kernels split their sums by it, so it would otherwise follow the cores), and that no reduction
+goes to YNNPACK (its reduce fusions race on two or more threads in jaxlib 0.10.2).
 """
 
 from __future__ import annotations
@@ -35,6 +39,20 @@ PORTABLE_FLAGS = ("--xla_cpu_max_isa=AVX", "--xla_cpu_enable_platform_dependent_
 # --xla_gpu_exclude_nondeterministic_ops would be stricter, but could not compile Flax's
 # max-pool gradient (select-and-scatter); the CNN no longer uses it, untried on a GPU since.
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+# YNNPACK's reduce fusions (on by default in jaxlib 0.10.2) gave wrong sums, different from call to call,
+# on 2 threads: jnp.sum(jnp.broadcast_to(jnp.ones((1024, 1)), (2, 1024, 1024))) jitted returned up to 3%
+# too much (a race in its partial reductions: XNNPACK PR #11243). Without them XLA compiles those
+# reductions itself. Only those: with every YNNPACK fusion off the CNN trained faster here, but its
+# --portable step gave other bits on an emulated Haswell (XLA's own code for the dots and convolutions
+# then differs by CPU); the dot fusions kept them. A user's XLA_FLAGS naming fusion types keeps its own.
+NO_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+# XLA CPU sizes its intra-op pool as PJRT_NPROC, else NPROC, else the cores the process may run on
+# (xla/pjrt/utils.cc DefaultThreadPoolSize), and at least the number of CPU devices; Eigen's
+# contractions and YNNPACK split their sums by it, so a pool that follows the cores gave other
+# bits on 1 and 2 of them. The variable is undocumented: thread_pool() checks what is in force.
+POOL_VARIABLE = "PJRT_NPROC"
+# The pool's threads, as Linux names them (/proc/self/task/*/comm) in jaxlib 0.10.2.
+POOL_THREAD_NAME = "tf_XLAEigen"
 # The /proc/cpuinfo flags that decide which code XLA CPU can generate.
 VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
                      "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16")
@@ -64,9 +82,9 @@ def same_cpu(a: dict, b: dict) -> bool:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity, as ``taskset`` sets it). XLA CPU's thread
-    pool follows them and its kernels split sums by thread, so they change the bits: a run pinned
-    to 1 of 2 cores gave another param_hash, --portable or not (AMD EPYC, AVX2)."""
+    """The cores this process may run on (its affinity, as ``taskset`` sets it). With ``--cpu-threads 0``
+    XLA CPU's thread pool follows them, and so do the bits: a run pinned to 1 of 2 cores gave another
+    param_hash, --portable or not (AMD EPYC, AVX2); with a fixed pool, the same."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -80,18 +98,71 @@ def _require_flag(flag: str, option: str) -> None:
     if flag in xla_flags().split():
         return
     if xla_bridge.backends_are_initialized():
-        raise UserError(f"{option} must be set before JAX starts: run through the CLI with {option}, "
+        raise UserError(f"{option} must be set before JAX starts: run through the CLI with {option}, call "
+                        "jaxseed.machine.require_flags(config) before any JAX computation, "
                         f"or set XLA_FLAGS={flag} in the environment")
     os.environ["XLA_FLAGS"] = f"{xla_flags()} {flag}".strip()
 
 
 def require_flags(config) -> None:
-    """Set the XLA flags the config asks for (``portable``, ``deterministic``) before JAX starts."""
+    """Before JAX starts: XLA CPU's thread pool (``cpu_threads``) and the XLA flags every run takes
+    (no YNNPACK fusions) or the config asks for (``portable``, ``deterministic``)."""
+    _require_pool(config.cpu_threads)
+    if "--xla_cpu_experimental_ynn_fusion_type" not in xla_flags():
+        _require_flag(NO_YNN_FUSIONS, "jaxseed's default XLA flags")
     if config.portable:
         for flag in PORTABLE_FLAGS:
             _require_flag(flag, "--portable")
     if config.deterministic:
         _require_flag(DETERMINISTIC_FLAG, "--deterministic")
+
+
+def _require_pool(threads: int) -> None:
+    """Set XLA CPU's pool to ``threads`` (0: XLA's own choice, the usable cores) before JAX starts;
+    after, refuse another pool than the one in force."""
+    wanted = str(threads) if threads else None
+    if os.environ.get(POOL_VARIABLE) == wanted:
+        return
+    if xla_bridge.backends_are_initialized():
+        in_force = thread_pool()
+        if in_force is None or in_force == max(threads, cpu_device_count()) or not threads:
+            return
+        raise UserError(f"XLA CPU's thread pool already holds {in_force} threads, not --cpu-threads {threads}: "
+                        f"set {POOL_VARIABLE}={threads} before JAX starts (before anything else in a notebook), "
+                        f"or pass cpu_threads={in_force}")
+    if wanted is None:
+        os.environ.pop(POOL_VARIABLE, None)
+    else:
+        if "NPROC" in os.environ:
+            print(f"jaxseed: NPROC={os.environ['NPROC']} in the environment is ignored: --cpu-threads {threads} "
+                  f"sets XLA CPU's thread pool", file=sys.stderr)
+        os.environ[POOL_VARIABLE] = wanted
+
+
+def cpu_device_count() -> int:
+    """CPU devices of this process (JAX_NUM_CPU_DEVICES); the pool holds at least as many threads."""
+    return len(jax.devices("cpu"))
+
+
+def thread_pool() -> int | None:
+    """Threads of XLA CPU's intra-op pool in force (JAX started), counted by their name; None where
+    they cannot be seen (not Linux, or a jaxlib that names them otherwise)."""
+    try:
+        names = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+    except OSError:
+        return None
+    return names.count(POOL_THREAD_NAME) or None
+
+
+def check_thread_pool(threads: int) -> int | None:
+    """The pool in force, once JAX has started; says so on stderr where it is not the one asked for
+    (``max(threads, CPU devices)``) or cannot be seen: the run's bits may then follow the cores."""
+    in_force, wanted = thread_pool(), max(threads, cpu_device_count()) if threads else None
+    if wanted and in_force != wanted:
+        print(f"jaxseed: XLA CPU's thread pool holds {in_force or 'an unknown number of'} threads, not the "
+              f"{wanted} asked for ({POOL_VARIABLE} may no longer be read by this jaxlib): this run's bits may "
+              "depend on the number of cores", file=sys.stderr)
+    return in_force
 
 
 def runtime_cpu_features() -> list[str]:
@@ -129,7 +200,7 @@ def use_compilation_cache() -> str | None:
     ``~/.cache/jaxseed/xla`` (or under ``$XDG_CACHE_HOME``). Cache entries are native code,
     so the folder is made private to the user (one that is not is not used), and each CPU
     identity gets its own subfolder: ``cpu()`` (the model, /proc/cpuinfo's extensions and
-    every feature ``cpuid`` reports at run time), the XLA flags and jaxlib's version. A cache on a
+    every feature ``cpuid`` reports at run time), the XLA flags, the thread pool and jaxlib's version. A cache on a
     shared home folder never hands one CPU's programs to another. A cached program is the
     compiled program itself, so results are the same bits as with a fresh compile.
     ``jaxseed.verify`` does not use it: a verification compiles its own programs.
@@ -138,7 +209,7 @@ def use_compilation_cache() -> str | None:
     if root == "":
         return None
     root = root or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxseed", "xla")
-    identity = [cpu(), xla_flags(), jax.lib.__version__]
+    identity = [cpu(), xla_flags(), os.environ.get(POOL_VARIABLE), jax.lib.__version__]
     folder = os.path.join(root, hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16])
     try:
         private = _private_folder(root) and _private_folder(folder)

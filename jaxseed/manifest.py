@@ -90,6 +90,8 @@ def environment() -> dict:
         "device_kinds": sorted({device.device_kind for device in jax.devices()}),
         "cpu": machine.cpu(),
         "xla_flags": machine.xla_flags(),
+        # The threads of XLA CPU's pool in force (config.cpu_threads asks; None: not seen).
+        "thread_pool": machine.thread_pool(),
         # Whether compiled programs came from (or went to) JAX's persistent cache: same bits either way.
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
         # What every draw is made with, pinned whatever the environment's jax defaults are.

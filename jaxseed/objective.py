@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseed import streams
+from jaxseed import data, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 
@@ -54,9 +54,9 @@ class DataSpec(NamedTuple):
     num_classes: int
 
 
-def data_spec(dataset) -> DataSpec:
-    """What a model built for ``dataset`` (a ``data.Dataset``) must take and predict."""
-    return DataSpec(dataset.image_shape, dataset.num_classes)
+def data_spec(dataset, name: str) -> DataSpec:
+    """What a model built for ``dataset`` (a ``data.Dataset`` of the data set ``name``) must take and predict."""
+    return DataSpec(dataset.image_shape, data.classes(name, dataset))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: compiled programs are cached per objective

@@ -306,9 +306,8 @@ def seeds_needed(difference: float, std: float, correlation: float | None = None
     if spread == 0:
         return 2
     z = stats.norm.ppf((1 + level) / 2) + stats.norm.ppf(power)
-    n = max(2, math.ceil((z * spread / difference) ** 2))
-    if n > max_seeds:
-        return math.inf
+    # Capped before stepping down: the approximation may overshoot past max_seeds an answer within it.
+    n = min(max_seeds, max(2, math.ceil((z * spread / difference) ** 2)))
     while n > 2 and t_test_power(difference, std, n - 1, correlation, level) >= power:
         n -= 1  # the normal approximation's ceiling, or its neglected second tail, overshot
     while t_test_power(difference, std, n, correlation, level) < power:

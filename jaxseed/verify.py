@@ -4,11 +4,12 @@
 
 Prints MATCH (exit 0) or MISMATCH (exit 1) of ``param_hash``; on a mismatch,
 what differs between the two environments, which streams drew differently,
-and the first epoch whose metrics differ; when only the CPU differs, the likely
-cause and whether the final test metrics agree within ``METRIC_TOLERANCE``.
+and the first epoch whose metrics differ; where every stream drew the same, the likely
+cause (the thread pool, the CPU, the package versions) and whether the final test
+metrics agree within ``METRIC_TOLERANCE``.
 It says first what equality to expect: a ``--portable`` run the same bits on any
-x86 CPU with AVX2, another run only on a CPU like the one it ran on; either on as
-many usable cores.
+x86 CPU with AVX2, another run only on a CPU like the one it ran on; either with the
+same XLA CPU thread pool (``--cpu-threads``, recorded; any number of cores).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jaxseed.objective import recorded_source as objective_source
 
 PROG = "python -m jaxseed.verify"
 
-_ENVIRONMENT = ("versions", "backend", "device_count", "device_kinds", "xla_flags", "generator",
+_ENVIRONMENT = ("versions", "backend", "device_count", "device_kinds", "xla_flags", "thread_pool", "generator",
                 "default_matmul_precision", "data_hash", "cpu")
 # Final test metrics of two runs that differ only in float rounding (another CPU's code)
 # agree within this relative tolerance: measured differences were <= 0.7% (test loss
@@ -46,9 +47,9 @@ def compare(recorded: dict, rerun: dict, recorded_metrics: list[dict], rerun_met
         if changed:
             lines.append(f"first epoch whose metrics differ: {old['epoch']} ({', '.join(changed)})")
             break
-    if recorded.get("cpu") != rerun.get("cpu") and not drawn and recorded_metrics and rerun_metrics:
-        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1],
-                                  _cause(recorded.get("cpu"), rerun.get("cpu"), portable(recorded)))
+    cause = _cause(recorded, rerun)
+    if cause and not drawn and recorded_metrics and rerun_metrics:
+        lines += _across_machines(recorded_metrics[-1], rerun_metrics[-1], cause)
     return lines
 
 
@@ -60,21 +61,28 @@ def portable(manifest: dict) -> bool:
 def expectation(manifest: dict) -> str:
     if portable(manifest):
         return ("--portable run: the same bits expected on any x86 CPU with AVX2 (same versions, flags and "
-                "number of usable cores)")
-    return "not a --portable run: the same bits expected only on a CPU like the one it ran on, on as many cores"
+                "thread pool)")
+    return "not a --portable run: the same bits expected only on a CPU like the one it ran on (same thread pool)"
 
 
-def _cause(recorded_cpu, rerun_cpu, was_portable: bool) -> str:
-    cores = (recorded_cpu.get("cores"), rerun_cpu.get("cores")) if isinstance(recorded_cpu, dict) else (None, None)
-    if None not in cores and machine.same_cpu(recorded_cpu, rerun_cpu):
-        return (f"likely cause: another number of usable cores ({cores[0]} recorded, {cores[1]} here; XLA CPU's "
-                f"kernels split their sums by thread): rerun pinned to as many, taskset -c 0-{cores[0] - 1} "
-                f"{PROG} ...")
-    if was_portable:
-        return ("likely cause: another CPU, although the run was --portable (a CPU without AVX2, or another "
-                "jax version's kernels: report it)")
-    return ("likely cause: another CPU (without --portable, XLA CPU's code and its kernel libraries depend on "
-            "the CPU, so float rounding differs; train with --portable for bits that travel)")
+def _cause(recorded: dict, rerun: dict) -> str | None:
+    """The likely cause of other bits from the same draws: the thread pool, the CPU or the versions."""
+    pools = recorded.get("thread_pool"), rerun.get("thread_pool")
+    if pools[0] != pools[1]:
+        return (f"likely cause: another XLA CPU thread pool ({pools[0] or 'not recorded'} threads recorded, "
+                f"{pools[1]} here; its kernels split their sums by thread): a run of --cpu-threads N on as many "
+                "CPU devices as the recorded one gets N threads on any number of cores")
+    cpus = recorded.get("cpu"), rerun.get("cpu")
+    if isinstance(cpus[0], dict) and isinstance(cpus[1], dict) and not machine.same_cpu(*cpus):
+        if portable(recorded):
+            return ("likely cause: another CPU, although the run was --portable (a CPU without AVX2, or another "
+                    "jax version's kernels: report it)")
+        return ("likely cause: another CPU (without --portable, XLA CPU's code and its kernel libraries depend on "
+                "the CPU, so float rounding differs; train with --portable for bits that travel)")
+    if recorded.get("versions") != rerun.get("versions"):
+        return ("likely cause: other package versions (another jax or jaxlib compiles other code): install the "
+                "recorded ones, as in requirements.lock")
+    return None
 
 
 def _across_machines(old: dict, new: dict, cause: str) -> list[str]:

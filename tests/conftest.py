@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from jaxseed import machine
 from jaxseed.config import Config
 
 # Tests read and write nothing outside the repository and their temporary folders: no persistent
@@ -14,6 +15,9 @@ os.environ["JAXSEED_COMPILATION_CACHE"] = ""
 # at any level. The commands they start inherit it; the portability check, which is about the
 # compiled code, runs without it (tests/test_portable.py).
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# Before any test starts JAX, as the CLI does: the default thread pool and XLA flags of every run, so
+# that runs trained in this process compute what the commands the tests start compute.
+machine.require_flags(Config())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,8 +27,6 @@ def shared_compilation_cache(tmp_path_factory):
     again and again, and a cached program is the same program (same bits). Where a test is
     about compiling (the cache itself, ablate's determinism control, verify), the code under
     test turns it off or names its own."""
-    from jaxseed import machine
-
     folder = tmp_path_factory.mktemp("xla-cache")
     os.environ["JAXSEED_COMPILATION_CACHE"] = str(folder)
     machine.use_compilation_cache()  # this process's own compiles too (xdist workers share them)
@@ -35,7 +37,7 @@ def shared_compilation_cache(tmp_path_factory):
 # collection order (--no-loadscope-reorder, pyproject.toml); the longest first, so that no worker
 # still runs a long module while the other has nothing left. Each module's tests' seconds summed,
 # from a run of the whole suite on 2 cores (pytest --durations=0, 2026-12-03); the rest are short.
-MODULE_SECONDS = {"test_portable.py": 189, "test_benchmarks.py": 180, "test_resume.py": 105, "test_train.py": 104,
+MODULE_SECONDS = {"test_machine.py": 111, "test_experiments.py": 85, "test_portable.py": 189, "test_benchmarks.py": 180, "test_resume.py": 105, "test_train.py": 104,
                   "test_study.py": 73, "test_ablate.py": 67, "test_examples.py": 59, "test_devices.py": 49,
                   "test_vae.py": 48, "test_rundir.py": 44, "test_processes.py": 40, "test_notebook.py": 35}
 

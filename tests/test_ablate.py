@@ -205,3 +205,18 @@ def test_auto_strategy_follows_the_recorded_measurement(tmp_path, monkeypatch):
     strategy, reason = ablate.choose_strategy("auto", "tpu")
     assert strategy == "sequential" and "no sweep measurement recorded for tpu" in reason
     assert ablate.choose_strategy("vmap", "cpu") == ("vmap", "asked for")
+
+
+def test_a_study_of_hours_says_so_before_it_starts(tmp_path, monkeypatch, capsys):
+    """The expected time, scaled by examples from the recorded sweep measurement, on stderr even with --quiet."""
+    measured = {"model": "cnn", "epochs": 1, "train_limit": 256, "runs_per_hour": {"sequential": 2.0},
+                "date": "today"}
+    monkeypatch.setattr(ablate, "_measurement", lambda backend: measured)
+    monkeypatch.setattr(ablate, "run_group", lambda *args, **options: None)  # nothing trained: only the warning
+    sweep = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "2", "--seeds", "2",
+             "--streams", "init", "--strategy", "sequential", "--quiet", "--workdir", str(tmp_path / "study")]
+    ablate.main(sweep)
+    runs = 2 * len(ablate.plan_groups(0, 2, ("init",), ablate.streams.STREAMS))
+    assert (f"{ablate.PROG}: {runs} runs to train, expected to take ~{runs * 2 / 2.0:.1f} h here"
+            in capsys.readouterr().err)
+    assert ablate.expected_hours(ablate.Config(model="vae"), "sequential", "cpu", 10, 256) is None

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxseed import augment, streams
+from jaxseed.config import Config
 
 
 def single_pixel(y, x):
@@ -65,3 +66,39 @@ def test_matches_scipy_ndimage_as_an_oracle():
         offset = centre - inverse @ (centre + np.array([shift_y, shift_x]))
         oracle = ndimage.affine_transform(image, inverse, offset, order=1, mode="grid-constant", cval=0.0)
         np.testing.assert_allclose(ours, oracle, atol=2e-6)
+
+
+def crop_flip_oracle(image, top, left, flip, padding):
+    """One example by hand: pad with zeros, crop at (top, left), mirror the width axis if drawn."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    crop = padded[top:top + height, left:left + width]
+    return crop[:, ::-1] if flip else crop
+
+
+def test_crop_flip_matches_pad_crop_and_mirror_by_hand():
+    """On a non-square image with distinct values everywhere, so that a vertical flip, or a corner
+    read from the wrong axis, gives other pixels; for every example the drawn corner and flip."""
+    padding, batch = 2, 16
+    images = np.arange(batch * 5 * 7 * 2, dtype=np.float32).reshape(batch, 5, 7, 2)
+    keys = streams.per_example_keys(jax.random.key(11), 3, jnp.arange(batch))
+    drawn = augment.sample_crop_flip(keys, padding)
+    top, left, flip = (np.asarray(part) for part in drawn)
+    # The draws exercise what the oracle checks: corners off the diagonal, both flips.
+    assert np.any(top != left) and set(flip.tolist()) == {0, 1}
+    assert top.min() >= 0 and left.min() >= 0 and max(top.max(), left.max()) <= 2 * padding
+    ours = np.asarray(augment.apply_crop_flip(jnp.asarray(images), drawn, padding))
+    for b in range(batch):
+        np.testing.assert_array_equal(ours[b], crop_flip_oracle(images[b], top[b], left[b], flip[b], padding),
+                                      err_msg=f"example {b}: top {top[b]}, left {left[b]}, flip {flip[b]}")
+    config = Config(augment="crop_flip", crop_padding=padding)
+    np.testing.assert_array_equal(augment.apply(config, jnp.asarray(images), keys), ours)  # the --augment path
+
+
+def test_crop_flip_known_corner_and_flip():
+    """A 2 x 3 image, padding 1: the crop at (0, 2) is the zero row above and the image's right two
+    columns, then a zero column; mirrored, left and right swap."""
+    image = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[None, ..., None]
+    for flip, expected in ((0, [[0, 0, 0], [2, 3, 0]]), (1, [[0, 0, 0], [0, 3, 2]])):
+        drawn = augment.CropFlipParams(jnp.array([0]), jnp.array([2]), jnp.array([flip]))
+        np.testing.assert_array_equal(augment.apply_crop_flip(image, drawn, 1)[0, ..., 0], expected)

@@ -5,6 +5,11 @@ known to break. If one of these fails after an upgrade, the upgrade changed what
 seed draws: every recorded result of older versions no longer reproduces. Say so in
 the release notes and update the values here, deliberately.
 
+These values pin what JAX's primitives compute; which primitive derives which draw, in
+which order, is pinned apart from them, with jax.random alone, in test_streams.py
+(test_every_draw_is_derived_as_the_module_documents). Update values here only while that
+test passes: a failure there is a change of jaxseed's derivation, not of JAX.
+
 Integer draws (keys, permutations, masks) are compared exactly; float draws to 1e-6,
 since XLA CPU's code for the host's vector extensions may round them differently.
 """

@@ -2,17 +2,24 @@
 instability, seeds needed, and the --detect / --correlation flags."""
 
 import json
+import math
 
+import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxseed import ablate, rundir, stats, streams
+from jaxseed import ablate, plots, rundir, streams
 
 LABELS = np.array([0, 1, 2, 0, 1, 2])
 # Which of the 6 test examples each run gets right, per group of K = 3 runs.
 CORRECT = {"init": [[1, 1, 1, 0, 0, 1], [1, 1, 0, 0, 1, 1], [1, 0, 1, 0, 0, 1]],  # unstable: 1, 2, 4
            "shuffle": [[1, 1, 1, 0, 0, 0], [1, 0, 1, 0, 0, 1], [1, 1, 1, 0, 0, 1]],  # unstable: 1, 5
            "none": [[1, 1, 1, 0, 0, 1]] * 3}
+
+
+# The noncentrality lambda* at which the two-sided 5% t test with nu degrees of freedom has 80% power
+# (root of P(|T| > t_0.975,nu) = 0.8, T ~ t'_nu(lambda), by scipy's noncentral t and brentq).
+LAMBDA_80 = {2: 5.653489266, 4: 3.761059554}
 
 
 def run(right, k, loss):
@@ -39,12 +46,15 @@ def report(folder, results, labels=LABELS, **options):
 def test_instability_in_table_and_summary(tmp_path):
     markdown, stored = report(tmp_path, groups(), labels=LABELS)
     summary = {row["group"]: row for row in stored["summary"]}
-    for name, right in CORRECT.items():
-        found = stats.instability(np.array(right, bool))
-        assert [summary[name][key] for key in found._fields] == pytest.approx(list(found))
-    assert (summary["init"]["always_right"], summary["init"]["always_wrong"], summary["init"]["unstable"]) == (2, 1, 3)
-    assert "| init | 3 | 2 | 1 | 3 | " in markdown and "| none | 3 | 4 | 2 | 0 | 0.0000 | 0.0000 [0.0000, 0.0000] |" \
-        in markdown
+    # By hand from CORRECT: init's p = 1, 2/3, 2/3, 0, 1/3, 1, so sqrt(3/2 * 3 * 2/9) / 6 = 1/6;
+    # shuffle's p = 1, 2/3, 1, 0, 0, 2/3: sqrt(3/2 * 2 * 2/9) / 6; none's runs agree: nothing flips.
+    expected = {"init": (2, 1, 3, 1 / 6), "shuffle": (2, 2, 2, math.sqrt(2 / 3) / 6), "none": (4, 2, 0, 0.0)}
+    for name, (right, wrong, unstable, flip_std) in expected.items():
+        row = summary[name]
+        assert (row["always_right"], row["always_wrong"], row["unstable"]) == (right, wrong, unstable), name
+        assert row["independent_flip_std"] == pytest.approx(flip_std), name
+    assert "| init | 3 | 2 | 1 | 3 | 0.1667 | " in markdown and "| shuffle | 3 | 2 | 2 | 2 | 0.1361 | " in markdown
+    assert "| none | 3 | 4 | 2 | 0 | 0.0000 | 0.0000 [0.0000, 0.0000] |" in markdown
     # init's unstable {1, 2, 4} and shuffle's {1, 5}: 1 shared of 4; none is no varied group
     assert stored["unstable_overlap"] == [{"groups": ["init", "shuffle"], "both": 1, "jaccard": 0.25,
                                            "jaccard_if_independent": pytest.approx(1 / 4)}]
@@ -62,11 +72,25 @@ def test_without_labels_no_overlap_but_the_old_call_still_works(tmp_path):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_unstable_picture_from_test_images(tmp_path, channels):
+def test_unstable_picture_from_test_images(tmp_path, monkeypatch, channels):
+    """What is drawn: each group with unstable examples, its images nearest p = 1/2 first (init's
+    1, 2 and 4 are all 1/6 away: by index), titled with label and p; and a PNG that shows them."""
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, channels), dtype=np.uint8)
+    drawn = []
+    real = plots.plot_image_rows
+    monkeypatch.setattr(plots, "plot_image_rows", lambda rows, out: (drawn.append(rows), real(rows, out)))
     markdown, _ = report(tmp_path, groups(), labels=LABELS, test_images=images)
     assert "![up to 8 test images per group with p_i nearest 1/2](unstable.png)" in markdown
-    assert (tmp_path / "unstable.png").stat().st_size > 1000
+    [rows] = drawn
+    assert [(name, titles) for name, _, titles in rows] == [
+        ("init", ["label 1, p = 0.67", "label 2, p = 0.67", "label 1, p = 0.33"]),
+        ("shuffle", ["label 1, p = 0.67", "label 2, p = 0.67"])]
+    np.testing.assert_array_equal(rows[0][1], images[[1, 2, 4]])
+    np.testing.assert_array_equal(rows[1][1], images[[1, 5]])
+    picture = matplotlib.image.imread(tmp_path / "unstable.png")  # RGBA floats in [0, 1]
+    assert picture.shape == (340, 500, 4)  # 2 rows of 3 columns: (1.5 * 3 + 0.5) x (1.7 * 2) inches at 100 dpi
+    # The random images cover ~half of it (titles and labels alone: 2% of the pixels darker than 0.8).
+    assert np.mean(picture[..., :3].min(-1) < 0.8) > 0.3
     stable = {name: [run(np.ones(6, bool), k, 0.5 + k / 10) for k in range(3)] for name in ("init", "none")}
     markdown, _ = report(tmp_path / "stable", stable, labels=LABELS, test_images=images)
     assert "No group has an unstable test example: no unstable.png." in markdown
@@ -79,15 +103,19 @@ def test_seeds_needed_at_the_std_and_its_interval_ends(tmp_path):
     assert (plan["metric"], plan["difference"], plan["correlation"], plan["designs"]) == (
         "test_accuracy", 0.05, 0.5, ["unpaired", "paired"])
     assert list(plan["groups"]) == ["init", "shuffle"]  # never the determinism control
-    row = next(row for row in stored["summary"] if row["group"] == "init")
-    spreads = [row["test_accuracy_std"], *row["test_accuracy_std_ci"]]
+    # init's accuracies 4/6, 4/6, 3/6: s = sqrt(1/108); its chi-square interval at nu = 2, where
+    # chi2.ppf(q, 2) = -2 ln(1 - q), is [s / sqrt(ln 40), s / sqrt(ln(40/39))].
+    s = math.sqrt(1 / 108)
+    spreads = [s, s / math.sqrt(math.log(40)), s / math.sqrt(math.log(40 / 39))]
     init = plan["groups"]["init"]
-    assert init["seeds_unpaired"] == [stats.seeds_needed(0.05, s) for s in spreads]
-    assert init["seeds_paired"] == [stats.seeds_needed(0.05, s, 0.5) for s in spreads]
-    assert init["detectable_paired"] == pytest.approx([stats.detectable_difference(s, 3, 0.5) for s in spreads])
-    assert init["seeds_unpaired"][1] < init["seeds_unpaired"][0] < init["seeds_unpaired"][2]
-    n, low, high = init["seeds_unpaired"]
-    assert f"| {n} [{low}, {high}] |" in markdown
+    assert [init["std"], *next(row for row in stored["summary"] if row["group"] == "init")["test_accuracy_std_ci"]] \
+        == pytest.approx(spreads)
+    # The fewest n with 80% power for 0.05 at each spread, by a search of n over scipy's noncentral t.
+    assert init["seeds_unpaired"] == [60, 17, 2298] and init["seeds_paired"] == [32, 10, 1151]
+    # Paired at r = 0.5, nu = 2: Delta = lambda* s / sqrt(3), lambda* = 5.65349 (80% power at nu = 2).
+    assert init["detectable_paired"] == pytest.approx([LAMBDA_80[2] * spread / math.sqrt(3) for spread in spreads],
+                                                      rel=1e-5)
+    assert "| 60 [17, 2298] |" in markdown
     assert "seeds per configuration for Δ = 0.05, paired (r = 0.5)" in markdown
 
 
@@ -101,15 +129,16 @@ def test_seeds_section_without_flags_and_for_a_loss_only_model(tmp_path):
     assert "### Per-example" not in markdown and "disagreement" not in markdown and "for Δ =" not in markdown
     assert "| group | runs | test loss: std [95% χ² CI] | smallest Δ at this K, unpaired |" in markdown
     assert stored["seeds_needed"]["metric"] == "test_loss"
+    # s = 0.2, unpaired at K = 3 (nu = 4): Delta = lambda* 0.2 sqrt(2) / sqrt(3).
     assert stored["seeds_needed"]["groups"]["latent"]["detectable_unpaired"][0] == pytest.approx(
-        stats.detectable_difference(0.2, 3))
+        LAMBDA_80[4] * 0.2 * math.sqrt(2 / 3), rel=1e-5)
 
 
 def test_a_seed_count_beyond_the_limit_is_null_in_json(tmp_path):
     results = groups(losses=(0.5, 0.7, 0.6))
     markdown, stored = report(tmp_path, results, detect=1e-7)
     assert stored["seeds_needed"]["groups"]["init"]["seeds_unpaired"] == [None, None, None]
-    assert f"> {stats.MAX_SEEDS:,} [> {stats.MAX_SEEDS:,}, > {stats.MAX_SEEDS:,}]" in markdown
+    assert "> 1,000,000 [> 1,000,000, > 1,000,000]" in markdown
 
 
 SWEEP = ["--data", "synthetic", "--seeds", "2"]

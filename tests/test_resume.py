@@ -175,18 +175,24 @@ def test_verify_names_another_cpu_and_compares_within_tolerance():
     assert verify.expectation(recorded).startswith("not a --portable run")
 
 
-def test_verify_names_another_core_count():
-    """The same CPU on another number of usable cores: XLA's kernels split sums by thread."""
-    base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
+def test_verify_names_another_thread_pool_or_versions():
+    """Same draws, other bits: another XLA CPU thread pool (its kernels split sums by thread) is named
+    before the CPU; another number of cores alone is no cause; other versions are named last."""
+    base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "", "thread_pool": 8,
             "fingerprints": {"init": "a"}, "config": {"portable": True}}
     cpu = {"model": "A", "vector_extensions": ["avx2"], "cores": 2}
-    lines = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "cores": 16}},
-                           [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}])
-    assert ("likely cause: another number of usable cores (2 recorded, 16 here; XLA CPU's kernels split their sums "
-            "by thread): rerun pinned to as many, taskset -c 0-1 python -m jaxseed.verify ...") in lines
-    other = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "model": "B", "cores": 16}},
-                           [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}])
+    metrics = [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}]
+    lines = verify.compare({**base, "cpu": cpu}, {**base, "thread_pool": 16, "cpu": {**cpu, "cores": 16}}, *metrics)
+    assert "thread_pool: recorded 8, here 16" in lines
+    assert ("likely cause: another XLA CPU thread pool (8 threads recorded, 16 here; its kernels split their sums "
+            "by thread): a run of --cpu-threads N on as many CPU devices as the recorded one gets N threads on any "
+            "number of cores") in lines
+    cores = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "cores": 16}}, *metrics)
+    assert not any(line.startswith("likely cause") for line in cores)
+    other = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "model": "B", "cores": 16}}, *metrics)
     assert any(line.startswith("likely cause: another CPU, although the run was --portable") for line in other)
+    versions = verify.compare({**base, "cpu": cpu}, {**base, "cpu": cpu, "versions": {"jax": "0.2"}}, *metrics)
+    assert any(line.startswith("likely cause: other package versions") for line in versions)
 
 
 def test_vae_resume_equals_uninterrupted(tmp_path):

@@ -2,11 +2,14 @@
 writes as one line, and every file read back checked (rundir.py, through the entry points)."""
 
 import errno
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -44,6 +47,13 @@ def finished(tmp_path_factory):
 def copy_of(finished, tmp_path):
     shutil.copytree(finished, tmp_path / "run", symlinks=True)
     return tmp_path / "run"
+
+
+def first_temporary_name_is(monkeypatch, name):
+    """mkstemp's candidate names made predictable: ``name`` first, then fresh ones, so that a link
+    can wait at the temporary name a whole-file write tries first (``.<target>.tmp.<name>``)."""
+    monkeypatch.setattr(tempfile, "_get_candidate_names",
+                        lambda: itertools.chain([name], (f"fresh{i}" for i in itertools.count())))
 
 
 # ---------------------------------------------------------------- one owner
@@ -119,25 +129,28 @@ def test_overwrite_removes_exactly_what_a_run_writes(finished, tmp_path, capsys)
     assert json.loads((workdir / "manifest.json").read_text())["streams"]["init"] == 4
 
 
-def test_no_write_goes_through_a_planted_link(finished, tmp_path, capsys):
+def test_no_write_goes_through_a_planted_link(finished, tmp_path, monkeypatch, capsys):
     outside = tmp_path / "outside.txt"
-    outside.write_text("not jaxseed's")
+    outside.write_bytes(b"not jaxseed's")
     workdir = copy_of(finished, tmp_path)
-    (workdir / "manifest.json.tmp").symlink_to(outside)  # the name writes used to go through
+    first_temporary_name_is(monkeypatch, "planted")
+    for name in ("manifest.json", "metrics.jsonl", "curves.png", "test_probabilities.npy"):
+        (workdir / f".{name}.tmp.planted").symlink_to(outside)  # where each whole-file write would go first
     os.replace(workdir / "curves.png", tmp_path / "curves.png")
     (workdir / "curves.png").symlink_to(outside)  # a whole-file write replaces the link, not its target
     assert train.main(["--resume", "--workdir", str(workdir)]) == 0
-    assert outside.read_text() == "not jaxseed's" and not (workdir / "curves.png").is_symlink()
+    assert outside.read_bytes() == b"not jaxseed's" and not (workdir / "curves.png").is_symlink()
     (workdir / "trace.jsonl").unlink()
     (workdir / "trace.jsonl").symlink_to(outside)  # appends: refused
-    assert train.main([*TINY, "--trace", "--workdir", str(workdir), "--overwrite"]) == 0  # the link is removed
+    assert train.main([*TINY, "--trace", "--workdir", str(workdir), "--overwrite"]) == 0  # the links are removed
+    assert not list(workdir.glob(".*.tmp.*"))
     (workdir / "trace.jsonl").unlink()
     os.symlink(outside, workdir / "trace.jsonl")
     folder = rundir.RunFolder.claim(str(workdir), resume=True)
     with pytest.raises(UserError, match="symbolic link"):
         folder.append_lines("trace.jsonl", [{"step": 0}])
     folder.release()
-    assert outside.read_text() == "not jaxseed's"
+    assert outside.read_bytes() == b"not jaxseed's"
 
 
 def test_a_linked_checkpoints_folder_is_refused(finished, tmp_path, capsys):
@@ -360,3 +373,70 @@ def test_the_compilation_cache_is_private(tmp_path, monkeypatch, capsys):
     assert machine.use_compilation_cache() is None
     assert "not private to you" in capsys.readouterr().err
     assert machine.cpu()["cpuid_features"]  # what the compiler sees, part of the cache's key
+
+
+# ---------------------------------------------------------------- planted links, method by method
+
+
+WRITES = {"manifest.json": lambda folder: folder.write_json("manifest.json", {"config": {}, "streams": {}}),
+          "sweep.json": lambda folder: folder.create_json("sweep.json", {"config": {}}),
+          "ablation.md": lambda folder: folder.write_text("ablation.md", "# report\n"),
+          "metrics.jsonl": lambda folder: folder.write_lines("metrics.jsonl", [{"epoch": 1, "step": 4}]),
+          "test_losses.npy": lambda folder: folder.save_array("test_losses.npy", np.zeros(3, np.float32)),
+          "records.npz": lambda folder: folder.save_arrays("records.npz", {"a": np.zeros(3)}),
+          "curves.png": lambda folder: folder.save_picture("curves.png", lambda f: f.write(b"\x89PNG"))}
+
+
+@pytest.mark.parametrize("name", WRITES)
+def test_a_whole_file_write_goes_through_no_link_at_its_target_or_temporary_name(tmp_path, monkeypatch, name):
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not jaxseed's")
+    first_temporary_name_is(monkeypatch, "planted")
+    with rundir.RunFolder.claim(str(tmp_path / "w"), "study" if name in rundir.OUTPUTS["study"] else "run") as folder:
+        (tmp_path / "w" / f".{name}.tmp.planted").symlink_to(outside)
+        WRITES[name](folder)
+        assert outside.read_bytes() == b"not jaxseed's"
+        assert (tmp_path / "w" / name).is_file() and not (tmp_path / "w" / name).is_symlink()
+        (tmp_path / "w" / name).unlink()
+        (tmp_path / "w" / name).symlink_to(outside)  # at the target: replaced (create_json: left), not written through
+        WRITES[name](folder)
+        assert outside.read_bytes() == b"not jaxseed's"
+        folder.remove_outputs()  # --overwrite: both links go, what they point to stays
+        assert os.listdir(tmp_path / "w") == [rundir.MARKER] and outside.read_bytes() == b"not jaxseed's"
+
+
+def test_a_linked_marker_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_text("{}")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / rundir.MARKER).symlink_to(outside)
+    with pytest.raises(UserError, match="is not a file jaxseed wrote"):
+        rundir.RunFolder.claim(str(tmp_path / "w"), resume=True)
+    assert outside.read_text() == "{}"
+
+
+READS = [("manifest.json", rundir.read_manifest),
+         ("sweep.json", lambda path: rundir.read_json(path, "sweep.json")),
+         ("metrics.jsonl", rundir.read_metrics),
+         ("trace.jsonl", rundir.read_trace),
+         ("trace.jsonl", lambda path: rundir.RunFolder.claim(path, writer=False).kept_lines(
+             "trace.jsonl", lambda row: True, rundir.TRACE_FIELDS)),
+         ("test_losses.npy", lambda path: rundir.load_array(path, "test_losses.npy", np.float32, (3,)))]
+
+
+@pytest.mark.parametrize("name, read", READS,
+                         ids=["read_manifest", "read_json", "read_metrics", "read_trace", "kept_lines", "load_array"])
+def test_a_read_follows_no_planted_link(tmp_path, name, read):
+    """Each reader of a run's files, on a link to a file it accepts: refused, not followed."""
+    real, linked = tmp_path / "real", tmp_path / "linked"
+    real.mkdir()
+    linked.mkdir()
+    (real / "manifest.json").write_text(json.dumps({"config": {}, "streams": {}}))
+    (real / "sweep.json").write_text('{"config": {}}')
+    (real / "metrics.jsonl").write_text('{"epoch": 1, "step": 4}\n')
+    (real / "trace.jsonl").write_text('{"step": 0, "epoch": 1, "loss": 0.5, "param_checksum": 7}\n')
+    np.save(real / "test_losses.npy", np.zeros(3, np.float32))
+    (linked / name).symlink_to(real / name)
+    assert len(read(str(real))) > 0  # accepted where it is a file
+    with pytest.raises(UserError, match=re.escape(f"cannot read {linked / name}: ")):
+        read(str(linked))

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from scipy import integrate
 from scipy import stats as scipy_stats
 
 from conftest import PROJECT_ROOT
@@ -107,6 +108,49 @@ def test_power_by_simulation():
     assert paired == pytest.approx(stats.t_test_power(0.5, 1.0, 8, correlation=0.64), abs=0.02)
 
 
+def power_by_integration(difference, std, n, correlation=None, level=0.95):
+    """The two-sided t test's power from its definition: T = (Z + lambda) / sqrt(V / nu), Z normal,
+    V ~ chi^2_nu, so given V both tails are normal: P(T > c) + P(T < -c) integrated over V."""
+    spread = std * math.sqrt(2 * (1 - (correlation or 0.0)))
+    dof = n - 1 if correlation is not None else 2 * (n - 1)
+    noncentrality = difference * math.sqrt(n) / spread
+    critical = scipy_stats.t.ppf((1 + level) / 2, dof)
+
+    def given(v):
+        scaled = critical * math.sqrt(v / dof)
+        return (scipy_stats.norm.sf(scaled - noncentrality) + scipy_stats.norm.cdf(-scaled - noncentrality)) * (
+            scipy_stats.chi2.pdf(v, dof))
+
+    return integrate.quad(given, 0.0, np.inf)[0]
+
+
+def test_power_counts_both_tails():
+    """Where the lower tail is not negligible: no difference (the power is the test's size), a
+    negative difference, and small effects at few seeds."""
+    for n, r in ((2, None), (5, None), (30, 0.5)):
+        assert stats.t_test_power(0.0, 1.0, n, r) == pytest.approx(0.05, abs=1e-12)
+        assert stats.t_test_power(0.0, 1.0, n, r, level=0.9) == pytest.approx(0.10, abs=1e-12)
+    assert stats.t_test_power(-1.0, 1.0, 17) == pytest.approx(0.8070, abs=5e-4)  # G*Power's d = 1, as for +1
+    for difference, n, r in ((0.3, 3, None), (-0.3, 3, None), (0.2, 4, 0.5), (-0.7, 5, 0.0), (2.0, 2, None),
+                             (-1.5, 3, 0.5)):
+        assert stats.t_test_power(difference, 1.0, n, r) == pytest.approx(
+            power_by_integration(difference, 1.0, n, r), abs=1e-8), (difference, n, r)
+
+
+@pytest.mark.parametrize("power", [0.2, 0.5, 0.95])
+def test_seeds_needed_is_the_fewest_at_any_power(power):
+    """The first n of 2, 3, ... with the power: away from 80% the normal approximation's start can
+    be above it (at low power the second tail it neglects helps), and must be stepped down."""
+    for difference in (0.2, 0.5, 1.0):
+        for correlation in (None, 0.5):
+            for level in (0.95, 0.9):
+                fewest = 2
+                while stats.t_test_power(difference, 1.0, fewest, correlation, level) < power:
+                    fewest += 1
+                assert stats.seeds_needed(difference, 1.0, correlation, level, power) == fewest, (
+                    difference, correlation, level)
+
+
 def test_seeds_needed_known_values_and_minimal():
     assert stats.seeds_needed(0.5, 1.0) == 64 and stats.seeds_needed(1.0, 1.0) == 17
     assert stats.seeds_needed(0.5, 1.0, correlation=0.5) == 34
@@ -152,15 +196,35 @@ def test_probability_of_improvement_by_hand():
     assert (p, low) == (0.0, 0.0) and high == pytest.approx(1 - 0.025 ** (1 / 6))
 
 
+def clopper_pearson(successes, trials):
+    return scipy_stats.binomtest(successes, trials).proportion_ci(0.95, method="exact")
+
+
+def test_probability_of_improvement_is_clopper_pearsons_interval():
+    """Each end, at every number of wins of K = 10 (no ties), is scipy's exact binomial interval:
+    neither wider (which any coverage check at or above 95% would let pass) nor narrower."""
+    for wins in range(11):
+        p, low, high = stats.probability_of_improvement([1.0] * wins + [0.0] * (10 - wins), [0.5] * 10)
+        expected = clopper_pearson(wins, 10)
+        assert (p, low, high) == (wins / 10, pytest.approx(expected.low, abs=1e-12),
+                                  pytest.approx(expected.high, abs=1e-12)), wins
+
+
 @pytest.mark.parametrize("p", [0.3, 0.9])
 def test_probability_of_improvement_covers(p):
-    """2000 simulated studies of K = 10 seed pairs: the interval covers P(A > B) at least 95% of the time."""
+    """2000 simulated studies of K = 10 seed pairs: the interval covers P(A > B) as often as
+    Clopper-Pearson's covers p at K = 10, computed exactly from the binomial distribution (~0.99:
+    it is conservative), within 0.6 points (2.6 standard errors): more is an interval too wide,
+    less one too narrow."""
+    intervals = [clopper_pearson(wins, 10) for wins in range(11)]
+    exact = sum(scipy_stats.binom.pmf(wins, 10, p) for wins, ci in enumerate(intervals) if ci.low <= p <= ci.high)
+    assert exact >= 0.95
     rng = np.random.default_rng(3)
     shift = scipy_stats.norm.ppf(p)  # A - B ~ N(shift, 1): P(A > B) = p
     b = rng.normal(0.0, 1.0, (2000, 10))
     a = b + rng.normal(shift, 1.0, (2000, 10))
     covered = np.mean([low <= p <= high for _, low, high in map(stats.probability_of_improvement, a, b)])
-    assert covered >= 0.95 - 0.01  # Clopper-Pearson is conservative: at or above its level
+    assert covered == pytest.approx(exact, abs=0.006)
 
 
 def test_fair_comparison_pure_parts_on_fake_numbers():
@@ -173,8 +237,9 @@ def test_fair_comparison_pure_parts_on_fake_numbers():
     b = a + np.array([0.002, 0.001, 0.003, -0.001, 0.002, 0.002])
     found = run.compare(a, b)
     assert found["paired"]["mean"] == pytest.approx(0.0015)
-    assert found["paired"]["improvement"] == stats.probability_of_improvement(b, a)  # 5 of 6 seeds: B > A
-    assert found["paired"]["improvement"][0] == pytest.approx(5 / 6)
+    interval = clopper_pearson(5, 6)  # B > A on 5 of the 6 seeds
+    assert found["paired"]["improvement"] == (pytest.approx(5 / 6), pytest.approx(interval.low),
+                                              pytest.approx(interval.high))
     assert "improvement" not in found["unpaired"]
     assert found["paired"]["mean_ci"][1] - found["paired"]["mean_ci"][0] < (
         found["unpaired"]["mean_ci"][1] - found["unpaired"]["mean_ci"][0])  # pairing removes the shared part
@@ -194,3 +259,9 @@ def test_loss_instability_against_a_hand_computation():
         predicted.append(stats.loss_instability(runs).independent_loss_std)
         observed.append(stats.sample_std(runs.mean(1)) ** 2)
     assert np.sqrt(np.mean(observed)) == pytest.approx(np.mean(predicted), rel=0.1)
+
+
+def test_seeds_needed_finds_an_answer_below_the_cap_when_the_approximation_overshoots_it():
+    """The normal approximation asks for more than max_seeds here, but 31 seeds reach the power."""
+    assert stats.seeds_needed(0.2, 1.0, level=0.9, power=0.2, max_seeds=32) == 31
+    assert stats.seeds_needed(0.2, 1.0, level=0.9, power=0.2, max_seeds=30) == math.inf

@@ -138,3 +138,42 @@ def test_keys_name_the_declared_streams_when_one_is_missing():
         keys["depth"]
     mapped = jax.tree.map(lambda key: key, keys)  # a pytree: passes through jax transformations
     assert list(mapped) == ["init", "shuffle"]
+
+
+def test_keys_flatten_by_name_whatever_the_order_they_came_in():
+    """A jitted function sees the same pytree structure (and leaf order) for the same streams given
+    in any order: sorted by name."""
+    roots = streams.root_keys({name: 9 for name in streams.STREAMS})
+    forward = streams.Keys({name: roots[name] for name in streams.STREAMS})
+    backward = streams.Keys({name: roots[name] for name in reversed(streams.STREAMS)})
+    leaves, structure = jax.tree_util.tree_flatten(backward)
+    assert [key_words(leaf) for leaf in leaves] == [key_words(roots[name]) for name in sorted(streams.STREAMS)]
+    assert structure == jax.tree_util.tree_structure(forward)
+    assert list(jax.tree_util.tree_unflatten(structure, leaves)) == sorted(streams.STREAMS)
+
+
+# The derivation, written with jax.random's primitives alone: golden values (test_golden.py) are
+# regenerated after a JAX upgrade, so they cannot be what pins which key feeds which draw.
+def threefry(seed):
+    return jax.random.key(seed, impl="threefry2x32")
+
+
+def test_every_draw_is_derived_as_the_module_documents():
+    seeds = {"init": 1, "shuffle": 2, "dropout": 3, "augment": 4, "latent": 5, "sample": 6}
+    roots = streams.root_keys(seeds)
+    for stream_id, name in enumerate(("init", "shuffle", "dropout", "augment", "latent", "sample")):
+        assert key_words(roots[name]) == key_words(jax.random.fold_in(threefry(seeds[name]), stream_id)), name
+    epoch, index = 3, jnp.array([0, 7, 2])
+    keys = streams.example_keys(roots, streams.PER_EXAMPLE, epoch, index)
+    for name in streams.PER_EXAMPLE:  # the epoch folded in first, then the example's index
+        expected = [jax.random.fold_in(jax.random.fold_in(roots[name], epoch), int(i)) for i in index]
+        assert [key_words(k) for k in keys[name]] == [key_words(k) for k in expected], name
+    order = jax.random.permutation(jax.random.fold_in(roots.shuffle, epoch), 50)
+    np.testing.assert_array_equal(streams.epoch_permutation(roots.shuffle, epoch, 50), order)
+    kept = np.sort(np.asarray(jax.random.permutation(roots.sample, 50))[:20])
+    np.testing.assert_array_equal(streams.training_subset(roots.sample, 50, 20), kept)
+    subset_order = jax.random.permutation(jax.random.fold_in(roots.shuffle, epoch), 20)
+    np.testing.assert_array_equal(streams.epoch_order(roots, epoch, 50, 20), kept[np.asarray(subset_order)])
+    np.testing.assert_array_equal(streams.epoch_order(roots, epoch, 50, None), order)
+    assert key_words(streams.evaluation_key()) == key_words(jax.random.fold_in(threefry(0), 2**31))
+    assert key_words(streams.synthetic_data_key()) == key_words(jax.random.fold_in(threefry(0), 2**31 + 1))

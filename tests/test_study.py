@@ -163,8 +163,8 @@ def test_a_run_recorded_before_the_sample_stream_is_still_a_result_of_its_study(
 
 def test_a_study_continues_elsewhere_from_its_records(tmp_path, monkeypatch, capsys):
     """records.npz, committed beside a report, restores the finished runs in a new folder: they are not
-    trained again; records of another sweep, of another CPU (the study is not --portable), of another
-    number of usable cores, or not records at all, are refused in one line."""
+    trained again, also from another number of cores; records of another sweep, of another CPU (the study
+    is not --portable), of another XLA CPU thread pool, or not records at all, are refused in one line."""
     first = tmp_path / "first"
     assert ablate.main([*SWEEP, "--workdir", str(first), "--shard", "0/3"]) == 0  # all-001 and init-000
     records = first / "records.npz"
@@ -182,7 +182,7 @@ def test_a_study_continues_elsewhere_from_its_records(tmp_path, monkeypatch, cap
     capsys.readouterr()
     assert ablate.main([*SWEEP, "--epochs", "2", "--workdir", str(tmp_path / "third"), "--records", str(records)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "holds the runs of another sweep" in error
+    assert error.count("\n") == 1 and "holds the runs of another study (--epochs: 1 there, 2 here)" in error
     with np.load(records) as stored:
         moved = dict(stored)
     stored_manifests = moved["manifests"].tolist()
@@ -191,16 +191,64 @@ def test_a_study_continues_elsewhere_from_its_records(tmp_path, monkeypatch, cap
     np.savez(tmp_path / "moved.npz", **moved)
     assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "fifth"), "--records", str(tmp_path / "moved.npz")]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "holds runs of another CPU (AMD EPYC 9B14; this one: " in error
+    assert error.count("\n") == 1 and "holds runs computed otherwise (CPU: 'AMD EPYC 9B14' there, " in error
     assert not (tmp_path / "fifth" / "runs" / "all-001" / "manifest.json").exists()
     moved["manifests"] = np.array([json.dumps({**json.loads(text), "cpu": {**machine.cpu(), "cores": 64}})
                                    for text in stored_manifests])
-    np.savez(tmp_path / "cores.npz", **moved)
-    assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "sixth"), "--records", str(tmp_path / "cores.npz")]) == 2
+    np.savez(tmp_path / "cores.npz", **moved)  # another number of cores, the same thread pool: the same bits
+    assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "cores"), "--shard", "0/3",
+                        "--records", str(tmp_path / "cores.npz")]) == 0
+    assert trained == []
+    moved["manifests"] = np.array([json.dumps({**json.loads(text), "thread_pool": 64}) for text in stored_manifests])
+    np.savez(tmp_path / "pool.npz", **moved)
+    assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "sixth"), "--records", str(tmp_path / "pool.npz")]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "holds runs on 64 usable cores (this process may use " in error
+    assert error.count("\n") == 1 and "holds runs computed otherwise (XLA CPU thread pool: 64 there, 2 here)" in error
     (tmp_path / "bad.npz").write_text("not records")
     assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "fourth"), "--records", str(tmp_path / "bad.npz")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "cannot read the records" in error
     assert trained == []
+
+
+def test_a_study_moves_with_its_data_to_another_folder(tmp_path, capsys):
+    """Records match a study by what determines its results (configuration less paths, plan, data
+    hash), not where its data lay; records that hold every planned run recompute the report even when
+    computed otherwise, and say so; another data set is refused by its hash."""
+    import gzip
+    import shutil
+
+    from conftest import MNIST_SLICE_DIR
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    shutil.copytree(MNIST_SLICE_DIR, here)
+    shutil.copytree(MNIST_SLICE_DIR, there)
+    study = ["--streams", "init", "--seeds", "2", "--train-limit", "256", "--batch-size", "64", "--epochs", "1",
+             "--quiet"]
+    assert ablate.main([*study, "--data-dir", str(here), "--workdir", str(tmp_path / "first")]) == 0
+    records = tmp_path / "first" / "records.npz"
+    with np.load(records) as stored:
+        moved = dict(stored)
+    # As if computed on another thread pool: the runs cannot be continued, but they are the whole study.
+    moved["manifests"] = np.array([json.dumps({**json.loads(text), "thread_pool": 64})
+                                   for text in moved["manifests"].tolist()])
+    np.savez(tmp_path / "elsewhere.npz", **moved)
+    capsys.readouterr()
+    assert ablate.main([*study, "--data-dir", str(there), "--workdir", str(tmp_path / "second"),
+                        "--records", str(tmp_path / "elsewhere.npz")]) == 0
+    assert "the records hold every planned run, computed otherwise (XLA CPU thread pool: 64 there" in capsys.readouterr().err
+    # The same report as the records restored unchanged give (restored outputs are float16, so not the first's).
+    assert ablate.main([*study, "--data-dir", str(there), "--workdir", str(tmp_path / "plain"),
+                        "--records", str(records)]) == 0
+    for name in ("ablation.md", "ablation.csv"):
+        assert (tmp_path / "second" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+    other = tmp_path / "other"  # the same files, but every test label one class on
+    shutil.copytree(MNIST_SLICE_DIR, other)
+    labels = other / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[8:] = bytes((label + 1) % 10 for label in raw[8:])  # after the IDX header
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    assert ablate.main([*study, "--data-dir", str(other), "--workdir", str(tmp_path / "third"),
+                        "--records", str(records)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "holds runs trained on other data (data_hash " in error

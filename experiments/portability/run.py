@@ -5,106 +5,192 @@ models, with and without --portable, on this CPU and on CPUs emulated by qemu-us
     python experiments/portability/run.py [--cpus Haswell-v4,EPYC-Rome,Skylake-Client-v3,Broadwell-v4] [--jobs 2]
 
 Each run takes minutes under emulation (~50x slower), so every finished run is kept in
-results.json here and not run again (delete a row to redo it); README.md is written from all
+results.json beside the README (delete a row to redo it); README.md is written from all
 of them. Without --portable only the first emulated CPU runs: it is enough to show that the
 bits move. Under qemu-user /proc/cpuinfo is still the host's, so the compilation cache is off.
+--tiny trains the CNN alone on fewer examples, natively unless --cpus names CPUs (an emulated
+run would take minutes even so; tests/test_portable.py checks the emulated bits), and keeps
+no results.json.
 """
 
-import argparse
 import concurrent.futures
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
+from typing import NamedTuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-RESULTS = os.path.join(HERE, "results.json")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+from common import Verdict, judge, scratch  # noqa: E402
+
+from jaxseed.errors import UserError  # noqa: E402
+
+ROOT = os.path.dirname(common.HERE)
 NATIVE = "this CPU (native)"
-DATA = os.path.join("tests", "data", "mnist-slice")  # in the repository: anyone can rerun it offline
-COMMAND = ["--seed", "0", "--epochs", "1", "--train-limit", "512", "--batch-size", "64", "--data-dir", DATA]
+DATA = os.path.join(ROOT, "tests", "data", "mnist-slice")  # in the repository: anyone can rerun it offline
+CPUS = "Haswell-v4,EPYC-Rome,Skylake-Client-v3,Broadwell-v4"
+SIZES = ["--epochs", "1", "--train-limit", "512", "--batch-size", "64"]
+TINY_SIZES = ["--epochs", "1", "--train-limit", "128", "--batch-size", "64"]
 # The VAE's final log-likelihood with 100 importance samples per test image ran for over 20 minutes
 # under emulation; one sample keeps it to minutes and changes no trained bit (it runs after training).
 MODEL_OPTIONS = {"vae": ["--importance-samples", "1"]}
 
 
-def run(cpu: str, model: str, portable: bool) -> dict:
+class Result(NamedTuple):
+    command: list[str]  # the flags of every run, --model and --portable aside
+    rows: list[dict]  # one per run, as kept in results.json
+    verdict: Verdict
+
+
+def train_command(args) -> list[str]:
+    """The flags of every run (run from the repository's root), --model and --portable aside."""
+    data_dir = os.path.relpath(os.path.abspath(args.data_dir), ROOT)
+    return ["--seed", "0", *(TINY_SIZES if args.tiny else SIZES), "--data-dir", data_dir]
+
+
+def choices(args) -> tuple[list[str], list[str]]:
+    """(the CPUs to emulate, the models): as the flags name them, else --tiny's or the full run's."""
+    cpus = args.cpus if args.cpus is not None else ("" if args.tiny else CPUS)
+    return [cpu for cpu in cpus.split(",") if cpu], (args.models or ("cnn" if args.tiny else "cnn,vae")).split(",")
+
+
+def run(command: list[str], cpu: str, model: str, portable: bool) -> dict:
     """One reference run, natively or under ``qemu-x86_64 -cpu CPU``: what its manifest says."""
-    workdir = tempfile.mkdtemp(prefix="jaxseed-portability-")
-    command = [sys.executable, "-m", "jaxseed.train", *COMMAND, "--quiet", "--model", model,
-               *MODEL_OPTIONS.get(model, []), "--workdir", workdir,
-               *(["--portable"] if portable else [])]
-    if cpu != NATIVE:
-        command = ["qemu-x86_64", "-cpu", cpu, *command]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "JAXSEED_COMPILATION_CACHE": ""})
-    if result.returncode:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    with open(os.path.join(workdir, "manifest.json")) as f:
-        info = json.load(f)
+    with scratch("portability") as workdir:
+        line = [sys.executable, "-m", "jaxseed.train", *command, "--quiet", "--model", model,
+                *MODEL_OPTIONS.get(model, []), "--workdir", workdir, *(["--portable"] if portable else [])]
+        if cpu != NATIVE:
+            line = ["qemu-x86_64", "-cpu", cpu, *line]
+        start = time.perf_counter()
+        result = subprocess.run(line, cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, "JAXSEED_COMPILATION_CACHE": ""})
+        if result.returncode:
+            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"the {model} run on {cpu} failed: {last}")
+        with open(os.path.join(workdir, "manifest.json")) as f:
+            info = json.load(f)
     return {"model": model, "portable": portable, "cpu": cpu, "param_hash": info["param_hash"],
             "train_loss": info["final"]["train_loss"], "test_loss": info["final"]["test_loss"],
             "wall_seconds": round(time.perf_counter() - start), "cpu_model": info["cpu"]["model"],
+            "vector_extensions": info["cpu"]["vector_extensions"],
             "versions": {name: info["versions"][name] for name in ("jax", "jaxlib")}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpus", default="Haswell-v4,EPYC-Rome,Skylake-Client-v3,Broadwell-v4",
-                        help="qemu CPU models, comma-separated (qemu-x86_64 -cpu help)")
-    parser.add_argument("--models", default="cnn,vae")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (an emulated run keeps one core busy)")
-    args = parser.parse_args()
-    results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else []
-    cpus = args.cpus.split(",")
-    todo = [(cpu, model, portable) for model in args.models.split(",") for portable in (True, False)
+def planned(args, results: list[dict]) -> list[tuple[str, str, bool]]:
+    """(cpu, model, portable) of each run not yet in ``results``: every CPU with --portable, the first
+    emulated one without."""
+    cpus, models = choices(args)
+    return [(cpu, model, portable) for model in models for portable in (True, False)
             for cpu in [NATIVE, *cpus[:None if portable else 1]]
             if not any((r["cpu"], r["model"], r["portable"]) == (cpu, model, portable) for r in results)]
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # threads: each run is a process
-        futures = [pool.submit(run, *planned) for planned in todo]
+
+
+def run_all(command: list[str], todo: list[tuple[str, str, bool]], results: list[dict], path: str | None,
+            jobs: int) -> None:
+    """Run ``todo``, ``jobs`` at a time, adding each finished run to ``results`` (and the file ``path``)."""
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:  # threads: each run is a process
+        futures = [pool.submit(run, command, *planned_run) for planned_run in todo]
         try:
             for done in concurrent.futures.as_completed(futures):
                 results.append(done.result())
-                with open(RESULTS, "w") as f:
-                    json.dump(results, f, indent=1)
+                if path:
+                    with open(path, "w") as f:
+                        json.dump(results, f, indent=1)
                 print(results[-1], flush=True)
         except BaseException:  # a failed run (or ^C): start no other
             pool.shutdown(cancel_futures=True)
             raise
-    write_readme(results)
 
 
-def write_readme(results: list[dict]) -> None:
-    native = {(r["model"], r["portable"]): r for r in results if r["cpu"] == NATIVE}
+def judge_rows(rows: list[dict]) -> Verdict:
+    """Held when each model's --portable runs share one param_hash on every CPU tried."""
+    checks = []
+    for model in sorted({r["model"] for r in rows}):
+        portable = [r for r in rows if r["model"] == model and r["portable"]]
+        native = next(r["param_hash"] for r in portable if r["cpu"] == NATIVE)
+        differ = [r["cpu"] for r in portable if r["param_hash"] != native]
+        if differ:
+            found = f"`{model}` with --portable differs from this CPU's param_hash on {', '.join(differ)}"
+        else:
+            found = (f"`{model}` with --portable gave param_hash `{native[:16]}…` on all {len(portable)} CPU(s) "
+                     f"tried ({', '.join(r['cpu'] for r in portable)})")
+        checks.append((not differ, found))
+    cpus = {r["cpu"] for r in rows if r["portable"]}
+    return judge(f"with --portable a seed gives the same weights on each of the {len(cpus)} CPU(s) tried", checks)
+
+
+def without_portable(rows: list[dict]) -> str:
+    """What the runs without --portable showed on the other CPUs: that the bits move is why the flag exists."""
+    native = {r["model"]: r["param_hash"] for r in rows if not r["portable"] and r["cpu"] == NATIVE}
+    others = [f"`{r['model']}` on {r['cpu']}: {'differs' if r['param_hash'] != native[r['model']] else 'the same'}"
+              for r in rows if not r["portable"] and r["cpu"] != NATIVE]
+    if not others:
+        return "No other CPU ran without --portable."
+    return f"Without --portable, the param_hash against this CPU's: {'; '.join(others)}."
+
+
+def measure(args) -> Result:
+    """The runs not yet kept in --out's results.json, then the judgement of all of them."""
+    path = None if args.tiny else os.path.join(args.out, "results.json")  # tiny runs take seconds: none kept
+    results = json.load(open(path)) if path and os.path.exists(path) else []
+    os.makedirs(args.out, exist_ok=True)
+    command = train_command(args)
+    run_all(command, planned(args, results), results, path, args.jobs)
+    return Result(command, results, judge_rows(results))
+
+
+def report(result: Result, args) -> list[str]:
+    native = {(r["model"], r["portable"]): r for r in result.rows if r["cpu"] == NATIVE}
     rows = []
-    for r in sorted(results, key=lambda r: (r["model"], r["portable"], r["cpu"] != NATIVE)):
+    for r in sorted(result.rows, key=lambda r: (r["model"], r["portable"], r["cpu"] != NATIVE)):
         same = r["param_hash"] == native[(r["model"], r["portable"])]["param_hash"]
         rows.append(f"| `{r['model']}` | {'yes' if r['portable'] else 'no'} | {r['cpu']} | "
                     f"`{r['param_hash'][:16]}…` | "
                     f"{'same' if same else '**differs**'} | {r['train_loss']:.6f} | {r['test_loss']:.6f} | "
                     f"{r['wall_seconds']} s |")
     host = next(iter(native.values()))
-    lines = ["# The same seed on other x86 CPUs", "",
-             f"`python -m jaxseed.train {' '.join(COMMAND)} --model M [--portable]` (for the VAE also "
-             f"`{' '.join(MODEL_OPTIONS['vae'])}`), natively on this CPU "
-             f"({host['cpu_model']}, with AVX-512) and under `qemu-x86_64 -cpu MODEL` (qemu {qemu_version()}: the "
-             "emulated CPU's cpuid, vector extensions and cache sizes, exact IEEE arithmetic). jax and jaxlib "
-             f"{host['versions']['jax']}. Train and test loss are those of the run's one epoch.", "",
-             "| model | `--portable` | CPU | `param_hash` | vs native | train loss | test loss | wall time |",
-             "|---|---|---|---|---|---|---|---|", *rows, "",
-             "Command: `python experiments/portability/run.py --jobs 2` (finished runs are kept in results.json). "
-             "Wall time: each run's, from the command to its end, while another ran on the other core.", ""]
-    with open(os.path.join(HERE, "README.md"), "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    emulated = any(r["cpu"] != NATIVE for r in result.rows)
+    extensions = host.get("vector_extensions")  # rows from before it was recorded have none
+    avx512 = "" if extensions is None else f", {'with' if 'avx512f' in extensions else 'without'} AVX-512"
+    return ["# The same seed on other x86 CPUs", "",
+            f"`python -m jaxseed.train {' '.join(result.command)} --model M [--portable]` (for the VAE also "
+            f"`{' '.join(MODEL_OPTIONS['vae'])}`), natively on this CPU ({host['cpu_model']}{avx512})"
+            + (f" and under `qemu-x86_64 -cpu MODEL` (qemu {qemu_version()}: the emulated CPU's cpuid, vector "
+               "extensions and cache sizes, exact IEEE arithmetic)" if emulated else "")
+            + f". jax and jaxlib {host['versions']['jax']}. Train and test loss are those of the run's one epoch.",
+            "", "| model | `--portable` | CPU | `param_hash` | vs native | train loss | test loss | wall time |",
+            "|---|---|---|---|---|---|---|---|", *rows, "", result.verdict.conclusion, "",
+            without_portable(result.rows), "",
+            f"Command: `python experiments/portability/run.py --jobs {args.jobs}{' --tiny' if args.tiny else ''}` "
+            "(finished runs are kept in results.json). Wall time: each run's, from the command to its end, with up "
+            f"to {args.jobs} running at once.", ""]
 
 
 def qemu_version() -> str:
     return subprocess.run(["qemu-x86_64", "--version"], capture_output=True, text=True).stdout.split()[2]
 
 
+def experiment(args) -> Result:
+    """Measure, and write the README into ``args.out``."""
+    result = measure(args)
+    common.write_result(args.out, report(result, args))
+    return result
+
+
+def parser():
+    parser = common.parser(__file__, __doc__, os.path.relpath(DATA))
+    parser.add_argument("--cpus", help=f"qemu CPU models, comma-separated (qemu-x86_64 -cpu help; default: {CPUS}; "
+                                       "--tiny: none)")
+    parser.add_argument("--models", help="default: cnn,vae; --tiny: cnn")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (an emulated run keeps one core busy)")
+    return parser
+
+
+def main(argv=None) -> int:
+    return common.main(parser(), experiment, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Config: every field's bounds, choices and type enforced when it is built; how many examples
+``subsample`` keeps."""
+
+import dataclasses
+import math
+
+import pytest
+
+from jaxseed.config import Config
+from jaxseed.errors import UserError
+
+FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+RULES = ("minimum", "maximum", "above", "below")
+
+
+def refused(name, value):
+    with pytest.raises(UserError, match=f"^{name} must be"):
+        Config(**{name: value})
+
+
+def step(name, value, direction):
+    """The nearest value of the field's type beyond ``value`` in ``direction`` (+1 or -1)."""
+    if "int" in FIELDS[name].type:
+        return int(value) + direction
+    return math.nextafter(float(value), direction * math.inf)
+
+
+@pytest.mark.parametrize("name", [name for name, field in FIELDS.items() if any(field.metadata[r] is not None
+                                                                                 for r in RULES)])
+def test_every_bound_in_the_metadata_is_enforced_at_its_edge(name):
+    """Read from the field's own metadata (what --help and the CLI say): the bound itself accepted
+    where inclusive, refused where strict, and the nearest value beyond it refused."""
+    rules = FIELDS[name].metadata
+    for rule, direction, inclusive in (("minimum", -1, True), ("maximum", 1, True), ("above", -1, False),
+                                       ("below", 1, False)):
+        bound = rules[rule]
+        if bound is None:
+            continue
+        value = int(bound) if "int" in FIELDS[name].type else float(bound)
+        if inclusive:
+            assert getattr(Config(**{name: value}), name) == value
+            refused(name, step(name, value, direction))
+        else:
+            refused(name, value)
+            Config(**{name: step(name, value, -direction)})
+
+
+# Each bounded field's bounds, written out: a bound dropped from the metadata (which the test above
+# reads) fails here. Field: (values refused, values accepted at the edges).
+BOUNDS = {
+    "dropout_rate": ([-0.01, 1.0], [0.0, 0.99]),
+    "latents": ([0, 4097], [1, 4096]),
+    "train_limit": ([0], [1]),
+    "subsample": ([0.0, 1.01], [1e-9, 1.0]),
+    "crop_padding": ([-1, 1025], [0, 1024]),
+    "max_translation": ([-0.5, 1000.5], [0.0, 1000.0]),
+    "max_rotation": ([-1.0, 180.5], [0.0, 180.0]),
+    "epochs": ([0, 100_001], [1, 100_000]),
+    "batch_size": ([0, 2**20 + 1], [1, 2**20]),
+    "learning_rate": ([0.0, -1e-3], [1e-9]),
+    "warmup_epochs": ([-0.5], [0.0]),
+    "weight_decay": ([-1e-6], [0.0]),
+    "steps_per_call": ([-1, 100_001], [0, 100_000]),
+    "eval_batch_size": ([0, 2**20 + 1], [1, 2**20]),
+    "devices": ([-1], [0]),
+    "cpu_threads": ([-1, 4097], [0, 4096]),
+    "checkpoint_every": ([-1], [0]),
+    "keep_checkpoints": ([0, 1001], [1, 1000]),
+    "importance_samples": ([0, 100_001], [1, 100_000]),
+}
+
+
+@pytest.mark.parametrize("name", BOUNDS)
+def test_each_fields_bounds_by_value(name):
+    refuse, accept = BOUNDS[name]
+    for value in refuse:
+        refused(name, value)
+    for value in accept:
+        assert getattr(Config(**{name: value}), name) == value
+
+
+def test_every_bounded_field_is_written_out_above():
+    """A new bounded field gets its row in BOUNDS; a field that lost all its bounds leaves the metadata's list."""
+    assert {name for name, field in FIELDS.items() if any(field.metadata[r] is not None for r in RULES)} == set(BOUNDS)
+
+
+@pytest.mark.parametrize("name", [name for name, field in FIELDS.items() if field.metadata["choices"]])
+def test_choices_are_enforced(name):
+    for choice in FIELDS[name].metadata["choices"]:
+        assert getattr(Config(**{name: choice}), name) == choice
+    refused(name, "no such choice")
+
+
+def test_types_are_checked_as_a_manifest_needs():
+    """A manifest is input: "10" is not 10, True is not 1, and no number is inf or nan."""
+    refused("epochs", "10")
+    refused("epochs", True)
+    refused("epochs", 2.0)
+    refused("trace", 1)
+    refused("learning_rate", math.inf)
+    refused("max_rotation", math.nan)
+    refused("model", None)
+    assert Config(learning_rate=1).learning_rate == 1  # an int is a number
+    assert Config(train_limit=None, subsample=None, data_dir=None).train_limit is None
+
+
+@pytest.mark.parametrize("subsample, num_train, kept", [
+    (0.5, 5, 3), (0.5, 9, 5), (0.125, 20, 3), (0.25, 10, 3),  # halves (exact in binary) go up, not to even
+    (0.5, 7, 4), (0.24, 10, 2), (0.26, 10, 3),  # otherwise the nearest integer
+    (0.01, 10, 1), (0.25, 2, 1), (1.0, 7, 7),  # at least one example, at most all
+])
+def test_num_kept_is_the_nearest_integer_halves_up(subsample, num_train, kept):
+    assert Config(subsample=subsample).num_kept(num_train) == kept
+
+
+def test_no_subsample_keeps_none():
+    assert Config().num_kept(60_000) is None

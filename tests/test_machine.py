@@ -1,0 +1,98 @@
+"""jaxseed.machine: XLA CPU's thread pool fixed whatever the cores, no racing YNNPACK fusions, and
+what of the machine a run records."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT_ROOT
+from jaxseed import machine
+from jaxseed.config import Config
+from jaxseed.errors import UserError
+
+TINY = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1", "--quiet"]
+
+
+def train(workdir, *flags, pin=None, env=None):
+    """The manifest and stderr of ``python -m jaxseed.train`` in its own process, on the cores ``pin``
+    names (taskset) or on every one."""
+    command = [sys.executable, "-m", "jaxseed.train", *TINY, *flags, "--workdir", str(workdir)]
+    result = subprocess.run(["taskset", "-c", pin, *command] if pin else command, cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((workdir / "manifest.json").read_text()), result.stderr
+
+
+@pytest.mark.parametrize("flags", [[], ["--portable"]], ids=["default", "portable"])
+def test_one_core_and_every_core_give_one_param_hash(tmp_path, flags):
+    """With a pool that followed the cores, the same run gave another param_hash pinned to 1 of 2
+    cores (AMD EPYC, AVX2), --portable or not."""
+    one, _ = train(tmp_path / "one", *flags, pin="0")
+    every, _ = train(tmp_path / "every", *flags)
+    assert one["cpu"]["cores"] == 1
+    assert one["thread_pool"] == every["thread_pool"] == Config().cpu_threads
+    assert one["param_hash"] == every["param_hash"]
+
+
+def test_the_pool_and_flags_are_recorded_and_a_stray_nproc_named(tmp_path):
+    recorded, stderr = train(tmp_path / "run", "--cpu-threads", "3", env={"NPROC": "5", "PJRT_NPROC": "7"})
+    assert recorded["config"]["cpu_threads"] == 3 and recorded["thread_pool"] == 3
+    assert machine.NO_YNN_FUSIONS in recorded["xla_flags"].split()
+    assert "jaxseed: NPROC=5 in the environment is ignored: --cpu-threads 3 sets XLA CPU's thread pool" in stderr
+
+
+def test_cpu_threads_0_leaves_the_pool_to_the_cores(tmp_path):
+    recorded, _ = train(tmp_path / "run", "--cpu-threads", "0", pin="0")
+    assert recorded["thread_pool"] == 1
+
+
+def test_another_pool_after_jax_started_is_refused_in_one_line():
+    import jax
+
+    jax.numpy.zeros(1).block_until_ready()  # conftest set the default pool before JAX started
+    assert machine.thread_pool() == Config().cpu_threads
+    machine.require_flags(Config())  # the pool in force: nothing to do
+    with pytest.raises(UserError, match="thread pool already holds 2 threads, not --cpu-threads 3: set PJRT_NPROC=3"):
+        machine.require_flags(Config(cpu_threads=3))
+
+
+def test_a_pool_not_in_force_is_said(monkeypatch, capsys):
+    monkeypatch.setattr(machine, "thread_pool", lambda: 2)
+    assert machine.check_thread_pool(8) == 2
+    assert "thread pool holds 2 threads, not the 8 asked for" in capsys.readouterr().err
+    machine.check_thread_pool(0)
+    assert capsys.readouterr().err == ""
+
+
+# Sums whose every partial sum is an integer below 2^24, so exact in float32 in any order: the
+# reproduction of YNNPACK's race, and a reduction of each shape the built-in models make.
+RACE_CHECK = """
+import jax, jax.numpy as jnp
+from jaxseed import machine
+from jaxseed.config import Config
+machine.require_flags(Config())
+checks = {
+    "broadcast sum (the race)": (lambda x: jnp.sum(jnp.broadcast_to(x, (2, 1024, 1024))), (1024, 1), 2 ** 21),
+    "conv bias gradient": (lambda x: jnp.sum(x, axis=(0, 1, 2))[0], (128, 28, 28, 32), 128 * 28 * 28),
+    "dense bias gradient": (lambda x: jnp.sum(x, axis=0)[0], (128, 1024), 128),
+    "per-example sum": (lambda x: jnp.sum(x, axis=1)[0], (128, 784), 784),
+    "batch mean": (lambda x: jnp.mean(jnp.sum(x, axis=1)), (128, 10), 10),
+    "portable kernel gradient": (lambda x: (x[:, :, None] * x[:, None, :20]).sum(0)[0, 0], (128, 400), 128),
+}
+for name, (f, shape, exact) in checks.items():
+    f, x = jax.jit(f), jnp.ones(shape)
+    values = {float(f(x)) for _ in range(50)}
+    print(name, sorted(values), exact, values == {exact})
+"""
+
+
+def test_sums_are_exact_on_every_call_under_jaxseeds_start_up():
+    """jaxlib 0.10.2's YNNPACK fusions returned up to 3% too much, from call to call, on 2 threads."""
+    result = subprocess.run([sys.executable, "-c", RACE_CHECK], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=300, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6 and all(line.endswith(" True") for line in lines), lines
