@@ -163,7 +163,8 @@ def report(result: Result, args) -> list[str]:
             "", "| model | `--portable` | CPU | `param_hash` | vs native | train loss | test loss | wall time |",
             "|---|---|---|---|---|---|---|---|", *rows, "", result.verdict.conclusion, "",
             without_portable(result.rows), "",
-            f"Command: `python experiments/portability/run.py --jobs {args.jobs}{' --tiny' if args.tiny else ''}` "
+            f"Command: `python experiments/portability/run.py --jobs {args.jobs}{f' --cpus {args.cpus}' if args.cpus else ''}"
+            f"{' --tiny' if args.tiny else ''}` "
             "(finished runs are kept in results.json). Wall time: each run's, from the command to its end, with up "
             f"to {args.jobs} running at once.", ""]
 
