@@ -386,8 +386,9 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     hours = expected_hours(config, sweep.strategy, sweep.header["backend"], runs,
                            config.num_kept(dataset.num_train) or dataset.num_train)
     if hours is not None and hours >= 1:  # said even when --quiet: a command of hours should not start unseen
-        print(f"{PROG}: {runs} runs to train, expected to take ~{hours:.1f} h here (from {STRATEGIES_FILE_NAME}); "
-              "--shard I/N splits them over processes or hosts, and a stopped study resumes", file=sys.stderr)
+        print(f"{PROG}: {runs} runs to train, expected to take up to ~{hours:.1f} h here (scaled from "
+              f"{STRATEGIES_FILE_NAME}); --shard I/N splits them over processes or hosts, and a stopped study "
+              "resumes", file=sys.stderr)
     start = time.perf_counter()
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
               desc=f"ablation ({sweep.strategy})", disable=quiet or not train) as bar:

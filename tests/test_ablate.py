@@ -217,6 +217,6 @@ def test_a_study_of_hours_says_so_before_it_starts(tmp_path, monkeypatch, capsys
              "--streams", "init", "--strategy", "sequential", "--quiet", "--workdir", str(tmp_path / "study")]
     ablate.main(sweep)
     runs = 2 * len(ablate.plan_groups(0, 2, ("init",), ablate.streams.STREAMS))
-    assert (f"{ablate.PROG}: {runs} runs to train, expected to take ~{runs * 2 / 2.0:.1f} h here"
+    assert (f"{ablate.PROG}: {runs} runs to train, expected to take up to ~{runs * 2 / 2.0:.1f} h here"
             in capsys.readouterr().err)
     assert ablate.expected_hours(ablate.Config(model="vae"), "sequential", "cpu", 10, 256) is None
