@@ -106,7 +106,7 @@ def _require_flag(flag: str, option: str) -> None:
 
 def require_flags(config) -> None:
     """Before JAX starts: XLA CPU's thread pool (``cpu_threads``) and the XLA flags every run takes
-    (no YNNPACK fusions) or the config asks for (``portable``, ``deterministic``)."""
+    (no YNNPACK reduce fusions) or the config asks for (``portable``, ``deterministic``)."""
     _require_pool(config.cpu_threads)
     if "--xla_cpu_experimental_ynn_fusion_type" not in xla_flags():
         _require_flag(NO_YNN_FUSIONS, "jaxseed's default XLA flags")
