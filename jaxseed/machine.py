@@ -125,7 +125,7 @@ def _require_pool(threads: int) -> None:
         return
     if xla_bridge.backends_are_initialized():
         in_force = thread_pool()
-        if in_force is None or in_force == max(threads, cpu_device_count()) or not threads:
+        if in_force is None or in_force == expected_pool(threads) or not threads:
             return
         raise UserError(f"XLA CPU's thread pool already holds {in_force} threads, not --cpu-threads {threads}: "
                         f"set {POOL_VARIABLE}={threads} before JAX starts (before anything else in a notebook), "
@@ -139,16 +139,21 @@ def _require_pool(threads: int) -> None:
         os.environ[POOL_VARIABLE] = wanted
 
 
-def cpu_device_count() -> int:
-    """CPU devices of this process (JAX_NUM_CPU_DEVICES); the pool holds at least as many threads."""
-    return len(jax.devices("cpu"))
+def expected_pool(threads: int) -> int | None:
+    """The threads XLA CPU's pool holds for ``--cpu-threads threads`` once JAX has started: at least one
+    per CPU device (JAX_NUM_CPU_DEVICES), XLA's rule; None for 0 (the cores decide)."""
+    return max(threads, len(jax.devices("cpu"))) if threads else None
 
 
 def thread_pool() -> int | None:
     """Threads of XLA CPU's intra-op pool in force (JAX started), counted by their name; None where
     they cannot be seen (not Linux, or a jaxlib that names them otherwise)."""
+    def name(task: str) -> str:
+        with open(f"/proc/self/task/{task}/comm") as f:
+            return f.read().strip()
+
     try:
-        names = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+        names = [name(task) for task in os.listdir("/proc/self/task")]
     except OSError:
         return None
     return names.count(POOL_THREAD_NAME) or None
@@ -157,7 +162,7 @@ def thread_pool() -> int | None:
 def check_thread_pool(threads: int) -> int | None:
     """The pool in force, once JAX has started; says so on stderr where it is not the one asked for
     (``max(threads, CPU devices)``) or cannot be seen: the run's bits may then follow the cores."""
-    in_force, wanted = thread_pool(), max(threads, cpu_device_count()) if threads else None
+    in_force, wanted = thread_pool(), expected_pool(threads)
     if wanted and in_force != wanted:
         print(f"jaxseed: XLA CPU's thread pool holds {in_force or 'an unknown number of'} threads, not the "
               f"{wanted} asked for ({POOL_VARIABLE} may no longer be read by this jaxlib): this run's bits may "
