@@ -56,7 +56,7 @@ def parts(config: Config, batch_size: int) -> dict[str, tuple]:
     index = jnp.arange(batch_size)
     batch = Batch(jnp.asarray(random.integers(0, 256, (batch_size, 28, 28, 1)), jnp.uint8),
                   jnp.asarray(random.integers(0, 10, batch_size), jnp.int32), index)
-    draws = streams.example_keys(keys, cnn.OBJECTIVE.streams, 0, index)
+    draws = streams.batch_keys(keys, cnn.OBJECTIVE.streams, 0, index)
     images = to_unit(batch.images)
 
     def whole_step(config):

@@ -82,7 +82,7 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.Keys, steps: 
 
     @jax.jit
     def plain_step(params, opt_state, images, labels, index):
-        dropout_keys = streams.example_keys(keys, ("dropout",), 0, index).dropout
+        dropout_keys = streams.batch_keys(keys, ("dropout",), 0, index).dropout
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
@@ -95,7 +95,7 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.Keys, steps: 
         return optax.apply_updates(params, updates), opt_state, loss
 
     images = dataset.train_images.astype(np.float32) / 255.0
-    order = np.asarray(streams.epoch_permutation(keys.shuffle, 0, dataset.num_train))
+    order = np.asarray(streams.epoch_order(keys.shuffle, 0, dataset.num_train))
     batch = config.batch_size
     params, opt_state = state.params, state.opt_state
     start = time.perf_counter()
@@ -121,7 +121,7 @@ def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.Keys, step
     state, replica_keys = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], (state, keys))
     loop, per_call = step.execution_plan(config, jax.default_backend(), steps)
     runner = step.make_run_steps(objective.resolve(config.model), config, graphdef, tx, 1, per_call, loop)
-    permutation = streams.epoch_permutation(keys.shuffle, 0, dataset.num_train)[None]
+    permutation = streams.epoch_order(keys.shuffle, 0, dataset.num_train)[None]
     args = (*jax.device_put((dataset.train_images, dataset.train_labels)), permutation, replica_keys, 0)
     start = time.perf_counter()
     runner.lower(state, *args, 0).compile()
@@ -238,7 +238,7 @@ def objective_speeds(args) -> None:
     tx = step.make_optimizer(config, dataset.num_train)
     graphdef, state = initial_state(config, dataset, keys, tx)
     plain_step = jax.jit(functools.partial(step.train_step, objective=found, graphdef=graphdef, tx=tx, config=config))
-    order = np.asarray(streams.epoch_permutation(keys.shuffle, 0, dataset.num_train))
+    order = np.asarray(streams.epoch_order(keys.shuffle, 0, dataset.num_train))
     batch = config.batch_size
 
     def plain():

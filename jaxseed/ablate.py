@@ -40,9 +40,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxseed import cli, data, entry, loop, machine, manifest, objective, plots, rundir, stats, streams
+from jaxseed import cli, data, entry, loop, machine, manifest, npyfile, objective, plots, rundir, stats, streams
 from jaxseed.config import Config
-from jaxseed.errors import UserError
+from jaxseed.errors import UserError, one_line
 
 STRATEGIES = ("auto", "sequential", "vmap")
 # Runs per hour of each strategy per backend, measured by benchmarks/sweep.py --record.
@@ -108,13 +108,13 @@ def expected_hours(config: Config, strategy: str, backend: str, runs: int, num_t
     return runs * scale / measured["runs_per_hour"][strategy]
 
 
-def batches(group: str, missing: list[int], strategy: str) -> list[list[int]]:
-    """Run indices trained together: under vmap a varied group's missing runs are one
-    program, but every ``none`` run is its own, so the determinism control compares
-    separate compilations and executions (replicas of one program would agree trivially)."""
+def programs(group: str, runs: list[int], strategy: str) -> list[list[int]]:
+    """The runs of ``group`` (indices) trained as one program each: under vmap a varied group's
+    runs together, but every ``none`` run alone, so the determinism control compares separate
+    compilations and executions (replicas of one program would agree trivially)."""
     if strategy == "vmap" and group != "none":
-        return [missing] if missing else []
-    return [[k] for k in missing]
+        return [runs] if runs else []
+    return [[k] for k in runs]
 
 
 # ---------------------------------------------------------------- summary (the statistics: jaxseed.stats)
@@ -251,14 +251,11 @@ def recorded_sweep(workdir: str, args) -> Sweep:
 
 def shard_runs(groups: dict, shard: tuple[int, int], strategy: str) -> dict[str, list[int]]:
     """The runs of shard I of N, group -> run indices. The plan is cut into units, a run each, but
-    under vmap a varied group's K runs together (they are one program: split, its parts would be
-    other programs); the j-th unit (groups in the plan's order) belongs to shard j mod N, so the N
-    shards are disjoint and cover the plan."""
+    under vmap a varied group's K runs together (``programs``: split, its parts would be other
+    programs); the j-th unit (groups in the plan's order) belongs to shard j mod N, so the N shards
+    are disjoint and cover the plan."""
     index, count = shard
-    units = []
-    for name, group in groups.items():
-        together = strategy == "vmap" and name != "none"
-        units += [(name, list(range(len(group))))] if together else [(name, [k]) for k in range(len(group))]
+    units = [(name, runs) for name, group in groups.items() for runs in programs(name, list(range(len(group))), strategy)]
     mine = {name: [] for name in groups}
     for j, (name, runs) in enumerate(units):
         if j % count == index:
@@ -343,10 +340,10 @@ def open_sweep(sweep: Sweep) -> rundir.RunFolder:
 
 
 def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[int, int] = (0, 1),
-              train: bool = True, detect: float | None = None, correlation: float | None = None,
+              report_only: bool = False, detect: float | None = None, correlation: float | None = None,
               records: str | None = None) -> str | None:
     """Restore the runs ``records`` holds that the study lacks, train every missing run of ``shard``
-    (unless not ``train``), then write the records and the report of every run finished so far, by
+    (none with ``report_only``), then write the records and the report of every run finished so far, by
     any shard; returns the report's markdown (None while no group has two runs). ``detect`` and
     ``correlation`` size a comparison in the report (``write_report``)."""
     config = sweep.config
@@ -377,10 +374,10 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
                                            manifest.arrays_hash(dataset))
         if not quiet:
             print(f"restored {len(restored)} finished runs from {records}", file=sys.stderr)
-    mine = shard_runs(sweep.groups, shard, sweep.strategy) if train else {name: [] for name in sweep.groups}
+    mine = {name: [] for name in sweep.groups} if report_only else shard_runs(sweep.groups, shard, sweep.strategy)
     todo = {name: [k for k in runs if result(name, k) is None] for name, runs in mine.items()}
     total = sum(map(len, mine.values()))
-    if not quiet and train:
+    if not quiet and not report_only:
         print(f"strategy {sweep.strategy}: {sweep.header['strategy_reason']}", file=sys.stderr)
     runs = sum(map(len, todo.values()))
     hours = expected_hours(config, sweep.strategy, sweep.header["backend"], runs,
@@ -391,18 +388,18 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
               "resumes", file=sys.stderr)
     start = time.perf_counter()
     with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
-              desc=f"ablation ({sweep.strategy})", disable=quiet or not train) as bar:
+              desc=f"ablation ({sweep.strategy})", disable=quiet or report_only) as bar:
         for name, missing in todo.items():
-            for batch in batches(name, missing, sweep.strategy):
-                batch = [k for k in batch if result(name, k) is None]  # another shard may have finished it since
-                if not batch:
+            for together in programs(name, missing, sweep.strategy):
+                together = [k for k in together if result(name, k) is None]  # another shard may have finished it
+                if not together:
                     continue
-                checkpoints = (study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, batch))}-checkpoints"))
+                checkpoints = (study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, together))}-checkpoints"))
                                if sweep.strategy == "vmap" else None)  # sequential runs keep their own
-                run_group(config, sweep.objective, [sweep.groups[name][k] for k in batch],
-                          [run_dir(sweep.workdir, name, k) for k in batch], sweep.strategy, checkpoints,
+                run_group(config, sweep.objective, [sweep.groups[name][k] for k in together],
+                          [run_dir(sweep.workdir, name, k) for k in together], sweep.strategy, checkpoints,
                           own_program=name == "none")
-                bar.update(len(batch))
+                bar.update(len(together))
                 record_finished()  # as runs finish: a study stopped for good still leaves its records
     finished = record_finished()
     # A spread needs two runs.
@@ -452,13 +449,6 @@ def write_records(study: rundir.RunFolder, sweep: Sweep, header: dict, names: li
 MAX_RECORDS_BYTES = 4 << 30
 
 
-def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of the array ``key`` of an .npz, from its header alone."""
-    with archive.open(key + ".npy") as member:
-        shape, _, dtype = rundir.npy_header(member)
-    return shape, dtype
-
-
 def _machine_difference(recorded: list[dict], portable: bool) -> str | None:
     """The first recorded run whose XLA CPU thread pool, or CPU (unless ``portable``), is not this process's."""
     here, pool = machine.cpu(), machine.thread_pool()
@@ -486,7 +476,7 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None,
     try:
         with np.load(path, allow_pickle=False) as stored:
             # Every array's size from its .npy header, before any is read: the file is input.
-            shapes = {key: _npy_header(stored.zip, key) for key in keys}
+            shapes = npyfile.npz_headers(stored.zip, keys)
             runs = shapes["names"][0][0] if len(shapes["names"][0]) == 1 else -1
             expected = {"losses": ((runs, num_test), np.float16),
                         "probabilities": ((runs, num_test, classes), np.float16)}
@@ -499,8 +489,10 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None,
             names, manifests, metrics = (stored[key].tolist() for key in ("names", "manifests", "metrics"))
             losses = stored["losses"]
             probabilities = stored["probabilities"] if classes is not None else None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise UserError(f"cannot read the records {path}: {str(error).splitlines()[0][:200]}") from None
+    except KeyError as missing:
+        raise UserError(f"cannot read the records {path}: it has no {missing.args[0]}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise UserError(f"cannot read the records {path}: {one_line(error)}") from None
     differs = plan_difference(header, sweep.header, sweep.objective.drawn_streams(sweep.config)) if isinstance(
         header, dict) else "not a study's header"
     if differs:
@@ -886,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
                                args.strategy, args.workdir)
         with open_sweep(sweep) as study:
             try:
-                markdown = run_sweep(sweep, study, args.quiet, args.shard, train=not args.report,
+                markdown = run_sweep(sweep, study, args.quiet, args.shard, report_only=args.report,
                                      detect=args.detect, correlation=args.correlation, records=args.records)
             except KeyboardInterrupt:
                 again = "the same command" if args.workdir else f"it with --workdir {sweep.workdir}"

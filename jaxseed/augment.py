@@ -4,7 +4,7 @@ Two kinds (``--augment``): ``affine``, a small random rotation and translation
 (the MNIST choice), and ``crop_flip``, a random crop of the image padded with
 zeros plus a horizontal flip with probability 1/2 (the CIFAR standard). Each
 works on images float[B, H, W, C] of any size and channel count. Each example's
-draw comes from its own key (``streams.per_example_keys`` with the epoch and the
+draw comes from its own key (``streams.example_keys`` with the epoch and the
 example's index in the data set), so it depends only on (augment seed, epoch,
 example index).
 """

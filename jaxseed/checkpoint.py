@@ -21,17 +21,13 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxseed import mesh
-from jaxseed.errors import UserError
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+from jaxseed.errors import UserError, one_line
 
 
 def _reason(error: BaseException) -> str:
     """The OS error behind a failed write, as the OS words it (tensorstore reports its code), else the first line."""
     code = re.search(r"os_error_code='(\d+)'", str(error))
-    return os.strerror(int(code.group(1))) if code else _first_line(error)
+    return os.strerror(int(code.group(1))) if code else one_line(error)
 
 
 @contextlib.contextmanager
@@ -95,7 +91,7 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
                 "state": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()})
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot open the checkpoints in {self.directory}: {_first_line(error)}") from None
+            raise UserError(f"cannot open the checkpoints in {self.directory}: {one_line(error)}") from None
 
     def save(self, state: Any, progress: dict) -> None:
         try:
@@ -143,7 +139,7 @@ class Checkpointer:
         if mesh.is_writer():
             os.makedirs(os.path.dirname(aside), exist_ok=True)
             os.replace(os.path.join(self.directory, str(step)), aside)
-            reason = _first_line(error) if error else "on another process"
+            reason = one_line(error) if error else "on another process"
             print(f"jaxseed: checkpoint at step {step} is unreadable ({reason}); moved to {aside}, trying the "
                   "previous one", file=sys.stderr)
         mesh.wait_for_all(f"checkpoint {step} set aside")

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseed import download, streams
+from jaxseed import download, npyfile, streams
 from jaxseed.config import DATASETS, npz_path
-from jaxseed.errors import UserError
+from jaxseed.errors import UserError, one_line
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -304,7 +304,7 @@ def load_npz(path: str) -> Dataset:
                 arrays = {key: npz[key + ".npy"] for key in NPZ_KEYS}  # the exact member: never a raw one
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, OSError,
             EOFError, zlib.error) as error:  # a damaged zip or array; an encrypted or exotic member
-        raise UserError(f"cannot read {path} as an .npz file ({type(error).__name__}: {error})") from None
+        raise UserError(f"cannot read {path} as an .npz file ({one_line(error, with_type=True)})") from None
     split = []
     for images_key, labels_key in (("x_train", "y_train"), ("x_test", "y_test")):
         images = arrays[images_key]
@@ -315,29 +315,13 @@ def load_npz(path: str) -> Dataset:
 
 def _npz_headers(path: str, archive: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of each of NPZ_KEYS, read from its .npy header alone."""
-    members = set(archive.namelist())
-    missing = [key for key in NPZ_KEYS if key + ".npy" not in members]
-    if missing:
-        raise UserError(f"{path} has no {', '.join(missing)} (expected the keras.datasets layout: "
-                        f"{', '.join(NPZ_KEYS)})")
-    headers = {}
-    for key in NPZ_KEYS:
-        with archive.open(key + ".npy") as member:
-            try:
-                version = np.lib.format.read_magic(member)
-                if version not in ((1, 0), (2, 0)):
-                    raise UserError(f"{path}: {key} is in .npy format {version[0]}.{version[1]}; "
-                                    "versions 1.0 and 2.0 are read")
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read_header(member)
-            except ValueError as error:
-                raise UserError(f"{path}: {key} is not a .npy array ({error})") from None
-        if dtype.hasobject:
-            raise UserError(f"{path}: {key} holds Python objects (dtype {dtype}); only plain arrays are read, "
-                            "never pickles")
-        headers[key] = shape, dtype
-    return headers
+    try:
+        return npyfile.npz_headers(archive, NPZ_KEYS)
+    except KeyError as missing:
+        raise UserError(f"{path} has no {missing.args[0]} (expected the keras.datasets layout: "
+                        f"{', '.join(NPZ_KEYS)})") from None
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from None
 
 
 def _image_dims(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -401,9 +385,8 @@ def load_tfds(name: str) -> Dataset:
             arrays.append(np.stack([example["image"] for example in examples]).astype(np.uint8))
             arrays.append(np.array([example["label"] for example in examples], np.int32))
     except Exception as error:  # any failure to fetch or prepare: offline, no TensorFlow, ...
-        reason = (str(error).strip().splitlines() or [""])[0][:120]
         raise UserError(
-            f"could not load {name!r} through tensorflow-datasets ({type(error).__name__}: {reason}); "
+            f"could not load {name!r} through tensorflow-datasets ({one_line(error, with_type=True)}); "
             f"--data {name} downloads the raw IDX files without TensorFlow, "
             "and --data-dir DIR reads them from a folder with no network"
         ) from None

@@ -1,9 +1,9 @@
-"""The one training loop: set up → restore → one epoch at a time → finish.
+"""The one training loop: set up → restore → per epoch: train, evaluate, log, save → finish.
 
 A single run is one replica (R = 1); ``jaxseed.ablate --strategy vmap`` trains a
 group's runs as R replicas of one program. Each replica writes its own run
-folder (``rundir.RunFolder``, claimed for the loop's lifetime) — the same files
-whichever way it was trained; the replicas share one checkpoint.
+folder (``writer.RunWriter`` writes them all) — the same files whichever way it
+was trained; the replicas share one checkpoint.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, plots, rundir, streams
+from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, rundir, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed import objective as objectives
 from jaxseed.objective import Batch, DataSpec, Objective
+from jaxseed.writer import RunWriter
 from jaxseed.step import (TrainState, execution_plan, init_state, make_optimizer, make_run_steps, over_replicas,
                           steps_per_epoch)
 
 
-class Interrupted(Exception):
-    """Training stopped on request after a checkpoint; ``args[0]`` is the global step."""
+class StoppedAtStep(Exception):
+    """Training stopped on request after a checkpoint; ``args[0]`` is the global step to resume at."""
 
 
 def load_data(config: Config) -> data.Dataset:
@@ -69,8 +70,8 @@ def _initial_states(objective: Objective, config: Config, spec: DataSpec, tx: op
 @functools.lru_cache(maxsize=16)
 def _permutations(num_replicas: int, replicas: jax.sharding.NamedSharding) -> Callable:
     """(stream roots key[R], epoch, num_examples, num_kept) -> each replica's training order:
-    the original indices int32[R, num_kept or num_examples] (``streams.epoch_order``)."""
-    return jax.jit(over_replicas(streams.epoch_order, num_replicas, (0, None, None, None)), static_argnums=(2, 3),
+    the original indices int32[R, num_kept or num_examples] (``streams.training_order``)."""
+    return jax.jit(over_replicas(streams.training_order, num_replicas, (0, None, None, None)), static_argnums=(2, 3),
                    out_shardings=replicas)
 
 
@@ -96,11 +97,11 @@ def make_evaluate(objective: Objective, config: Config, graphdef: nnx.GraphDef, 
     chunk = _evaluation_chunk(objective, config, graphdef, num, batch_size, num_replicas, layout)
 
     def evaluate(params):
-        outputs = mesh.fetch([chunk(params, images, labels, start) for start in range(0, padded, batch_size)])
-        metrics = {f"test_{name}": np.sum([sums[name] for sums, _ in outputs], axis=0, dtype=np.float64) / num
-                   for name in outputs[0][0]}
-        return metrics, {name: np.concatenate([examples[name] for _, examples in outputs], axis=1)[:, :num]
-                         for name in outputs[0][1]}
+        chunks = mesh.fetch([chunk(params, images, labels, start) for start in range(0, padded, batch_size)])
+        metrics = {f"test_{name}": np.sum([sums[name] for sums, _ in chunks], axis=0, dtype=np.float64) / num
+                   for name in chunks[0][0]}
+        return metrics, {name: np.concatenate([examples[name] for _, examples in chunks], axis=1)[:, :num]
+                         for name in chunks[0][1]}
 
     return evaluate
 
@@ -113,49 +114,53 @@ class Position(NamedTuple):
     sums: dict
 
 
-class Run(NamedTuple):
-    """Everything one loop over R replicas holds fixed while it trains."""
+START = Position(0, 0, {})
+
+
+class Program(NamedTuple):
+    """What the compiled programs are built from: fixed while the loop runs."""
 
     config: Config
     objective: Objective
-    seeds: list[dict[str, int]]
-    folders: list[rundir.RunFolder]
-    data: data.Dataset  # on the host
-    layout: mesh.Layout
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
-    keys: streams.Keys  # placed, key[R] per stream
-    images: jax.Array  # the training set, on the devices
-    labels: jax.Array
+    layout: mesh.Layout
+    num_replicas: int
     num_steps: int  # per epoch
     loop_form: str
     per_call: int
+
+    def run_steps(self, n: int) -> Callable:
+        """The jitted call of ``n`` steps (``step.make_run_steps``)."""
+        return make_run_steps(self.objective, self.config, self.graphdef, self.tx, self.num_replicas, n,
+                              self.loop_form, self.layout)
+
+
+class Run(NamedTuple):
+    """What lives while the loop trains R replicas."""
+
+    program: Program
+    seeds: list[dict[str, int]]  # each replica's
+    writer: RunWriter
+    data: data.Dataset  # on the host
+    keys: streams.Keys  # placed, key[R] per stream
+    images: jax.Array  # the training set, on the devices
+    labels: jax.Array
     evaluate: Callable
     checkpointer: checkpoint.Checkpointer
     progress: bool
 
     @property
-    def writer(self) -> bool:
-        return self.folders[0].writes
+    def config(self) -> Config:
+        return self.program.config
+
+    @property
+    def talks(self) -> bool:
+        """Whether this process shows progress."""
+        return self.progress and self.writer.writes
 
 
-def _claim(workdirs: list[str], resume: bool, overwrite: bool) -> list[rundir.RunFolder]:
-    """Claim every replica's folder on the writing process; a refusal stops every process."""
-    folders, refused = [], None
-    try:
-        for workdir in workdirs:
-            folders.append(rundir.RunFolder.claim(workdir, resume=resume, overwrite=overwrite,
-                                                  writer=mesh.is_writer()))
-    except UserError as error:
-        refused = error
-    if mesh.any_process(refused is not None):
-        for folder in folders:
-            folder.release()
-        raise refused or UserError(f"process 0 could not start the run in {workdirs[0]}")
-    return folders
-
-
-def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], folders: list[rundir.RunFolder],
+def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], writer: RunWriter,
           checkpoint_dir: str | None, dataset: data.Dataset | None,
           progress: bool) -> tuple[Run, TrainState, list[str]]:
     """(the run, its initial state [R] on the mesh, each replica's initial parameter hash)."""
@@ -170,9 +175,9 @@ def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], fol
     objectives.check_shapes(objective, config, spec, config.batch_size)
     layout = mesh.plan(len(seeds), config.batch_size, config.devices, config.mesh)
     backend = jax.default_backend()
-    if backend == "cpu" and folders[0].writes:
+    if backend == "cpu" and writer.writes:
         machine.check_thread_pool(config.cpu_threads)
-    if config.deterministic and backend != "gpu" and folders[0].writes:
+    if config.deterministic and backend != "gpu" and writer.writes:
         print(f"jaxseed: --deterministic has no effect on {backend} (it selects GPU kernels)", file=sys.stderr)
     keys = jax.tree.map(lambda *k: jnp.stack(k), *map(streams.root_keys, seeds))
     tx = make_optimizer(config, num_train)
@@ -181,50 +186,51 @@ def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], fol
     init_hashes = [manifest.tree_hash(jax.tree.map(lambda leaf: leaf[r], initial.params)) for r in range(len(seeds))]
     state = jax.tree.map(lambda leaf: mesh.place(leaf, layout.replicas), initial)
     num_steps = steps_per_epoch(config, num_train)
-    loop_form, per_call = execution_plan(config, backend, num_steps)
-    checkpoints = checkpoint.Checkpointer(checkpoint_dir or folders[0].folder("checkpoints"), config.keep_checkpoints)
-    run = Run(config, objective, seeds, folders, host_data, layout, graphdef, tx,
-              mesh.place_keys(keys, layout.replicas),
+    program = Program(config, objective, graphdef, tx, layout, len(seeds), num_steps,
+                      *execution_plan(config, backend, num_steps))
+    checkpoints = checkpoint.Checkpointer(checkpoint_dir or writer.folders[0].folder("checkpoints"),
+                                          config.keep_checkpoints)
+    run = Run(program, seeds, writer, host_data, mesh.place_keys(keys, layout.replicas),
               *(mesh.place(array, layout.replicated) for array in (host_data.train_images, host_data.train_labels)),
-              num_steps, loop_form, per_call, make_evaluate(objective, config, graphdef, host_data, len(seeds), layout),
-              checkpoints, progress)
+              make_evaluate(objective, config, graphdef, host_data, len(seeds), layout), checkpoints, progress)
     return run, state, init_hashes
 
 
 def restore(run: Run, state: TrainState, data_hash: str) -> tuple[TrainState, Position]:
     """The newest readable checkpoint's state and position, checked against this run; else the start."""
-    for folder in run.folders:
+    objective = run.program.objective
+    for path in run.writer.paths:
         try:
-            recorded = rundir.read_manifest(folder.path)
+            recorded = rundir.read_manifest(path)
         except FileNotFoundError:
             continue
         if recorded.get("data_hash") not in (None, data_hash):
-            raise UserError(f"the data differs from the data {folder.path} was trained on (data_hash "
+            raise UserError(f"the data differs from the data {path} was trained on (data_hash "
                             f"{str(recorded['data_hash'])[:16]}…, here {data_hash[:16]}…); "
                             "pass the same --data-dir")
         source = objectives.recorded_source(recorded)  # a user's file; built-ins change with jaxseed's versions
-        if run.objective.name not in objectives.built_in() and source not in (
-                None, objectives.source_hash(run.objective)):
-            raise UserError(f"the objective {run.objective.name} is not the code {folder.path} was trained with "
+        if objective.name not in objectives.built_in() and source not in (None, objectives.source_hash(objective)):
+            raise UserError(f"the objective {objective.name} is not the code {path} was trained with "
                             f"(its source's sha256 differs: {source[:12]}… recorded); restore that file, or start "
                             "afresh with --overwrite")
     restored = run.checkpointer.restore_latest(state)
     if not restored:
-        return state, Position(0, 0, {})
+        return state, START
     state, progress = restored
     position = _checked_position(run, progress)
-    if run.progress and run.writer:
+    if run.talks:
         print(f"resuming at epoch {position.epoch + 1}, step {progress['global_step']}", file=sys.stderr)
     return state, position
 
 
 def _checked_position(run: Run, progress: dict) -> Position:
     """A checkpoint's position, refused unless it is one this run can be at (a checkpoint is input)."""
+    num_steps = run.program.num_steps
     try:
         epoch, first, step = int(progress["epoch"]), int(progress["first"]), int(progress["global_step"])
         sums = {str(name): np.asarray(value, np.float64) for name, value in dict(progress["sums"]).items()}
-        valid = (0 <= epoch <= run.config.epochs and 0 <= first < run.num_steps
-                 and step == epoch * run.num_steps + first
+        valid = (0 <= epoch <= run.config.epochs and 0 <= first < num_steps
+                 and step == epoch * num_steps + first
                  and (epoch < run.config.epochs or first == 0) and (first > 0) == bool(sums)
                  and all(value.shape == (len(run.seeds),) for value in sums.values()))
     except (KeyError, TypeError, ValueError):
@@ -243,37 +249,32 @@ def _first_non_finite(step_losses: np.ndarray) -> tuple[int, int] | None:
 
 def _save(run: Run, state: TrainState, at: Position) -> None:
     run.checkpointer.save(state, {"epoch": at.epoch, "first": at.first,
-                                  "global_step": at.epoch * run.num_steps + at.first,
+                                  "global_step": at.epoch * run.program.num_steps + at.first,
                                   "sums": {name: value.tolist() for name, value in at.sums.items()}})
 
 
 def train_epoch(run: Run, state: TrainState, at: Position,
-                should_stop: Callable[[], bool]) -> tuple[TrainState, list[dict], np.ndarray | None]:
-    """Train epoch ``at.epoch`` from step ``at.first`` to its end, then evaluate.
+                should_stop: Callable[[], bool]) -> tuple[TrainState, dict]:
+    """Train epoch ``at.epoch`` from step ``at.first`` to its end.
 
-    Returns (state, each replica's metrics row, the per-test-example outputs of
-    ``make_evaluate``). Raises Interrupted when ``should_stop`` (polled after each call, agreed
-    by every process) asks, after a checkpoint; FloatingPointError on a non-finite loss.
+    Returns (state, the epoch's training metric sums [R]). Raises StoppedAtStep when
+    ``should_stop`` (polled after each call, agreed by every process) asks, after a
+    checkpoint; FloatingPointError on a non-finite loss.
     """
-    config, epoch, first, sums = run.config, at.epoch, at.first, at.sums
-    start = time.perf_counter()
-    permutation = _permutations(len(run.seeds), run.layout.replicas)(run.keys, epoch, run.data.num_train,
-                                                                      config.num_kept(run.data.num_train))
-    bar = tqdm(total=run.num_steps, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-               disable=not (run.progress and run.writer), dynamic_ncols=True)
-    while first < run.num_steps:
+    program, epoch, first, sums = run.program, at.epoch, at.first, at.sums
+    permutation = _permutations(program.num_replicas, program.layout.replicas)(
+        run.keys, epoch, run.data.num_train, run.config.num_kept(run.data.num_train))
+    bar = tqdm(total=program.num_steps, initial=first, desc=f"epoch {epoch + 1}/{run.config.epochs}", unit="step",
+               disable=not run.talks, dynamic_ncols=True)
+    while first < program.num_steps:
         # Calls start at multiples of per_call, so a resumed run replays the same programs.
-        n = min(run.per_call - first % run.per_call, run.num_steps - first)
-        run_steps = make_run_steps(run.objective, config, run.graphdef, run.tx, len(run.seeds), n, run.loop_form,
-                                   run.layout)
-        state, metrics, steps = run_steps(state, run.images, run.labels, permutation, run.keys, epoch, first)
+        n = min(program.per_call - first % program.per_call, program.num_steps - first)
+        state, metrics, steps = program.run_steps(n)(state, run.images, run.labels, permutation, run.keys, epoch,
+                                                     first)
         metrics, steps = mesh.fetch((metrics, steps))
-        global_step = epoch * run.num_steps + first
-        if config.trace:
-            for r, folder in enumerate(run.folders):
-                folder.append_lines("trace.jsonl", [
-                    {"step": global_step + j, "epoch": epoch + 1, "loss": float(steps["loss"][j, r]),
-                     "param_checksum": int(steps["param_checksum"][j, r])} for j in range(n)])
+        global_step = epoch * program.num_steps + first
+        if run.config.trace:
+            run.writer.trace(global_step, epoch, steps)
         failed = _first_non_finite(steps["loss"])
         if failed:
             j, r = failed
@@ -283,46 +284,49 @@ def train_epoch(run: Run, state: TrainState, at: Position,
         first += n
         bar.update(n)
         bar.set_postfix({k: f"{v[0] / sums['count'][0]:.4f}" for k, v in sums.items() if k != "count"})
-        every = config.checkpoint_every
+        every = run.config.checkpoint_every
         passed_multiple = every and (global_step + n) // every > global_step // every
         stop = mesh.any_process(should_stop())
-        if first < run.num_steps and (passed_multiple or stop):
+        if first < program.num_steps and (passed_multiple or stop):
             _save(run, state, Position(epoch, first, sums))
             if stop:
-                raise Interrupted(global_step + n)
+                raise StoppedAtStep(global_step + n)
     bar.close()
-    training_seconds = time.perf_counter() - start
+    return state, sums
+
+
+def evaluate_epoch(run: Run, state: TrainState, epoch: int, sums: dict,
+                   training_seconds: float) -> tuple[list[dict], dict]:
+    """(each replica's metrics line of ``epoch``, the per-test-example outputs of ``make_evaluate``)."""
+    start = time.perf_counter()
     test_metrics, examples = run.evaluate(state.params)
     step_counts = mesh.fetch(state.step)
     rows = [{"epoch": epoch + 1, "step": int(step_counts[r]),
              **{name: float(value[r]) for name, value in outputs.train_means(sums).items()},
              **{name: float(value[r]) for name, value in test_metrics.items()},
              "training_seconds": training_seconds,
-             "evaluation_seconds": time.perf_counter() - start - training_seconds} for r in range(len(run.seeds))]
-    return state, rows, examples
+             "evaluation_seconds": time.perf_counter() - start} for r in range(len(run.seeds))]
+    return rows, examples
 
 
-def finish(run: Run, state: TrainState, infos: list[dict], histories: list[list[dict]],
-           fingerprints: list[outputs.Fingerprints], examples: dict) -> list[dict]:
-    """Each replica's final files: curves, per-test-example losses (and probabilities), the
-    objective's pictures, the finished manifest."""
-    final_params = mesh.fetch(state.params)
-    for r, (info, folder, history) in enumerate(zip(infos, run.folders, histories)):
-        params = jax.tree.map(lambda leaf: leaf[r], final_params)
-        info.update(status="finished", param_hash=manifest.tree_hash(params),
-                    fingerprints=fingerprints[r].summary(info["init_param_hash"]),
-                    final=history[-1] if history else None)
-        if not folder.writes:
-            continue
-        folder.save_picture("curves.png", lambda f: plots.plot_curves(history, f, dict(run.objective.panels)))
-        for name, values in examples.items():  # for comparing runs example by example (ablate's instability)
-            folder.save_array(f"test_{name}.npy", values[r])
-        added, pictures = run.objective.finish(run.config, run.graphdef, params, run.data)
-        for name, (images, columns) in pictures.items():
-            folder.save_picture(name, lambda f: plots.save_grid(images, f, columns))
-        info.update(added)
-        folder.write_json("manifest.json", info)
-    return infos
+def _manifests(run: Run, data_hash: str, init_hashes: list[str]) -> list[dict]:
+    """Each replica's manifest as the run starts (status running)."""
+    program = run.program
+    common = {"streams_used": list(program.objective.drawn_streams(run.config)), "data_hash": data_hash,
+              "objective": {"name": objectives.recorded_name(program.objective.name),
+                            "source_sha256": objectives.source_hash(program.objective)},
+              "execution": {"loop": program.loop_form, "steps_per_call": program.per_call,
+                            "replicas": program.num_replicas, **program.layout.describe()},
+              **manifest.environment(), "status": "running"}
+    return [{**common, "streams": seeds, "config": manifest.config_record(run.config, path), "init_param_hash": init}
+            for seeds, path, init in zip(run.seeds, run.writer.paths, init_hashes)]
+
+
+def _say(run: Run, row: dict) -> None:
+    if run.talks:
+        scores = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("test_"))
+        print(f"epoch {row['epoch']}: {scores} (training {row['training_seconds']:.1f}s, "
+              f"evaluation {row['evaluation_seconds']:.1f}s)", file=sys.stderr)
 
 
 @streams.pinned_generator
@@ -340,69 +344,53 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
     from the newest readable checkpoint in ``checkpoint_dir`` (default:
     ``<workdirs[0]>/checkpoints``); the result is bitwise the uninterrupted run's.
     ``should_stop`` is polled after each jitted call: when true, a checkpoint is
-    saved and Interrupted raised. ``dataset`` (host arrays) replaces the config's
+    saved and StoppedAtStep raised. ``dataset`` (host arrays) replaces the config's
     data (experiments that alter it). ``objective`` is what ``config.model`` names,
     resolved by the caller, or here when not given. Returns each replica's manifest.
     """
     objective = objective or objectives.resolve(config.model)
-    folders = _claim(workdirs, resume, overwrite)
+    writer = RunWriter.claim(workdirs, resume, overwrite)
     try:
-        run, state, init_hashes = setup(objective, config, seeds, folders, checkpoint_dir, dataset, progress)
+        run, state, init_hashes = setup(objective, config, seeds, writer, checkpoint_dir, dataset, progress)
         try:
-            return _train(run, state, init_hashes, resume, should_stop)
+            return _epochs(run, state, init_hashes, resume, should_stop)
         finally:
             run.checkpointer.close()
     finally:
-        for folder in folders:
-            folder.release()
+        writer.release()
 
 
-def _train(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
-           should_stop: Callable[[], bool]) -> list[dict]:
+def _epochs(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
+            should_stop: Callable[[], bool]) -> list[dict]:
+    """Restore, then per epoch: train, evaluate, log, save; then finish."""
+    config, num_steps = run.config, run.program.num_steps
     data_hash = manifest.arrays_hash(run.data)
-    state, at = restore(run, state, data_hash) if resume else (state, Position(0, 0, {}))
-    histories = [folder.kept_lines("metrics.jsonl", lambda row: row["epoch"] <= at.epoch, rundir.METRICS_FIELDS)
-                 for folder in run.folders]
-    for folder, history in zip(run.folders, histories):
-        folder.write_lines("metrics.jsonl", history)
-        if run.config.trace:
-            done = at.epoch * run.num_steps + at.first
-            folder.write_lines("trace.jsonl", folder.kept_lines("trace.jsonl", lambda row: row["step"] < done,
-                                                                rundir.TRACE_FIELDS))
-    common = {"streams_used": list(run.objective.drawn_streams(run.config)), "data_hash": data_hash,
-              "objective": {"name": objectives.recorded_name(run.objective.name),
-                            "source_sha256": objectives.source_hash(run.objective)},
-              "execution": {"loop": run.loop_form, "steps_per_call": run.per_call, "replicas": len(run.seeds),
-                            **run.layout.describe()},
-              **manifest.environment(), "status": "running"}
-    infos = [{**common, "streams": seeds, "config": manifest.config_record(run.config, folder.path),
-              "init_param_hash": init_hash} for seeds, folder, init_hash in zip(run.seeds, run.folders, init_hashes)]
-    for info, folder in zip(infos, run.folders):
-        folder.write_json("manifest.json", info)
-    fingerprints = [outputs.Fingerprints(run.objective, run.config, seeds, run.data.num_train) for seeds in run.seeds]
+    state, at = restore(run, state, data_hash) if resume else (state, START)
+    run.writer.start(_manifests(run, data_hash, init_hashes), at.epoch,
+                     at.epoch * num_steps + at.first if config.trace else None)
+    fingerprints = [outputs.Fingerprints(run.program.objective, config, seeds, run.data.num_train)
+                    for seeds in run.seeds]
     for done in range(at.epoch):  # draws are pure functions of position: recompute, don't store
         for replica in fingerprints:
             replica.add_epoch(done)
-
     examples = None
-    while at.epoch < run.config.epochs:
-        state, rows, examples = train_epoch(run, state, at, should_stop)
-        for folder, history, row in zip(run.folders, histories, rows):
-            history.append(row)
-            folder.write_lines("metrics.jsonl", history)
-        if run.progress and run.writer:
-            scores = " ".join(f"{k} {v:.4f}" for k, v in rows[0].items() if k.startswith("test_"))
-            print(f"epoch {rows[0]['epoch']}: {scores} (training {rows[0]['training_seconds']:.1f}s, "
-                  f"evaluation {rows[0]['evaluation_seconds']:.1f}s)", file=sys.stderr)
+    while at.epoch < config.epochs:
+        start = time.perf_counter()
+        state, sums = train_epoch(run, state, at, should_stop)
+        rows, examples = evaluate_epoch(run, state, at.epoch, sums, time.perf_counter() - start)
+        run.writer.end_epoch(rows)
+        _say(run, rows[0])
         for replica in fingerprints:  # after the epoch's steps: bookkeeping, not on the way to the first step
             replica.add_epoch(at.epoch)
         at = Position(at.epoch + 1, 0, {})
         _save(run, state, at)  # after the metrics: a resumed run redoes an epoch whose line may be missing
-        if mesh.any_process(should_stop()) and at.epoch < run.config.epochs:
-            raise Interrupted(at.epoch * run.num_steps)
+        if mesh.any_process(should_stop()) and at.epoch < config.epochs:
+            raise StoppedAtStep(at.epoch * num_steps)
     if examples is None:  # resumed after the last epoch
         examples = run.evaluate(state.params)[1]
-    return finish(run, state, infos, histories, fingerprints, examples)
+    program = run.program
+    return run.writer.finish(mesh.fetch(state.params), fingerprints, examples, dict(program.objective.panels),
+                             lambda params: program.objective.finish(config, program.graphdef, params, run.data))
 
 
 def train_and_evaluate(config: Config, seeds: dict[str, int], workdir: str, **options) -> dict:

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxseed import streams
-from jaxseed.errors import UserError
+from jaxseed.errors import UserError, one_line
 
 SEED, DATA = "seed", "data"
 
@@ -168,7 +168,6 @@ def start_processes(coordinator_address: str | None, num_processes: int | None, 
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     except Exception as error:  # any failure to reach the coordinator: one line, not a traceback
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UserError(f"cannot join the run at {coordinator_address}: {first_line}") from None
+        raise UserError(f"cannot join the run at {coordinator_address}: {one_line(error)}") from None
     print(f"jaxseed: process {process_id} of {num_processes}, {jax.local_device_count()} local devices",
           file=sys.stderr)

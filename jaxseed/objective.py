@@ -35,7 +35,7 @@ from flax import nnx
 
 from jaxseed import data, streams
 from jaxseed.config import Config
-from jaxseed.errors import UserError
+from jaxseed.errors import UserError, one_line
 
 # Positions under the evaluation key; fixed forever, like the stream ids.
 EVAL_BINARIZE, EVAL_LATENT, EVAL_IMPORTANCE, EVAL_SAMPLES = range(4)
@@ -102,7 +102,7 @@ def to_unit(images: jax.Array) -> jax.Array:
 
 def eval_keys(position: int, index: jax.Array) -> jax.Array:
     """Per-example keys of the fixed evaluation draws at ``position``."""
-    return streams.per_example_keys(streams.evaluation_key(), position, index)
+    return streams.example_keys(streams.evaluation_key(), position, index)
 
 
 def built_in() -> tuple[str, ...]:
@@ -165,7 +165,7 @@ def _import(module_name: str):
     except UserError:
         raise
     except Exception as error:  # the user's code: any failure to import it is bad input
-        raise UserError(f"cannot import the objective module {module_name}: {_first_line(error)}") from None
+        raise UserError(f"cannot import the objective module {module_name}: {one_line(error, with_type=True)}") from None
 
 
 def check(found, name: str) -> Objective:
@@ -184,11 +184,6 @@ def check(found, name: str) -> Objective:
     if len(set(ids)) != len(ids):
         raise UserError(f"{name}: two of its streams' names map to one id; rename one")
     return found if found.name == name else dataclasses.replace(found, name=name)
-
-
-def _first_line(error: Exception) -> str:
-    """An exception from the user's code as one line: its type and its message's first line."""
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
 
 
 def source_hash(objective: Objective) -> str | None:
@@ -230,7 +225,7 @@ def check_shapes(objective: Objective, config: Config, spec: DataSpec, batch_siz
         raise
     except Exception as error:  # the user's code failed on a batch of the data's shape
         raise UserError(f"objective {objective.name} failed on a batch of images {h}x{w}x{c}: "
-                        f"{_first_line(error)}") from None
+                        f"{one_line(error, with_type=True)}") from None
     problems = []
     if objective.drawn and not set(objective.drawn(config)) <= set(objective.streams):
         problems.append(f"drawn returns streams it does not declare: {objective.drawn(config)}")

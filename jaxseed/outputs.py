@@ -16,13 +16,13 @@ from jaxseed.objective import Objective
 
 @functools.partial(jax.jit, static_argnums=2)
 def permutation(shuffle_root, epoch, num_examples):
-    return streams.epoch_permutation(shuffle_root, epoch, num_examples)
+    return streams.epoch_order(shuffle_root, epoch, num_examples)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 3))
 def _example_key_data(keys: streams.Keys, names: tuple[str, ...], epoch, num_examples):
     """Words of every training example's key of each per-example stream ``names`` in ``epoch``."""
-    return jax.tree.map(jax.random.key_data, streams.example_keys(keys, names, epoch, jnp.arange(num_examples)))
+    return jax.tree.map(jax.random.key_data, streams.batch_keys(keys, names, epoch, jnp.arange(num_examples)))
 
 
 class Fingerprints:
@@ -47,10 +47,10 @@ class Fingerprints:
         self.per_example = tuple(name for name in self.draws if name not in streams.EVERY_RUN)
 
     def add_epoch(self, epoch: int) -> None:
-        example_keys = _example_key_data(self.keys, self.per_example, epoch, self.num_train)
+        batch_keys = _example_key_data(self.keys, self.per_example, epoch, self.num_train)
         self.draws["shuffle"].append(np.asarray(permutation(self.keys.shuffle, epoch, self.num_kept or self.num_train)))
         for name in self.per_example:
-            self.draws[name].append(np.asarray(example_keys[name]))
+            self.draws[name].append(np.asarray(batch_keys[name]))
 
     def summary(self, init_param_hash: str) -> dict:
         return {"init": init_param_hash, **{name: manifest.arrays_hash(arrays) for name, arrays in self.draws.items()}}

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from jaxseed import npyfile
 from jaxseed.errors import UserError
 
 MARKER = ".jaxseed"
@@ -366,17 +367,6 @@ def read_trace(folder: str) -> list[dict]:
     return read_lines(folder, "trace.jsonl", TRACE_FIELDS)
 
 
-def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran order, dtype) of the .npy array ``f`` is at, from its header alone
-    (ValueError for another format), so a crafted header costs nothing."""
-    version = np.lib.format.read_magic(f)
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-    if read_header is None:
-        raise ValueError(f"unsupported .npy version {version}")
-    return read_header(f, max_header_size=10_000)
-
-
 def load_array(folder: str, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """An ``.npy`` file of a run, refused unless its header says ``dtype`` and ``shape``
     (checked before the body is read, so a crafted header costs nothing)."""
@@ -384,7 +374,7 @@ def load_array(folder: str, name: str, dtype: np.dtype, shape: tuple[int, ...]) 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
-            found_shape, fortran, found_dtype = npy_header(f)
+            found_shape, fortran, found_dtype = npyfile.header(f)
             if found_shape != tuple(shape) or found_dtype != np.dtype(dtype) or fortran:
                 raise ValueError(f"holds {found_dtype}{list(found_shape)}, expected {np.dtype(dtype)}{list(shape)}")
             array = np.fromfile(f, dtype=dtype, count=int(np.prod(shape)))
@@ -395,16 +385,3 @@ def load_array(folder: str, name: str, dtype: np.dtype, shape: tuple[int, ...]) 
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
     return array.reshape(shape)
-
-
-@contextlib.contextmanager
-def claimed(paths: list[str], kind: str = "run", **options):
-    """Claim several folders together (a vmapped group's runs); release them all at the end."""
-    folders = []
-    try:
-        for path in paths:
-            folders.append(RunFolder.claim(path, kind, **options))
-        yield folders
-    finally:
-        for folder in folders:
-            folder.release()

@@ -54,9 +54,9 @@ def train_step(state: TrainState, batch: Batch, keys: streams.Keys, epoch: jax.A
     """One optimiser step. Pure: (state, batch, stream keys, epoch) -> (state, metric sums).
 
     Every draw of the step is per example, from (stream, epoch, example index)
-    (``streams.example_keys``); the objective gets the keys of the streams it declares.
+    (``streams.batch_keys``); the objective gets the keys of the streams it declares.
     """
-    draws = streams.example_keys(keys, objective.streams, epoch, batch.index)
+    draws = streams.batch_keys(keys, objective.streams, epoch, batch.index)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params)

@@ -28,7 +28,7 @@ depth, noise injection) has an id derived from its name, apart from theirs.
 
 The example index is the example's place in its split, so a per-example draw
 does not depend on the batch it lands in, the batch size, the order (``shuffle``)
-or how a batch is split over devices; ``example_keys`` derives them for a batch.
+or how a batch is split over devices; ``batch_keys`` derives them for a batch.
 
 ``split`` is never used on these keys: with JAX's partitionable threefry,
 ``split(k, n)[i] == fold_in(k, i)``, so mixing the two would alias draws.
@@ -188,9 +188,47 @@ def _key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl=GENERATOR)
 
 
+def root_key(name: str, seed: int) -> jax.Array:
+    """The root key of stream ``name`` at ``seed``: fold_in(key(seed, impl="threefry2x32"), stream_id(name))."""
+    return jax.random.fold_in(_key(seed), stream_id(name))
+
+
 def root_keys(seeds: Mapping[str, int]) -> Keys:
-    """root[name] = fold_in(key(seed[name]), stream_id(name)) for every stream of ``seeds``."""
-    return Keys({name: jax.random.fold_in(_key(seed), stream_id(name)) for name, seed in seeds.items()})
+    """The root key of every stream of ``seeds`` (name -> seed), by name."""
+    return Keys({name: root_key(name, seed) for name, seed in seeds.items()})
+
+
+class Seeds:
+    """One seed for every stream, overridden by name: ``Seeds(42, dropout=7)``.
+
+    A name is a built-in stream's or one of your own (``[a-z][a-z0-9_]*``, not reserved).
+    ``seeds[name]`` is that stream's seed, ``seeds.key(name)`` its root key (``root_key``),
+    ``seeds.as_dict()`` what a run records: every built-in stream's seed and each override's.
+
+        seeds = jaxseed.Seeds(42, dropout=7)
+        order = jaxseed.epoch_order(seeds.key("shuffle"), epoch, n)
+    """
+
+    def __init__(self, seed: int, **overrides: int):
+        self.seed = check_seed(seed)
+        self.overrides = {_checked_name(name): check_seed(value, f"seed of stream {name!r}")
+                          for name, value in overrides.items()}
+
+    def __getitem__(self, name: str) -> int:
+        return self.overrides.get(_checked_name(name), self.seed)
+
+    def key(self, name: str) -> jax.Array:
+        return root_key(name, self[name])
+
+    def as_dict(self) -> dict[str, int]:
+        return {**{name: self.seed for name in STREAMS}, **self.overrides}
+
+    def __repr__(self) -> str:
+        return f"Seeds({', '.join([str(self.seed), *(f'{k}={v}' for k, v in self.overrides.items())])})"
+
+
+def _checked_name(name: str) -> str:
+    return name if name in STREAM_IDS else check_stream_name(name)
 
 
 def evaluation_key() -> jax.Array:
@@ -203,8 +241,10 @@ def synthetic_data_key() -> jax.Array:
     return jax.random.fold_in(_key(0), SYNTHETIC_DATA_ID)
 
 
-def epoch_permutation(shuffle_root: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
-    """Order of the training examples in ``epoch``: int32[num_examples]."""
+def epoch_order(shuffle_root: jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
+    """The order of the training examples in ``epoch``: int32[num_examples],
+    permutation(fold_in(root, epoch), num_examples) (defined under JAX's partitionable
+    threefry, the default since JAX 0.5; jaxseed's loop pins it)."""
     return jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), num_examples)
 
 
@@ -215,25 +255,53 @@ def training_subset(sample_root: jax.Array, num_examples: int, num_kept: int) ->
     return jnp.sort(jax.random.permutation(sample_root, num_examples)[:num_kept])
 
 
-def epoch_order(roots: Keys, epoch: int | jax.Array, num_examples: int, num_kept: int | None) -> jax.Array:
+def training_order(roots: Keys, epoch: int | jax.Array, num_examples: int, num_kept: int | None) -> jax.Array:
     """The original indices of the examples of ``epoch`` in training order: a permutation
     (``shuffle``) of all of them, or with ``num_kept`` of the subset ``sample`` keeps."""
     if num_kept is None:
-        return epoch_permutation(roots.shuffle, epoch, num_examples)
-    return training_subset(roots.sample, num_examples, num_kept)[epoch_permutation(roots.shuffle, epoch, num_kept)]
+        return epoch_order(roots.shuffle, epoch, num_examples)
+    return training_subset(roots.sample, num_examples, num_kept)[epoch_order(roots.shuffle, epoch, num_kept)]
 
 
-def per_example_keys(root: jax.Array, position: int | jax.Array, example_index: jax.Array) -> jax.Array:
-    """keys[b] = fold_in(fold_in(root, position), example_index[b]), key[B]."""
+def example_keys(root: jax.Array, position: int | jax.Array, example_index: jax.Array) -> jax.Array:
+    """One key per example of a batch: keys[b] = fold_in(fold_in(root, position), example_index[b]), key[B].
+
+    ``position`` is the epoch (jaxseed's evaluation passes its own positions), ``example_index``
+    the examples' places in the training set. An example's key does not depend on the batch it
+    lands in, the batch size, the order or how a batch is split over devices.
+    """
     at_position = jax.random.fold_in(root, position)
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(at_position, example_index)
 
 
-def example_keys(roots: Keys, names: tuple[str, ...], epoch: int | jax.Array, example_index: jax.Array) -> Keys:
+def batch_keys(roots: Keys, names: tuple[str, ...], epoch: int | jax.Array, example_index: jax.Array) -> Keys:
     """Everything a training step draws from the per-example streams ``names``.
 
     For each such stream s and each example b of the batch:
         keys.s[b] = fold_in(fold_in(root[s], epoch), example_index[b])
     Used by the training step, the vmapped replicas and the fingerprints alike.
     """
-    return Keys({name: per_example_keys(roots[name], epoch, example_index) for name in names})
+    return Keys({name: example_keys(roots[name], epoch, example_index) for name in names})
+
+
+def step_key(root: jax.Array, step: int | jax.Array) -> jax.Array:
+    """One key per training step: fold_in(root, step), for code that hands a key per step to
+    ``nnx.Rngs(dropout=...)`` or Linen's ``apply(..., rngs={"dropout": ...})``.
+
+    The trade-off: what a per-step key draws for an example depends on the step the example
+    lands in and its place in the batch, so it moves with the order and the batch size; a
+    per-example key (``example_keys``) does not.
+    """
+    return jax.random.fold_in(root, step)
+
+
+def named_key(root: jax.Array, name: str) -> jax.Array:
+    """A key for ``name`` (a layer's path, e.g. "encoder/conv1"): fold_in(root, id), the id the
+    first 4 bytes of sha256("jaxseed name " + name).
+
+    Two models that share a layer by name and shape initialise it from the same key whatever
+    other layers either has, where one generator consumed in order (PyTorch's, or ``nnx.Rngs``)
+    shifts every layer built after an inserted one.
+    """
+    digest = hashlib.sha256(f"jaxseed name {name}".encode()).digest()
+    return jax.random.fold_in(root, int.from_bytes(digest[:4], "big"))

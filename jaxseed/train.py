@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             info = loop.train_and_evaluate(config, seeds, workdir, progress=not args.quiet, resume=args.resume,
                                            overwrite=args.overwrite, should_stop=lambda: bool(stop_signal),
                                            objective=objective)
-        except loop.Interrupted as stopped:
+        except loop.StoppedAtStep as stopped:
             raise entry.Interrupted(
                 f"stopped by {stop_signal[0] if stop_signal else 'another process'} after step {stopped.args[0]}, "
                 f"checkpoint saved; resume with: {PROG} --resume --workdir {workdir}") from None

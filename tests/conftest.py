@@ -1,3 +1,5 @@
+import collections
+import json
 import os
 
 import pytest
@@ -34,16 +36,44 @@ def shared_compilation_cache(tmp_path_factory):
     os.environ["JAXSEED_COMPILATION_CACHE"] = ""
 
 # pytest-xdist hands each worker whole modules (--dist loadscope: a module's fixtures train once) in
-# collection order (--no-loadscope-reorder, pyproject.toml); the longest first, so that no worker
-# still runs a long module while the other has nothing left. Each module's tests' seconds summed,
-# from a run of the whole suite on 2 cores (pytest --durations=0, 2026-12-03); the rest are short.
-MODULE_SECONDS = {"test_machine.py": 111, "test_experiments.py": 85, "test_portable.py": 189, "test_benchmarks.py": 180, "test_resume.py": 105, "test_train.py": 104,
-                  "test_study.py": 73, "test_ablate.py": 67, "test_examples.py": 59, "test_devices.py": 49,
-                  "test_vae.py": 48, "test_rundir.py": 44, "test_processes.py": 40, "test_notebook.py": 35}
+# collection order (--no-loadscope-reorder, pyproject.toml): the longest first, so that no worker still
+# runs a long module while the other has nothing left. How long each module takes is what the last
+# full run measured: `pytest --record-durations` writes it to tests/durations.json.
+DURATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write each test module's seconds to {DURATIONS}, the order of later runs")
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))  # stable: a module's own order is kept
+    try:
+        with open(DURATIONS) as f:
+            seconds = json.load(f)
+    except (OSError, ValueError):
+        seconds = {}
+    items.sort(key=lambda item: -seconds.get(item.path.name, 0))  # stable: a module's own order is kept
+
+
+class DurationRecorder:
+    """Each module's seconds (setup, call and teardown of its tests), as the reports reach the controller."""
+
+    def __init__(self):
+        self.seconds = collections.Counter()
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[os.path.basename(report.fspath)] += report.duration
+
+    def pytest_sessionfinish(self, session):
+        with open(DURATIONS, "w") as f:
+            json.dump({name: round(value, 1) for name, value in self.seconds.most_common()}, f, indent=0)
+            f.write("\n")
+
+
+def pytest_configure(config):
+    if config.getoption("record_durations") and not hasattr(config, "workerinput"):  # the controller only
+        config.pluginmanager.register(DurationRecorder(), "jaxseed-durations")
 
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

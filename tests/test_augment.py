@@ -40,7 +40,7 @@ def test_half_pixel_shift_interpolates():
 
 
 def test_parameters_within_bounds_and_keyed_per_example():
-    keys = streams.per_example_keys(jax.random.key(3), 0, jnp.arange(1000))
+    keys = streams.example_keys(jax.random.key(3), 0, jnp.arange(1000))
     drawn = augment.sample_affine(keys, 2.0, 10.0)
     assert float(jnp.abs(drawn.shift_y).max()) <= 2.0 and float(jnp.abs(drawn.shift_x).max()) <= 2.0
     assert float(jnp.abs(drawn.angle).max()) <= np.deg2rad(10.0) + 1e-7
@@ -81,7 +81,7 @@ def test_crop_flip_matches_pad_crop_and_mirror_by_hand():
     read from the wrong axis, gives other pixels; for every example the drawn corner and flip."""
     padding, batch = 2, 16
     images = np.arange(batch * 5 * 7 * 2, dtype=np.float32).reshape(batch, 5, 7, 2)
-    keys = streams.per_example_keys(jax.random.key(11), 3, jnp.arange(batch))
+    keys = streams.example_keys(jax.random.key(11), 3, jnp.arange(batch))
     drawn = augment.sample_crop_flip(keys, padding)
     top, left, flip = (np.asarray(part) for part in drawn)
     # The draws exercise what the oracle checks: corners off the diagonal, both flips.

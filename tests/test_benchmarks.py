@@ -4,7 +4,11 @@ import importlib.util
 import subprocess
 import sys
 
+import pytest
+
 from conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # the benchmarks' tiny modes
 
 
 def test_throughput_benchmark_runs():

@@ -115,3 +115,16 @@ def test_num_kept_is_the_nearest_integer_halves_up(subsample, num_train, kept):
 
 def test_no_subsample_keeps_none():
     assert Config().num_kept(60_000) is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"learning_rate": 0.0}, "learning_rate must be > 0.0"),
+    ({"dropout_rate": 1.0}, "dropout_rate must be < 1.0"),
+    ({"dropout_rate": -0.1}, "dropout_rate must be >= 0.0"),
+    ({"max_rotation": 181.0}, "max_rotation must be <= 180.0"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+    ({"batch_size": 64.0}, "batch_size must be an integer"),
+])
+def test_config_bounds(change, message):
+    with pytest.raises(UserError, match=message):
+        Config(**change)

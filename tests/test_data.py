@@ -43,6 +43,7 @@ def test_dataset_fields_are_the_four_arrays():
     assert data.Dataset._fields == ("train_images", "train_labels", "test_images", "test_labels")
 
 
+@pytest.mark.slow
 def test_cnn_learns_real_digits(tmp_path):
     """One short epoch on the slice must beat chance (10%) by far: catches a wrong reader, labels or model."""
     config = Config(data_dir=MNIST_SLICE_DIR, epochs=1, batch_size=64, augment="none", warmup_epochs=0.1)

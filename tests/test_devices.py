@@ -11,6 +11,8 @@ from conftest import PROJECT_ROOT
 from jaxseed import mesh, streams
 from jaxseed.errors import UserError
 
+pytestmark = pytest.mark.slow  # 8 CPU devices, in subprocesses
+
 # Final metrics of one run on 1, 2, 4 and 8 devices agree within this (relative): splitting a
 # batch over devices sums gradients in another order. Measured here: at most 1.1e-7 (this tiny run).
 DEVICE_TOLERANCE = 1e-5

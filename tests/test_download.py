@@ -271,6 +271,7 @@ def test_cache_location(monkeypatch, tmp_path):
     assert download.cache_root() == str(tmp_path / "mine")
 
 
+@pytest.mark.slow
 def test_cli_wrong_checksum_is_one_line_and_caches_nothing(mirror, tmp_path):
     """The slice is not full MNIST: through the CLI its checksum fails as one line, exit code 2."""
     env = {**os.environ, "JAXSEED_MNIST_MIRROR": mirror.url, "JAXSEED_DATA_DIR": str(tmp_path / "cache")}
@@ -360,6 +361,7 @@ def test_cifar10_source_is_the_binary_version_tensorflow_datasets_registers():
     assert download.CIFAR10_FILE.checked == "download" and source.mirror_variable == "JAXSEED_CIFAR10_MIRROR"
 
 
+@pytest.mark.slow
 def test_cli_cifar10_wrong_checksum_is_one_line_and_caches_nothing(cifar10_mirror, tmp_path):
     mirror, _ = cifar10_mirror
     env = {**os.environ, "JAXSEED_CIFAR10_MIRROR": mirror.url, "JAXSEED_DATA_DIR": str(tmp_path / "cache")}

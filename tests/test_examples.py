@@ -5,14 +5,18 @@ files in CIFAR-10's binary format written here (no package ships CIFAR-10).
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 
+import jax
 import pytest
 
 from conftest import PROJECT_ROOT
 from jaxseed import ablate, diff, train, verify
 from test_data import write_cifar10
+
+pytestmark = pytest.mark.slow  # the examples trained and ablated
 
 MLP = os.path.join(PROJECT_ROOT, "examples", "mlp_fashion_mnist.py") + ":OBJECTIVE"
 RESNET = os.path.join(PROJECT_ROOT, "examples", "resnet_cifar10.py") + ":OBJECTIVE"
@@ -119,3 +123,20 @@ def test_the_python_api_takes_the_objective_object(mlp_runs, tmp_path):
                      batch_size=100, trace=True, workdir=str(tmp_path / "api"), progress=False)
     assert info["param_hash"] == manifest(mlp_runs[1])["param_hash"]
     assert info["config"]["model"] == "notebook"
+
+
+def test_your_own_loop_varies_dropout_alone_and_resumes_without_rng_state():
+    """examples/own_loop.py: the same seeds give the same bits; another dropout seed leaves the initial
+    weights bit for bit and changes the trained ones; 1 epoch then a resume at epoch 1 is 2 epochs."""
+    spec = importlib.util.spec_from_file_location("own_loop", os.path.join(PROJECT_ROOT, "examples", "own_loop.py"))
+    own_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(own_loop)
+    data = os.path.join(PROJECT_ROOT, own_loop.DATA)
+
+    def same(a, b):
+        return all((x == y).all() for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    start, two = own_loop.train(0, 0, 0, data), own_loop.train(0, 0, 2, data)
+    assert same(two, own_loop.train(0, 0, 2, data))
+    assert same(start, own_loop.train(0, 7, 0, data)) and not same(two, own_loop.train(0, 7, 2, data))
+    assert same(two, own_loop.train(0, 0, 2, data, state=own_loop.train(0, 0, 1, data), first_epoch=1))

@@ -9,7 +9,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import MNIST_SLICE_DIR, PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # the experiments' tiny modes
 
 
 def load(name):

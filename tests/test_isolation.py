@@ -20,11 +20,11 @@ def draws(seeds: dict) -> dict:
     tx = step.make_optimizer(CONFIG, NUM_TRAIN)
     graphdef, state = step.init_state(cnn.OBJECTIVE, CONFIG, DataSpec((28, 28, 1), 10), keys, tx)
     model = nnx.merge(graphdef, state.params)
-    per_epoch = [streams.example_keys(keys, streams.PER_EXAMPLE, epoch, jnp.arange(NUM_TRAIN)) for epoch in (0, 1)]
+    per_epoch = [streams.batch_keys(keys, streams.PER_EXAMPLE, epoch, jnp.arange(NUM_TRAIN)) for epoch in (0, 1)]
     dropout_masks = [model.drop(jnp.ones((NUM_TRAIN, 256)), drawn.dropout) for drawn in per_epoch]
     return {
         "init": manifest.tree_hash(state.params),
-        "shuffle": manifest.arrays_hash(streams.epoch_permutation(keys.shuffle, e, NUM_TRAIN) for e in (0, 1)),
+        "shuffle": manifest.arrays_hash(streams.epoch_order(keys.shuffle, e, NUM_TRAIN) for e in (0, 1)),
         "augment": manifest.arrays_hash(np.stack(augment.sample_affine(drawn.augment, 2.0, 10.0))
                                         for drawn in per_epoch),
         "dropout": manifest.arrays_hash(dropout_masks),

@@ -13,6 +13,8 @@ from jaxseed import machine
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 
+pytestmark = pytest.mark.slow  # subprocesses on 1 and 2 cores
+
 TINY = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1", "--quiet"]
 
 

@@ -121,6 +121,7 @@ def test_overriding_a_stream_the_objective_does_not_declare_is_refused(tmp_path,
     assert "unknown stream 'depth'; this objective's streams: init, shuffle, sample, dropout, noise" in error
 
 
+@pytest.mark.slow
 def test_resuming_with_an_edited_objective_is_refused(tmp_path, capsys):
     """The manifest records the objective's source: other code under the same name does not resume the run."""
     path = tmp_path / "mlp.py"

@@ -15,6 +15,8 @@ from jaxseed import machine
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 
+pytestmark = pytest.mark.slow  # emulated CPUs
+
 TINY = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "1", "--quiet"]
 
 

@@ -13,6 +13,8 @@ import pytest
 from conftest import PROJECT_ROOT
 from test_devices import DEVICE_TOLERANCE
 
+pytestmark = pytest.mark.slow  # several processes
+
 FLAGS = ["--data", "synthetic", "--train-limit", "512", "--batch-size", "64", "--epochs", "2", "--steps-per-call", "1",
          "--seed", "1", "--quiet"]
 

@@ -1,4 +1,4 @@
-"""Checkpoints, resume bit for bit, signals, kills, verify, non-finite losses."""
+"""Checkpoints, resume bit for bit, signals, kills, non-finite losses."""
 
 import hashlib
 import json
@@ -11,9 +11,11 @@ import time
 import pytest
 
 from conftest import PROJECT_ROOT
-from jaxseed import loop, streams, train, verify
+from jaxseed import loop, streams, train
 from jaxseed.models import cnn
 from jaxseed.errors import UserError
+
+pytestmark = pytest.mark.slow  # runs stopped, killed and resumed
 
 SEEDS = {name: 8 for name in streams.STREAMS}
 
@@ -48,7 +50,7 @@ def stop_after(polls_before_stop):
 
 @pytest.mark.parametrize("calls", [1, 2, 3])  # mid-epoch 1, at the epoch boundary, mid-epoch 2
 def test_resume_equals_uninterrupted(config, tmp_path, uninterrupted, calls):
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(calls))
     info = loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, resume=True)
     assert info["param_hash"] == uninterrupted[0]["param_hash"]
@@ -58,7 +60,7 @@ def test_resume_equals_uninterrupted(config, tmp_path, uninterrupted, calls):
 
 
 def test_corrupt_latest_checkpoint_falls_back(config, tmp_path, uninterrupted, capfd):
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(3))
     checkpoints = tmp_path / "checkpoints"
     latest = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
@@ -126,7 +128,7 @@ def snapshot(folder):
 
 
 def test_resume_refuses_other_settings_and_touches_nothing(config, tmp_path, capsys):
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
     before = snapshot(tmp_path)
     capsys.readouterr()
@@ -143,65 +145,13 @@ def test_resume_needs_a_run(tmp_path, capsys):
     assert "holds no run to resume" in capsys.readouterr().err
 
 
-def test_verify_explains_a_mismatch():
-    recorded = {"backend": "gpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
-                "fingerprints": {"init": "a", "shuffle": "b"}}
-    rerun = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
-             "fingerprints": {"init": "a", "shuffle": "c"}}
-    lines = verify.compare(recorded, rerun, [{"epoch": 1, "test_loss": 1.0}, {"epoch": 2, "test_loss": 0.5}],
-                           [{"epoch": 1, "test_loss": 1.0}, {"epoch": 2, "test_loss": 0.6}])
-    assert lines == ["backend: recorded 'gpu', here 'cpu'", "streams that drew differently: shuffle",
-                     "first epoch whose metrics differ: 2 (test_loss)"]
-
-
-def test_verify_names_another_cpu_and_compares_within_tolerance():
-    base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "",
-            "fingerprints": {"init": "a", "shuffle": "b"}}
-    recorded = {**base, "cpu": {"model": "A", "vector_extensions": ["avx2", "avx512f"]}}
-    rerun = {**base, "cpu": {"model": "B", "vector_extensions": ["avx2"]}}
-    lines = verify.compare(recorded, rerun, [{"epoch": 1, "test_loss": 0.068340, "test_accuracy": 0.9773}],
-                           [{"epoch": 1, "test_loss": 0.068785, "test_accuracy": 0.9700}])
-    assert lines[0].startswith("cpu: recorded") and "every stream drew the same values" in lines
-    assert any(line.startswith("likely cause: another CPU (without --portable") for line in lines)
-    assert "test_loss: recorded 0.06834, here 0.068785 (within 2%)" in lines
-    assert "test_accuracy: recorded 0.9773, here 0.97 (within 2%)" in lines
-    far = verify.compare(recorded, rerun, [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.6}])
-    assert "test_loss: recorded 0.5, here 0.6 (OUTSIDE 2%)" in far
-    portable = {**recorded, "config": {"portable": True}}
-    lines = verify.compare(portable, {**rerun, "config": {"portable": True}}, [{"epoch": 1, "test_loss": 0.5}],
-                           [{"epoch": 1, "test_loss": 0.5}])
-    assert any(line.startswith("likely cause: another CPU, although the run was --portable") for line in lines)
-    assert verify.expectation(portable).startswith("--portable run: the same bits expected on any x86 CPU")
-    assert verify.expectation(recorded).startswith("not a --portable run")
-
-
-def test_verify_names_another_thread_pool_or_versions():
-    """Same draws, other bits: another XLA CPU thread pool (its kernels split sums by thread) is named
-    before the CPU; another number of cores alone is no cause; other versions are named last."""
-    base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "", "thread_pool": 8,
-            "fingerprints": {"init": "a"}, "config": {"portable": True}}
-    cpu = {"model": "A", "vector_extensions": ["avx2"], "cores": 2}
-    metrics = [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}]
-    lines = verify.compare({**base, "cpu": cpu}, {**base, "thread_pool": 16, "cpu": {**cpu, "cores": 16}}, *metrics)
-    assert "thread_pool: recorded 8, here 16" in lines
-    assert ("likely cause: another XLA CPU thread pool (8 threads recorded, 16 here; its kernels split their sums "
-            "by thread): a run of --cpu-threads N on as many CPU devices as the recorded one gets N threads on any "
-            "number of cores") in lines
-    cores = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "cores": 16}}, *metrics)
-    assert not any(line.startswith("likely cause") for line in cores)
-    other = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "model": "B", "cores": 16}}, *metrics)
-    assert any(line.startswith("likely cause: another CPU, although the run was --portable") for line in other)
-    versions = verify.compare({**base, "cpu": cpu}, {**base, "cpu": cpu, "versions": {"jax": "0.2"}}, *metrics)
-    assert any(line.startswith("likely cause: other package versions") for line in versions)
-
-
 def test_vae_resume_equals_uninterrupted(tmp_path):
     from jaxseed.config import Config
 
     config = Config(model="vae", data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2,
                     importance_samples=4)
     reference = loop.train_and_evaluate(config, SEEDS, str(tmp_path / "reference"), progress=False)
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False,
                                  should_stop=stop_after(2))
     resumed = loop.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False, resume=True)
@@ -218,7 +168,7 @@ def test_replicas_resume_bit_for_bit(config, tmp_path):
         return [str(tmp_path / name / str(r)) for r in range(len(REPLICA_SEEDS))]
 
     whole = loop.train(config, REPLICA_SEEDS, workdirs("whole"), progress=False)
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train(config, REPLICA_SEEDS, workdirs("resumed"), progress=False, should_stop=stop_after(2))
     resumed = loop.train(config, REPLICA_SEEDS, workdirs("resumed"), progress=False, resume=True)
     assert [r["param_hash"] for r in resumed] == [r["param_hash"] for r in whole]
@@ -256,7 +206,7 @@ def test_an_old_positional_checkpoint_is_refused_in_one_line(config, tmp_path):
     import jax
     import orbax.checkpoint as ocp
 
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
     folder = tmp_path / "checkpoints"
     step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
@@ -273,7 +223,7 @@ def test_an_old_positional_checkpoint_is_refused_in_one_line(config, tmp_path):
 
 
 def test_a_checkpoint_position_is_checked_against_the_run(config, tmp_path):
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path), progress=False, should_stop=stop_after(1))
     progress_files = [p for p in (tmp_path / "checkpoints").rglob("*") if p.parent.name == "progress"
                       and p.is_file() and p.read_text().startswith("{")]
@@ -291,7 +241,7 @@ def test_scan_loop_resumes_bit_for_bit_and_stops_on_a_non_finite_loss(config, tm
     checked against the unrolled loop in test_train.py."""
     scan = config.replace(loop="scan", model="vae")
     whole = loop.train_and_evaluate(scan, SEEDS, str(tmp_path / "whole"), progress=False)
-    with pytest.raises(loop.Interrupted):
+    with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(scan, SEEDS, str(tmp_path / "resumed"), progress=False, should_stop=stop_after(3))
     resumed = loop.train_and_evaluate(scan, SEEDS, str(tmp_path / "resumed"), progress=False, resume=True)
     assert resumed["param_hash"] == whole["param_hash"] and resumed["execution"]["loop"] == "scan"
@@ -299,14 +249,3 @@ def test_scan_loop_resumes_bit_for_bit_and_stops_on_a_non_finite_loss(config, tm
         loop.train_and_evaluate(scan.replace(learning_rate=1e20), SEEDS, str(tmp_path / "nan"), progress=False)
 
 
-def test_one_epoch_alone(config, tmp_path):
-    """The loop's parts can be driven by hand: set up, then one epoch from its first step."""
-    from jaxseed import rundir
-
-    with rundir.RunFolder.claim(str(tmp_path)) as folder:
-        run, state, _ = loop.setup(cnn.OBJECTIVE, config, [SEEDS], [folder], None, None, progress=False)
-        state, rows, examples = loop.train_epoch(run, state, loop.Position(0, 0, {}), lambda: False)
-        run.checkpointer.close()
-    assert int(state.step[0]) == run.num_steps == 4 and rows[0]["epoch"] == 1 and rows[0]["step"] == 4
-    assert examples["probabilities"].shape == (1, 512, 10) and examples["losses"].shape == (1, 512)
-    assert set(rows[0]) >= {"train_loss", "test_loss", "test_accuracy"}

@@ -67,6 +67,7 @@ def test_a_second_claim_is_refused_naming_the_holder(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_killed_holder_leaves_no_claim(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from jaxseed import rundir; "
                                f"rundir.RunFolder.claim({str(tmp_path / 'w')!r}); print('held', flush=True); "
@@ -79,6 +80,7 @@ def test_a_killed_holder_leaves_no_claim(tmp_path):
     rundir.RunFolder.claim(str(tmp_path / "w")).release()  # the OS released the lock with the process
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_folder(tmp_path):
     """The issue's reproduction: a second run started on a folder in use is refused in one line,
     and the first finishes intact, its own seed in every file."""
@@ -181,6 +183,7 @@ def fail_writes_of(monkeypatch, name, after=0):
     monkeypatch.setattr(rundir.RunFolder, "_replace", replace)
 
 
+@pytest.mark.slow
 def test_a_failed_write_is_one_line_and_resume_completes_bit_for_bit(finished, tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "w"
     fail_writes_of(monkeypatch, "metrics.jsonl", after=2)  # the first epoch's line is written, the second's not
@@ -200,6 +203,7 @@ def mount_tmpfs(path, size):
     return result.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_resume_completes_bit_for_bit(finished, tmp_path):
     """A real full disk (a small tmpfs; needs root): the CNN's checkpoints (~10 MB each) fill it."""
     disk = tmp_path / "disk"
@@ -255,6 +259,7 @@ Other()  # any other unraisable error is still reported
 """
 
 
+@pytest.mark.slow
 def test_a_write_that_ends_after_a_failed_save_prints_nothing_and_other_reports_still_do(tmp_path):
     """The full disk's one line in CI once came with 25 tracebacks of writes that ended after the failed save."""
     result = subprocess.run([sys.executable, "-c", ORPHANED_WRITE, str(tmp_path / "checkpoints")], cwd=PROJECT_ROOT,

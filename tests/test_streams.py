@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxseed
 from jaxseed import streams
 from jaxseed.errors import UserError
 
@@ -42,7 +43,7 @@ def test_derived_keys_distinct_across_streams_and_positions():
     roots = streams.root_keys({name: 0 for name in streams.STREAMS})
     seen = set()
     for epoch in range(4):
-        for keys in streams.example_keys(roots, streams.PER_EXAMPLE, epoch, jnp.arange(16)).values():
+        for keys in streams.batch_keys(roots, streams.PER_EXAMPLE, epoch, jnp.arange(16)).values():
             seen.update(tuple(row) for row in np.asarray(jax.random.key_data(keys)).tolist())
     seen.update(key_words(k) for k in (streams.evaluation_key(), streams.synthetic_data_key(), *roots.values()))
     assert len(seen) == 3 * 4 * 16 + 2 + len(streams.STREAMS)  # no collisions at all
@@ -60,9 +61,9 @@ def test_reserved_keys_are_no_stream_root_at_any_seed():
 def test_example_keys_are_each_streams_per_example_keys():
     roots = streams.root_keys({name: 4 for name in streams.STREAMS})
     index = jnp.array([3, 0, 9])
-    keys = streams.example_keys(roots, streams.PER_EXAMPLE, 2, index)
+    keys = streams.batch_keys(roots, streams.PER_EXAMPLE, 2, index)
     for name in streams.PER_EXAMPLE:
-        expected = streams.per_example_keys(getattr(roots, name), 2, index)
+        expected = streams.example_keys(getattr(roots, name), 2, index)
         assert [key_words(k) for k in getattr(keys, name)] == [key_words(k) for k in expected]
 
 
@@ -76,14 +77,14 @@ def test_generator_is_pinned_whatever_the_default():
 
 def test_per_example_key_ignores_batch_layout():
     root = streams.root_keys({name: 5 for name in streams.STREAMS}).augment
-    whole = np.asarray(jax.random.key_data(streams.per_example_keys(root, 3, jnp.arange(10))))
-    part = np.asarray(jax.random.key_data(streams.per_example_keys(root, 3, jnp.array([7, 2]))))
+    whole = np.asarray(jax.random.key_data(streams.example_keys(root, 3, jnp.arange(10))))
+    part = np.asarray(jax.random.key_data(streams.example_keys(root, 3, jnp.array([7, 2]))))
     np.testing.assert_array_equal(part, whole[[7, 2]])
 
 
 def test_permutation_is_a_permutation_and_changes_by_epoch():
     root = streams.root_keys({name: 0 for name in streams.STREAMS}).shuffle
-    p0, p1 = (np.asarray(streams.epoch_permutation(root, e, 100)) for e in (0, 1))
+    p0, p1 = (np.asarray(streams.epoch_order(root, e, 100)) for e in (0, 1))
     assert sorted(p0.tolist()) == list(range(100))
     assert not np.array_equal(p0, p1)
 
@@ -164,16 +165,43 @@ def test_every_draw_is_derived_as_the_module_documents():
     for stream_id, name in enumerate(("init", "shuffle", "dropout", "augment", "latent", "sample")):
         assert key_words(roots[name]) == key_words(jax.random.fold_in(threefry(seeds[name]), stream_id)), name
     epoch, index = 3, jnp.array([0, 7, 2])
-    keys = streams.example_keys(roots, streams.PER_EXAMPLE, epoch, index)
+    keys = streams.batch_keys(roots, streams.PER_EXAMPLE, epoch, index)
     for name in streams.PER_EXAMPLE:  # the epoch folded in first, then the example's index
         expected = [jax.random.fold_in(jax.random.fold_in(roots[name], epoch), int(i)) for i in index]
         assert [key_words(k) for k in keys[name]] == [key_words(k) for k in expected], name
     order = jax.random.permutation(jax.random.fold_in(roots.shuffle, epoch), 50)
-    np.testing.assert_array_equal(streams.epoch_permutation(roots.shuffle, epoch, 50), order)
+    np.testing.assert_array_equal(streams.epoch_order(roots.shuffle, epoch, 50), order)
     kept = np.sort(np.asarray(jax.random.permutation(roots.sample, 50))[:20])
     np.testing.assert_array_equal(streams.training_subset(roots.sample, 50, 20), kept)
     subset_order = jax.random.permutation(jax.random.fold_in(roots.shuffle, epoch), 20)
-    np.testing.assert_array_equal(streams.epoch_order(roots, epoch, 50, 20), kept[np.asarray(subset_order)])
-    np.testing.assert_array_equal(streams.epoch_order(roots, epoch, 50, None), order)
+    np.testing.assert_array_equal(streams.training_order(roots, epoch, 50, 20), kept[np.asarray(subset_order)])
+    np.testing.assert_array_equal(streams.training_order(roots, epoch, 50, None), order)
     assert key_words(streams.evaluation_key()) == key_words(jax.random.fold_in(threefry(0), 2**31))
     assert key_words(streams.synthetic_data_key()) == key_words(jax.random.fold_in(threefry(0), 2**31 + 1))
+
+
+def test_the_public_functions_are_derived_as_documented():
+    """jaxseed.Seeds, step_key and named_key by jax.random alone; epoch_order and example_keys are the
+    functions checked above."""
+    seeds = jaxseed.Seeds(5, dropout=7, depth=9)
+    assert (seeds["init"], seeds["dropout"], seeds["depth"], seeds["noise"]) == (5, 7, 9, 5)
+    assert seeds.as_dict() == {**{name: 5 for name in streams.STREAMS}, "dropout": 7, "depth": 9}
+    assert key_words(seeds.key("dropout")) == key_words(jax.random.fold_in(threefry(7), 2))
+    assert key_words(seeds.key("depth")) == key_words(jax.random.fold_in(threefry(9), streams.stream_id("depth")))
+    root = seeds.key("init")
+    assert key_words(jaxseed.step_key(root, 11)) == key_words(jax.random.fold_in(root, 11))
+    digest = hashlib.sha256(b"jaxseed name encoder/conv1").digest()
+    assert key_words(jaxseed.named_key(root, "encoder/conv1")) == key_words(
+        jax.random.fold_in(root, int.from_bytes(digest[:4], "big")))
+    assert key_words(jaxseed.named_key(root, "encoder/conv2")) != key_words(jaxseed.named_key(root, "encoder/conv1"))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: jaxseed.Seeds(-1), "seed must be an integer in"),
+    (lambda: jaxseed.Seeds(1, dropout=2**32), "seed of stream 'dropout' must be an integer in"),
+    (lambda: jaxseed.Seeds(1, evaluation=3), "the stream name 'evaluation' is taken by jaxseed"),
+    (lambda: jaxseed.Seeds(1)["Bad name"], "a stream name is 1-32 lower-case letters"),
+])
+def test_seeds_refuse_what_a_run_refuses(make, message):
+    with pytest.raises(UserError, match=message):
+        make()

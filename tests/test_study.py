@@ -11,6 +11,8 @@ import pytest
 from conftest import PROJECT_ROOT, TINY_CONFIG
 from jaxseed import ablate, loop, machine, objective, streams
 
+pytestmark = pytest.mark.slow  # studies trained
+
 SEEDS = {name: 4 for name in streams.STREAMS}
 
 
@@ -23,9 +25,9 @@ def test_subsample_keeps_examples_by_their_original_index():
     roots = streams.root_keys(SEEDS)
     kept = np.asarray(streams.training_subset(roots.sample, 256, 128))
     assert len(set(kept.tolist())) == 128 and (np.diff(kept) > 0).all() and kept.max() < 256
-    order = np.asarray(streams.epoch_order(roots, 3, 256, 128))
+    order = np.asarray(streams.training_order(roots, 3, 256, 128))
     assert sorted(order.tolist()) == kept.tolist()  # the same examples every epoch, in the epoch's order
-    np.testing.assert_array_equal(streams.epoch_order(roots, 3, 256, 256), streams.epoch_order(roots, 3, 256, None))
+    np.testing.assert_array_equal(streams.training_order(roots, 3, 256, 256), streams.training_order(roots, 3, 256, None))
     other = streams.root_keys({**SEEDS, "sample": 5})
     assert set(np.asarray(streams.training_subset(other.sample, 256, 128)).tolist()) != set(kept.tolist())
 

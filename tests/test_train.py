@@ -9,6 +9,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import matplotlib.image
 import numpy as np
 import optax
 import pytest
@@ -19,6 +20,8 @@ from jaxseed import data, loop, objective, step, streams, train
 from jaxseed.config import Config
 from jaxseed.models import cnn
 from jaxseed.objective import Batch, DataSpec
+
+pytestmark = pytest.mark.slow  # runs trained end to end
 
 SEEDS = {name: 42 for name in streams.STREAMS}
 SPEC = DataSpec((28, 28, 1), 10)  # the synthetic set's
@@ -72,7 +75,7 @@ def test_loop_strategies_agree(tiny_config):
         tx = step.make_optimizer(config, 256)
         graphdef, state = step.init_state(vae, config, SPEC, keys, tx)
         state, replica_keys = one_replica(state), one_replica(keys)
-        perm = streams.epoch_permutation(keys.shuffle, 0, 256)[None]
+        perm = streams.epoch_order(keys.shuffle, 0, 256)[None]
         first = 0
         while first < 4:
             n = min(per_call, 4 - first)
@@ -94,7 +97,7 @@ def test_train_step_compiles_once(tiny_config):
     dataset = data.load("synthetic", train_limit=256)
     runner = step.make_run_steps(cnn.OBJECTIVE, tiny_config, graphdef, tx, 1, 1, "unroll")
     for epoch in range(2):
-        perm = streams.epoch_permutation(keys.shuffle, epoch, 256)[None]
+        perm = streams.epoch_order(keys.shuffle, epoch, 256)[None]
         for first in range(4):
             state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, replica_keys, epoch, first)
     assert runner._cache_size() == 1
@@ -224,7 +227,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     for field in ("versions", "backend", "device_count", "xla_flags", "init_param_hash", "param_hash"):
         assert field in info
     assert set(info["fingerprints"]) >= {"shuffle", "augment"}
-    assert (workdir / "curves.png").stat().st_size > 1000
+    assert matplotlib.image.imread(workdir / "curves.png").shape[:2] == (350, 1000)  # loss and accuracy panels
     code, _, err = cli(capsys, "--data", "synthetic", "--workdir", str(workdir))
     assert code == 2 and "already holds a run" in err
 
@@ -301,37 +304,3 @@ def test_a_second_run_takes_its_programs_from_the_compilation_cache(tmp_path):
     assert hashes[0] == hashes[1]
 
 
-def test_evaluation_when_the_eval_batch_does_not_divide_the_test_set(tiny_config):
-    """512 test examples in chunks of 300 (the last padded) score what one chunk of 512 scores."""
-    from jaxseed import mesh
-
-    dataset = data.load("synthetic", train_limit=256)
-    keys = streams.root_keys(SEEDS)
-    tx = step.make_optimizer(tiny_config, 256)
-    graphdef, state = step.init_state(cnn.OBJECTIVE, tiny_config, SPEC, keys, tx)
-    layout = mesh.plan(1, tiny_config.batch_size)
-    params = one_replica(state.params)
-    whole = loop.make_evaluate(cnn.OBJECTIVE, tiny_config.replace(eval_batch_size=512), graphdef, dataset, 1,
-                               layout)(params)
-    chunked = loop.make_evaluate(cnn.OBJECTIVE, tiny_config.replace(eval_batch_size=300), graphdef, dataset, 1,
-                                 layout)(params)
-    for name, value in whole[0].items():
-        np.testing.assert_allclose(chunked[0][name], value, rtol=1e-6)
-    assert chunked[1]["probabilities"].shape == whole[1]["probabilities"].shape == (1, 512, 10)
-    np.testing.assert_allclose(chunked[1]["losses"], whole[1]["losses"], rtol=1e-6)
-    np.testing.assert_allclose(whole[1]["losses"].mean(), whole[0]["test_loss"], rtol=1e-5)
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"learning_rate": 0.0}, "learning_rate must be > 0.0"),
-    ({"dropout_rate": 1.0}, "dropout_rate must be < 1.0"),
-    ({"dropout_rate": -0.1}, "dropout_rate must be >= 0.0"),
-    ({"max_rotation": 181.0}, "max_rotation must be <= 180.0"),
-    ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
-    ({"batch_size": 64.0}, "batch_size must be an integer"),
-])
-def test_config_bounds(change, message):
-    from jaxseed.errors import UserError
-
-    with pytest.raises(UserError, match=message):
-        Config(**change)

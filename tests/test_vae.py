@@ -15,6 +15,8 @@ from jaxseed.models import vae
 from jaxseed.models.vae import VAE
 from jaxseed.objective import Batch
 
+pytestmark = pytest.mark.slow  # VAE runs trained
+
 SEEDS = {name: 5 for name in streams.STREAMS}
 
 
@@ -42,6 +44,27 @@ def test_same_seed_same_params_and_pictures(vae_config, tmp_path, base):
     assert first["param_hash"] == second["param_hash"]
     for picture in ("samples.png", "reconstructions.png", "curves.png"):
         assert (folder / picture).read_bytes() == (tmp_path / "b" / picture).read_bytes()
+
+
+def test_reconstructions_show_the_binarised_test_images_above_their_reconstructions(vae_config, base):
+    """reconstructions.png: rows 1, 3, 5, 7 are test images 0-31 as the evaluation binarised them (black
+    and white), each row below them their reconstructions (grey levels)."""
+    import matplotlib.image
+    from jaxseed import data
+    from jaxseed.objective import EVAL_BINARIZE, eval_keys
+
+    picture = matplotlib.image.imread(base[1] / "reconstructions.png")[..., 0]
+    images = data.load("synthetic", train_limit=256).test_images[:32]
+    originals = np.asarray(vae.binarize(images, eval_keys(EVAL_BINARIZE, jnp.arange(32)), vae_config))
+
+    def tile(row, column):
+        return picture[2 + row * 30:2 + row * 30 + 28, 2 + column * 30:2 + column * 30 + 28]
+
+    for i in range(32):
+        row, column = divmod(i, 8)
+        np.testing.assert_array_equal(tile(2 * row, column), originals[i, ..., 0])
+        reconstruction = tile(2 * row + 1, column)
+        assert ((reconstruction > 0.01) & (reconstruction < 0.99)).mean() > 0.5
 
 
 @pytest.mark.parametrize("varied", ["init", "shuffle", "augment", "latent"])  # sample draws only with --subsample

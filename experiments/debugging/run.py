@@ -70,7 +70,7 @@ def predicted_step(config: Config, run_seeds: dict, num_train: int, index: int) 
     (None: the dropped last partial batch holds it in every epoch)."""
     shuffle, num_steps = streams.root_keys(run_seeds).shuffle, steps_per_epoch(config, num_train)
     for epoch in range(config.epochs):
-        order = np.asarray(streams.epoch_permutation(shuffle, epoch, num_train))
+        order = np.asarray(streams.epoch_order(shuffle, epoch, num_train))
         position = int(np.flatnonzero(order == index)[0])
         if position < num_steps * config.batch_size:
             return epoch * num_steps + position // config.batch_size
