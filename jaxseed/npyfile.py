@@ -22,7 +22,7 @@ def header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(f)
         if version in _READERS:
-            shape, fortran, dtype = _READERS[version](f, max_header_size=10_000)
+            shape, fortran, dtype = _READERS[version](f)  # numpy caps a header at 10,000 bytes
     except ValueError as error:  # numpy's words for a damaged header
         raise ValueError(f"is not a .npy array ({error})") from None
     if version not in _READERS:

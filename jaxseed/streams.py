@@ -305,3 +305,18 @@ def named_key(root: jax.Array, name: str) -> jax.Array:
     """
     digest = hashlib.sha256(f"jaxseed name {name}".encode()).digest()
     return jax.random.fold_in(root, int.from_bytes(digest[:4], "big"))
+
+
+def layer_rngs(root: jax.Array, name: str):
+    """An ``nnx.Rngs`` of its own for the layer ``name``, from ``named_key(root, name)``:
+
+        self.conv1 = nnx.Conv(1, 32, (3, 3), rngs=jaxseed.layer_rngs(key, "conv1"))
+
+    One ``nnx.Rngs`` shared by every layer counts its draws, so an inserted layer moves the
+    initial weights of every layer built after it; Linen folds each module's path into its
+    keys, which is stable under explicit names but not under automatic ones (``Dense_0``,
+    ``Dense_1``, ... renumber after an inserted layer).
+    """
+    from flax import nnx  # only where a model is built: the streams themselves need JAX alone
+
+    return nnx.Rngs(params=named_key(root, name))

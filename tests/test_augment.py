@@ -102,3 +102,12 @@ def test_crop_flip_known_corner_and_flip():
     for flip, expected in ((0, [[0, 0, 0], [2, 3, 0]]), (1, [[0, 0, 0], [0, 3, 2]])):
         drawn = augment.CropFlipParams(jnp.array([0]), jnp.array([2]), jnp.array([flip]))
         np.testing.assert_array_equal(augment.apply_crop_flip(image, drawn, 1)[0, ..., 0], expected)
+
+
+def test_crop_flip_corners_cover_every_offset_and_flip_half():
+    """Corner ~ U{0, ..., 2 * padding} on each axis, flip ~ Bernoulli(1/2): 4,000 examples' draws reach
+    every offset, and no other."""
+    params = augment.sample_crop_flip(streams.example_keys(jax.random.key(5), 0, jnp.arange(4000)), 3)
+    for offsets in (params.top, params.left):
+        assert sorted(set(np.asarray(offsets).tolist())) == list(range(7))
+    assert sorted(set(np.asarray(params.flip).tolist())) == [0, 1] and abs(float(params.flip.mean()) - 0.5) < 0.05

@@ -1,7 +1,8 @@
 """The examples, run as a user runs them: train, vary their own stream, verify, diff, ablate.
 
 examples/mlp_fashion_mnist.py on the Fashion-MNIST .npz the tests carry; examples/resnet_cifar10.py on
-files in CIFAR-10's binary format written here (no package ships CIFAR-10).
+files in CIFAR-10's binary format written here (no package ships CIFAR-10); your own loops on jaxseed's
+streams (plain JAX, Equinox, Linen) and a Grain pipeline.
 """
 
 import dataclasses
@@ -9,9 +10,13 @@ import importlib.util
 import json
 import os
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import jaxseed
 from conftest import PROJECT_ROOT
 from jaxseed import ablate, diff, train, verify
 from test_data import write_cifar10
@@ -125,18 +130,57 @@ def test_the_python_api_takes_the_objective_object(mlp_runs, tmp_path):
     assert info["config"]["model"] == "notebook"
 
 
-def test_your_own_loop_varies_dropout_alone_and_resumes_without_rng_state():
-    """examples/own_loop.py: the same seeds give the same bits; another dropout seed leaves the initial
-    weights bit for bit and changes the trained ones; 1 epoch then a resume at epoch 1 is 2 epochs."""
-    spec = importlib.util.spec_from_file_location("own_loop", os.path.join(PROJECT_ROOT, "examples", "own_loop.py"))
-    own_loop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(own_loop)
-    data = os.path.join(PROJECT_ROOT, own_loop.DATA)
+def example(name: str):
+    """The module examples/<name>.py, imported as a user's script."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(PROJECT_ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def same(a, b):
-        return all((x == y).all() for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
-    start, two = own_loop.train(0, 0, 0, data), own_loop.train(0, 0, 2, data)
-    assert same(two, own_loop.train(0, 0, 2, data))
-    assert same(start, own_loop.train(0, 7, 0, data)) and not same(two, own_loop.train(0, 7, 2, data))
-    assert same(two, own_loop.train(0, 0, 2, data, state=own_loop.train(0, 0, 1, data), first_epoch=1))
+def same(a, b) -> bool:
+    leaves = jax.tree.leaves(eqx.filter((a, b), eqx.is_array))
+    half = len(leaves) // 2
+    return all((x == y).all() for x, y in zip(leaves[:half], leaves[half:]))
+
+
+@pytest.mark.parametrize("name", ["own_loop", "equinox_loop", "linen_loop"])
+def test_your_own_loop_varies_dropout_alone(name):
+    """Plain JAX, Equinox and Linen loops on jaxseed's streams: the same seeds give the same bits;
+    another dropout seed leaves the initial weights bit for bit and changes the trained ones."""
+    loop = example(name)
+    data = os.path.join(PROJECT_ROOT, loop.DATA)
+    start, trained = loop.train(0, 0, 0, data), loop.train(0, 0, 2, data)
+    assert same(trained, loop.train(0, 0, 2, data))
+    assert same(start, loop.train(0, 7, 0, data)) and not same(trained, loop.train(0, 7, 2, data))
+
+
+def test_your_own_loop_resumes_without_rng_state():
+    """examples/own_loop.py: one epoch, then a resume at epoch 1 from its parameters and optimiser state,
+    is the two-epoch run bit for bit."""
+    loop = example("own_loop")
+    data = os.path.join(PROJECT_ROOT, loop.DATA)
+    assert same(loop.train(0, 0, 2, data), loop.train(0, 0, 2, data, state=loop.train(0, 0, 1, data), first_epoch=1))
+
+
+def test_grain_pipeline_draws_what_jaxseeds_step_draws():
+    """examples/grain_pipeline.py: batches in the shuffle stream's order whose images are, bit for bit,
+    the augmented images jaxseed's training step makes of the same examples, at any batch size."""
+    from jaxseed import augment, streams
+    from jaxseed.objective import to_unit
+
+    pipeline = example("grain_pipeline")
+    with np.load(os.path.join(PROJECT_ROOT, pipeline.DATA)) as arrays:
+        images, labels = arrays["x_train"][..., None], arrays["y_train"]
+    seeds = jaxseed.Seeds(3)
+    epoch = 2
+    order = np.asarray(streams.training_order(streams.root_keys(seeds.as_dict()), epoch, len(images), None))
+    batch = pipeline.epoch_batches(images, labels, seeds, epoch, 8)[1]
+    index = order[8:16]
+    assert batch["index"].tolist() == index.tolist() and batch["label"].tolist() == labels[index].tolist()
+    keys = streams.batch_keys(streams.root_keys(seeds.as_dict()), ("augment",), epoch, jnp.asarray(index))
+    on_device = augment.apply(pipeline.AUGMENT, to_unit(jnp.asarray(images[index])), keys.augment)
+    np.testing.assert_array_equal(batch["image"], np.asarray(on_device))
+    assert not (batch["image"] == np.asarray(to_unit(images[index]))).all()  # augmented
+    np.testing.assert_array_equal(pipeline.epoch_batches(images, labels, seeds, epoch, 16)[0]["image"][8:],
+                                  batch["image"])

@@ -445,3 +445,33 @@ def test_a_read_follows_no_planted_link(tmp_path, name, read):
     assert len(read(str(real))) > 0  # accepted where it is a file
     with pytest.raises(UserError, match=re.escape(f"cannot read {linked / name}: ")):
         read(str(linked))
+
+
+def test_run_files_read_back_as_written(tmp_path):
+    """create_json writes once (a second call, by any process, leaves the first's); save_arrays and
+    save_array read back whole; load_array refuses another dtype, Fortran order or a body of another size."""
+    with rundir.RunFolder.claim(str(tmp_path / "w")) as folder:
+        assert folder.create_json("sweep.json", {"first": 1}) is True
+        assert folder.create_json("sweep.json", {"second": 2}) is False
+        folder.save_arrays("records.npz", {"a": np.arange(3), "b": np.ones((2, 2), np.float16)})
+        folder.save_array("test_losses.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    path = str(tmp_path / "w")
+    assert rundir.read_json(path, "sweep.json") == {"first": 1}
+    with np.load(tmp_path / "w" / "records.npz") as records:
+        assert sorted(records) == ["a", "b"] and records["a"].tolist() == [0, 1, 2] and records["b"].dtype == np.float16
+    loaded = rundir.load_array(path, "test_losses.npy", np.float32, (2, 3))
+    assert loaded.shape == (2, 3) and loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
+    np.save(tmp_path / "w" / "f64.npy", np.zeros((2, 3), np.float64))
+    np.save(tmp_path / "w" / "fortran.npy", np.asfortranarray(np.zeros((2, 3), np.float32)))
+    for name in ("f64.npy", "fortran.npy"):
+        with pytest.raises(UserError, match=f"cannot read {re.escape(path)}/{name}: holds"):
+            rundir.load_array(path, name, np.float32, (2, 3))
+    with open(tmp_path / "w" / "short.npy", "wb") as f:  # the header of 6 floats over the body of 5
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2, 3)})
+        f.write(np.zeros(5, np.float32).tobytes())
+    with open(tmp_path / "w" / "long.npy", "wb") as f:  # ... over the body of 6 and one byte more
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2, 3)})
+        f.write(np.zeros(6, np.float32).tobytes() + b"\0")
+    for name in ("short.npy", "long.npy"):
+        with pytest.raises(UserError, match=f"{name}: its size does not match its header$"):
+            rundir.load_array(path, name, np.float32, (2, 3))

@@ -199,9 +199,50 @@ def test_the_public_functions_are_derived_as_documented():
 @pytest.mark.parametrize("make, message", [
     (lambda: jaxseed.Seeds(-1), "seed must be an integer in"),
     (lambda: jaxseed.Seeds(1, dropout=2**32), "seed of stream 'dropout' must be an integer in"),
-    (lambda: jaxseed.Seeds(1, evaluation=3), "the stream name 'evaluation' is taken by jaxseed"),
+    (lambda: jaxseed.Seeds(1, evaluation=3), "the stream name 'evaluation' is taken by jaxseed; reserved: augment, "
+     "default, dropout, evaluation, init, latent, params, sample, shuffle, synthetic_data$"),
     (lambda: jaxseed.Seeds(1)["Bad name"], "a stream name is 1-32 lower-case letters"),
 ])
 def test_seeds_refuse_what_a_run_refuses(make, message):
     with pytest.raises(UserError, match=message):
         make()
+
+
+def test_layers_keyed_by_name_start_alike_in_two_architectures():
+    """Model B is model A with one layer inserted. With one nnx.Rngs shared by every layer (or Linen's
+    automatic names) the layers after it start from other weights; keyed by name (jaxseed.layer_rngs, or
+    Linen's explicit names) the layers both models have start bit for bit alike."""
+    import flax.linen as linen
+    from flax import nnx
+
+    root = jaxseed.Seeds(0).key("init")
+
+    class Nnx(nnx.Module):
+        def __init__(self, extra: bool, by_name: bool):
+            shared = nnx.Rngs(params=root)
+            rngs = (lambda name: jaxseed.layer_rngs(root, name)) if by_name else (lambda name: shared)
+            self.extra = nnx.Linear(8, 8, rngs=rngs("extra")) if extra else None
+            self.hidden = nnx.Linear(8, 8, rngs=rngs("hidden"))
+            self.out = nnx.Linear(8, 2, rngs=rngs("out"))
+
+    for by_name in (True, False):
+        a, b = Nnx(False, by_name), Nnx(True, by_name)
+        same = [(a.hidden.kernel[...] == b.hidden.kernel[...]).all(), (a.out.kernel[...] == b.out.kernel[...]).all()]
+        assert all(same) if by_name else not any(same)
+
+    class Linen(linen.Module):
+        extra: bool
+        named: bool
+
+        @linen.compact
+        def __call__(self, x):
+            name = (lambda n: n) if self.named else (lambda n: None)
+            if self.extra:
+                x = linen.Dense(8, name=name("extra"))(x)
+            return linen.Dense(2, name=name("out"))(linen.Dense(8, name=name("hidden"))(x))
+
+    x = jnp.ones((1, 8))
+    a, b = (Linen(extra, True).init(root, x)["params"] for extra in (False, True))
+    assert all((a[n]["kernel"] == b[n]["kernel"]).all() for n in ("hidden", "out"))
+    a, b = (Linen(extra, False).init(root, x)["params"] for extra in (False, True))
+    assert not (a["Dense_0"]["kernel"] == b["Dense_1"]["kernel"]).all()  # the same layer, renumbered: other weights
