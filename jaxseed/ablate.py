@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxseed import cli, data, entry, loop, machine, manifest, npyfile, objective, plots, rundir, stats, streams
+from jaxseed import cli, data, entry, loop, machine, manifest, npyfile, objective, plots, rundir, stats, streams, track
 from jaxseed.config import Config
 from jaxseed.errors import UserError, one_line
 
@@ -186,20 +186,21 @@ def load_result(path: str, seeds: dict, drawn: tuple[str, ...], num_test: int,
 
 
 def run_group(config: Config, found: objective.Objective, group_seeds: list[dict], paths: list[str], strategy: str,
-              checkpoint_dir: str | None, own_program: bool = False) -> None:
+              checkpoint_dir: str | None, own_program: bool = False, log: track.Log | None = None) -> None:
     """Train the runs at ``paths`` (each run's folder is claimed by its run): under vmap as the
     replicas of one program (checkpointed in ``checkpoint_dir``), else one run after another.
-    With ``own_program``, nothing compiled before is reused (each ``none`` run)."""
+    With ``own_program``, nothing compiled before is reused (each ``none`` run). ``log``: trackers
+    to log each run to as well, tagged with its ``tags``."""
     if own_program:
         loop.forget_compiled()
     if strategy == "vmap":
         loop.train(config, group_seeds, paths, checkpoint_dir=checkpoint_dir, progress=False, resume=True,
-                   objective=found)
+                   objective=found, log=log)
         shutil.rmtree(checkpoint_dir)  # the group's results are stored: its shared checkpoints are spent
     else:
-        for path, seeds in zip(paths, group_seeds):
+        for r, (path, seeds) in enumerate(zip(paths, group_seeds)):
             loop.train_and_evaluate(config, seeds, path, progress=False, resume=True,  # resume: after a kill
-                                    objective=found)
+                                    objective=found, log=log and log._replace(tags=log.tags[r:r + 1]))
 
 
 def plan_sweep(config: Config, found: objective.Objective, num_seeds: int, chosen: tuple[str, ...] | None = None,
@@ -341,11 +342,12 @@ def open_sweep(sweep: Sweep) -> rundir.RunFolder:
 
 def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[int, int] = (0, 1),
               report_only: bool = False, detect: float | None = None, correlation: float | None = None,
-              records: str | None = None) -> str | None:
+              records: str | None = None, log: track.Log | None = None) -> str | None:
     """Restore the runs ``records`` holds that the study lacks, train every missing run of ``shard``
     (none with ``report_only``), then write the records and the report of every run finished so far, by
     any shard; returns the report's markdown (None while no group has two runs). ``detect`` and
-    ``correlation`` size a comparison in the report (``write_report``)."""
+    ``correlation`` size a comparison in the report (``write_report``); ``log`` names trackers
+    that get each run too, tagged with its study and group."""
     config = sweep.config
     # The report compares the runs' outputs on each test example (a classifier's, with its labels and images).
     dataset = data.load(config.data, config.data_dir, config.train_limit)
@@ -396,9 +398,11 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
                     continue
                 checkpoints = (study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, together))}-checkpoints"))
                                if sweep.strategy == "vmap" else None)  # sequential runs keep their own
+                tags = tuple({"study": os.path.basename(os.path.abspath(sweep.workdir)), "group": name}
+                             for _ in together)
                 run_group(config, sweep.objective, [sweep.groups[name][k] for k in together],
                           [run_dir(sweep.workdir, name, k) for k in together], sweep.strategy, checkpoints,
-                          own_program=name == "none")
+                          own_program=name == "none", log=log and log._replace(tags=tags))
                 bar.update(len(together))
                 record_finished()  # as runs finish: a study stopped for good still leaves its records
     finished = record_finished()
@@ -848,6 +852,7 @@ def ablate_parser():
                              "study continues on another machine or in a later session; their per-example "
                              "outputs are float16")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_log_flags(parser)
     cli.add_config_flags(parser)
     return parser
 
@@ -879,7 +884,8 @@ def main(argv: list[str] | None = None) -> int:
         with open_sweep(sweep) as study:
             try:
                 markdown = run_sweep(sweep, study, args.quiet, args.shard, report_only=args.report,
-                                     detect=args.detect, correlation=args.correlation, records=args.records)
+                                     detect=args.detect, correlation=args.correlation, records=args.records,
+                                     log=cli.log_from_args(args))
             except KeyboardInterrupt:
                 again = "the same command" if args.workdir else f"it with --workdir {sweep.workdir}"
                 raise entry.Interrupted(f"interrupted; finished runs are kept: rerun {again} to complete the "

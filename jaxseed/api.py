@@ -13,7 +13,7 @@ write the same run and study folders as the command line.
 from __future__ import annotations
 
 from jaxseed import ablate as ablation
-from jaxseed import cli, entry, loop, objective
+from jaxseed import cli, entry, loop, objective, track
 from jaxseed.streams import resolve_seeds
 from jaxseed.config import Config
 from jaxseed.errors import UserError
@@ -24,14 +24,19 @@ def _objective(found: Objective | str) -> Objective:
     return objective.check(found, found.name) if isinstance(found, Objective) else objective.resolve(found)
 
 
+def _log(log: str) -> track.Log | None:
+    return track.Log(track.parse(log)) if log else None
+
+
 def train(model: Objective | str = "cnn", *, seed: int = 0, streams: dict[str, int] | None = None,
           workdir: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          **settings) -> dict:
+          log: str = "", **settings) -> dict:
     """Train one run of ``model``; returns its manifest (``final`` holds the last epoch's metrics).
 
     Args:
       seed: the seed of every stream; ``streams`` overrides some by name ({"dropout": 7}).
       workdir: the run folder (default: a new one under ./runs/); ``resume``, ``overwrite`` as on the CLI.
+      log: experiment trackers to log to as well, as ``--log`` ("tensorboard", "mlflow", or both, comma-separated).
       settings: ``Config`` fields, e.g. ``epochs=2, data="npz:my.npz", augment="crop_flip"``.
     """
     found = _objective(model)
@@ -39,18 +44,19 @@ def train(model: Objective | str = "cnn", *, seed: int = 0, streams: dict[str, i
     seeds = resolve_seeds(seed, streams, found.run_streams)
     entry.start_jax(config, compilation_cache=True)
     return loop.train_and_evaluate(config, seeds, workdir or cli.default_workdir(config, seed), progress=progress,
-                                   resume=resume, overwrite=overwrite, objective=found)
+                                   resume=resume, overwrite=overwrite, objective=found, log=_log(log))
 
 
 def ablate(model: Objective | str = "cnn", *, seeds: int = 5, vary: tuple[str, ...] | None = None, base_seed: int = 0,
-           strategy: str = "auto", workdir: str | None = None, quiet: bool = True, **settings) -> str:
+           strategy: str = "auto", workdir: str | None = None, quiet: bool = True, log: str = "", **settings) -> str:
     """Vary each stream of ``model`` alone (``vary``: which; default every stream it draws from),
     K = ``seeds`` runs per group, plus the ``all`` and ``none`` groups; returns the report
-    (markdown). The same ``workdir`` again completes an unfinished study."""
+    (markdown). The same ``workdir`` again completes an unfinished study. ``log`` as in ``train``:
+    each run is tagged with its study and group."""
     if not isinstance(seeds, int) or seeds < 2:
         raise UserError(f"seeds must be an integer >= 2 (a spread needs two runs), got {seeds!r}")
     found = _objective(model)
     config = Config(**settings).replace(model=found.name)
     sweep = ablation.plan_sweep(config, found, seeds, vary, base_seed, strategy, workdir)
     with ablation.open_sweep(sweep) as study:
-        return ablation.run_sweep(sweep, study, quiet)
+        return ablation.run_sweep(sweep, study, quiet, log=_log(log))

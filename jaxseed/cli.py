@@ -9,7 +9,7 @@ import sys
 import time
 import typing
 
-from jaxseed import manifest, objective, rundir, streams
+from jaxseed import manifest, objective, rundir, streams, track
 from jaxseed.config import NPZ, Config, npz_path
 from jaxseed.errors import UserError
 
@@ -98,9 +98,32 @@ def train_parser(prog: str = "python -m jaxseed.train") -> argparse.ArgumentPars
                    help="start afresh in a workdir that already holds a run (exactly the files a run writes are "
                         "deleted first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_log_flags(p)
     add_process_flags(p)
     add_config_flags(p)
     return p
+
+
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """Where runs are logged besides their folders (jaxseed.track)."""
+    group = parser.add_argument_group("experiment trackers (pip install -e \".[track]\")")
+    group.add_argument("--log", type=_parse_log, default=(), metavar="TRACKERS",
+                       help=f"also log each run's config, seeds, metrics per epoch and manifest to these trackers, "
+                            f"comma-separated: {', '.join(track.TRACKERS)} (MLflow's store: MLFLOW_TRACKING_URI, "
+                            "else its default)")
+    group.add_argument("--tensorboard-dir", default=track.Log(()).tensorboard_dir,
+                       help="TensorBoard's event files go here, a folder per run (default: %(default)s)")
+
+
+def _parse_log(text: str) -> tuple[str, ...]:
+    try:
+        return track.parse(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--log: ").removeprefix("--log ")) from None
+
+
+def log_from_args(args: argparse.Namespace, tags: tuple[dict, ...] = ()) -> track.Log | None:
+    return track.Log(args.log, args.tensorboard_dir, tags) if args.log else None
 
 
 def add_process_flags(parser: argparse.ArgumentParser) -> None:

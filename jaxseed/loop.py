@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, rundir, streams
+from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, rundir, streams, track
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed import objective as objectives
@@ -333,7 +333,7 @@ def _say(run: Run, row: dict) -> None:
 def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], checkpoint_dir: str | None = None,
           progress: bool = True, resume: bool = False, overwrite: bool = False,
           should_stop: Callable[[], bool] = lambda: False, dataset: data.Dataset | None = None,
-          objective: Objective | None = None) -> list[dict]:
+          objective: Objective | None = None, log: track.Log | None = None) -> list[dict]:
     """Train one run per entry of ``seeds`` together, replica r in the folder ``workdirs[r]``.
 
     Each replica draws exactly what it would alone: its state, stream keys and
@@ -346,10 +346,11 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
     ``should_stop`` is polled after each jitted call: when true, a checkpoint is
     saved and StoppedAtStep raised. ``dataset`` (host arrays) replaces the config's
     data (experiments that alter it). ``objective`` is what ``config.model`` names,
-    resolved by the caller, or here when not given. Returns each replica's manifest.
+    resolved by the caller, or here when not given. ``log`` names experiment trackers to
+    log to as well (``track``). Returns each replica's manifest.
     """
     objective = objective or objectives.resolve(config.model)
-    writer = RunWriter.claim(workdirs, resume, overwrite)
+    writer = RunWriter.claim(workdirs, resume, overwrite, log)
     try:
         run, state, init_hashes = setup(objective, config, seeds, writer, checkpoint_dir, dataset, progress)
         try:

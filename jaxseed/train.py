@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             info = loop.train_and_evaluate(config, seeds, workdir, progress=not args.quiet, resume=args.resume,
                                            overwrite=args.overwrite, should_stop=lambda: bool(stop_signal),
-                                           objective=objective)
+                                           objective=objective, log=cli.log_from_args(args))
         except loop.StoppedAtStep as stopped:
             raise entry.Interrupted(
                 f"stopped by {stop_signal[0] if stop_signal else 'another process'} after step {stopped.args[0]}, "

@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from conftest import PROJECT_ROOT
-from jaxseed import mesh, streams
-from jaxseed.errors import UserError
+from jaxseed import streams
 
 pytestmark = pytest.mark.slow  # 8 CPU devices, in subprocesses
 
@@ -89,13 +88,3 @@ def test_what_does_not_split_over_eight_devices_is_refused(eight_devices):
                                 "dividing the number of replicas"}
 
 
-@pytest.mark.parametrize("replicas, batch, devices, split, message", [
-    (1, 64, 1, "seed=2,data=2", "has 4 devices"),
-    (3, 64, 1, "seed=2,data=1", "has 2 devices"),
-    (1, 64, 1, "seed=1", "name both axes"),
-    (1, 64, 1, "data=x,seed=1", "positive integers"),
-    (1, 64, 5, None, "more devices"),
-])
-def test_bad_meshes_are_one_clear_error(replicas, batch, devices, split, message):
-    with pytest.raises(UserError, match=message):
-        mesh.plan(replicas, batch, devices, split)

@@ -9,7 +9,7 @@ from jaxseed import data, loop, mesh, rundir, step, streams
 from jaxseed.models import cnn
 from jaxseed.objective import DataSpec
 from jaxseed.writer import RunWriter
-from test_train import one_replica
+from test_step import one_replica
 
 SEEDS = {name: 8 for name in streams.STREAMS}
 SPEC = DataSpec((28, 28, 1), 10)  # the synthetic set's
