@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import warnings
 import os
 
 import numpy as np
@@ -267,3 +268,42 @@ def test_seeds_needed_finds_an_answer_below_the_cap_when_the_approximation_overs
     """The normal approximation asks for more than max_seeds here, but 31 seeds reach the power."""
     assert stats.seeds_needed(0.2, 1.0, level=0.9, power=0.2, max_seeds=32) == 31
     assert stats.seeds_needed(0.2, 1.0, level=0.9, power=0.2, max_seeds=30) == math.inf
+
+
+def test_sample_std_is_float64_and_exact_for_columns_far_apart():
+    """The std of each column, in float64 whatever the input's dtype: each column is shifted by its own
+    first value (one shift for the whole array would cost a column near 1 every digit beside one near 1e9)."""
+    values = np.array([[1e9, 1.0], [1e9 + 1, 1.0 + 1e-9], [1e9 + 2, 1.0 + 2e-9]])
+    np.testing.assert_allclose(stats.sample_std(values, axis=0), [1.0, 1e-9], rtol=1e-6)
+    low = np.array([0.1, 0.2, 0.7], np.float32)
+    assert stats.sample_std(low).dtype == np.float64
+    assert stats.sample_std(low) == np.std(low.astype(np.float64) - np.float64(low[0]), ddof=1)
+
+
+def test_separated_pairs_only_where_intervals_do_not_touch():
+    rows = [{"group": "init", "loss_std_ci": (0.5, 0.9)}, {"group": "shuffle", "loss_std_ci": (0.1, 0.4)},
+            {"group": "dropout", "loss_std_ci": (0.1, 0.5)},  # touches init's interval: not separated
+            {"group": "none", "loss_std_ci": (0.0, 0.0)}]  # the determinism control: never ranked
+    assert stats.separated_pairs(rows, "loss") == [("init", "shuffle")]
+
+
+def test_ensemble_accuracy_of_averaged_probabilities():
+    probabilities = np.array([[[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]],
+                              [[0.2, 0.8], [0.3, 0.7], [0.1, 0.9]]])  # means: class 0 (0.55), 1, 1
+    assert stats.ensemble_accuracy(probabilities, np.array([0, 0, 1])) == 2 / 3
+
+
+def test_jaccard_of_masks():
+    assert stats.jaccard(np.array([2, 0, 1]), np.array([1, 1, 0])) == 1 / 3  # truthy values are members
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both empty: nan, without dividing by zero
+        assert math.isnan(stats.jaccard(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+@pytest.mark.parametrize("correlation", [None, 0.5])
+@pytest.mark.parametrize("power", [0.1, 0.5, 0.8])
+def test_detectable_difference_has_the_power_asked(correlation, power):
+    """At sigma = 1 and r = 0.5 one difference's std is exactly 1; at power 0.1 lambda* is below 1."""
+    for n in (2, 5, 30):
+        delta = stats.detectable_difference(1.0, n, correlation, power=power)
+        assert stats.t_test_power(delta, 1.0, n, correlation) == pytest.approx(power, abs=1e-9)
