@@ -48,9 +48,11 @@ def setting(default, help: str, *, choices: tuple[str, ...] | None = None, minim
             maximum: float | None = None, above: float | None = None, below: float | None = None):
     """A Config field with its help text and what values are valid."""
     # Runs as config.py is imported, before a mutation tester can switch a mutant of it on: not mutated.
-    metadata = {"help": help, "choices": choices, "minimum": minimum,  # pragma: no mutate
-                "maximum": maximum, "above": above, "below": below}  # pragma: no mutate
-    return dataclasses.field(default=default, metadata=metadata)  # pragma: no mutate
+    # pragma: no mutate start
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
+                "below": below}
+    return dataclasses.field(default=default, metadata=metadata)
+    # pragma: no mutate end
 
 
 # The Python type each annotation admits: a manifest is input, so "10" is not 10, nor 1 True.

@@ -111,3 +111,25 @@ def test_crop_flip_corners_cover_every_offset_and_flip_half():
     for offsets in (params.top, params.left):
         assert sorted(set(np.asarray(offsets).tolist())) == list(range(7))
     assert sorted(set(np.asarray(params.flip).tolist())) == [0, 1] and abs(float(params.flip.mean()) - 0.5) < 0.05
+
+
+def test_apply_follows_the_config():
+    """augment.apply, as the step calls it: affine, crop_flip, or the images unchanged."""
+    images = jnp.asarray(np.random.default_rng(0).random((4, 28, 28, 1)), jnp.float32)
+    keys = streams.example_keys(jax.random.key(2), 0, jnp.arange(4))
+    affine, crop_flip = Config(augment="affine"), Config(augment="crop_flip", crop_padding=3)
+    np.testing.assert_array_equal(augment.apply(affine, images, keys), augment.apply_affine(
+        images, augment.sample_affine(keys, affine.max_translation, affine.max_rotation)))
+    np.testing.assert_array_equal(augment.apply(crop_flip, images, keys), augment.apply_crop_flip(
+        images, augment.sample_crop_flip(keys, 3), 3))
+    np.testing.assert_array_equal(augment.apply(Config(augment="none"), images, keys), images)
+    assert not np.array_equal(augment.apply(affine, images, keys), images)
+
+
+def test_affine_moves_every_channel_alike():
+    """A colour image's channels get the same rotation and shift, each its own plane."""
+    image = jnp.asarray(np.random.default_rng(1).random((2, 12, 10, 3)), jnp.float32)
+    params = augment.sample_affine(streams.example_keys(jax.random.key(4), 0, jnp.arange(2)), 2.0, 10.0)
+    whole = augment.apply_affine(image, params)
+    for c in range(3):
+        np.testing.assert_array_equal(whole[..., c:c + 1], augment.apply_affine(image[..., c:c + 1], params))

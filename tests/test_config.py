@@ -128,3 +128,17 @@ def test_no_subsample_keeps_none():
 def test_config_bounds(change, message):
     with pytest.raises(UserError, match=message):
         Config(**change)
+
+
+def test_messages_name_the_field_what_it_may_be_and_every_choice():
+    from jaxseed.config import DATASETS, npz_path
+
+    with pytest.raises(UserError, match=r"^data_dir must be a string or null, got 3$"):
+        Config(data_dir=3)
+    with pytest.raises(UserError, match=r"^epochs must be an integer, got '2'$"):
+        Config(epochs="2")
+    with pytest.raises(UserError, match=r"^augment must be one of affine, crop_flip, none; got 'flip'$"):
+        Config(augment="flip")
+    assert npz_path("npz:data/x.npz") == "data/x.npz" and npz_path("mnist") is None and npz_path(3) is None
+    assert "npz:x.npz" in DATASETS and "mnist" in DATASETS and "x.npz" not in DATASETS
+    assert Config(data="npz:x.npz").data == "npz:x.npz"

@@ -225,6 +225,8 @@ def test_layers_keyed_by_name_start_alike_in_two_architectures():
             self.hidden = nnx.Linear(8, 8, rngs=rngs("hidden"))
             self.out = nnx.Linear(8, 2, rngs=rngs("out"))
 
+    alone = nnx.Linear(8, 8, rngs=nnx.Rngs(params=jaxseed.named_key(root, "hidden")))
+    assert (Nnx(False, True).hidden.kernel[...] == alone.kernel[...]).all()  # the layer's key is its name's
     for by_name in (True, False):
         a, b = Nnx(False, by_name), Nnx(True, by_name)
         same = [(a.hidden.kernel[...] == b.hidden.kernel[...]).all(), (a.out.kernel[...] == b.out.kernel[...]).all()]
@@ -246,3 +248,18 @@ def test_layers_keyed_by_name_start_alike_in_two_architectures():
     assert all((a[n]["kernel"] == b[n]["kernel"]).all() for n in ("hidden", "out"))
     a, b = (Linen(extra, False).init(root, x)["params"] for extra in (False, True))
     assert not (a["Dense_0"]["kernel"] == b["Dense_1"]["kernel"]).all()  # the same layer, renumbered: other weights
+
+
+def test_keys_and_seeds_say_what_they_hold():
+    assert repr(streams.Keys({"init": 0, "depth": 1})) == "Keys(init, depth)"
+    assert repr(jaxseed.Seeds(42, dropout=7, depth=3)) == "Seeds(42, dropout=7, depth=3)"
+
+
+def test_keys_and_seeds_refuse_in_words():
+    with pytest.raises(KeyError, match="no keys of stream 'x' here; the streams declared are: none"):
+        streams.Keys({})["x"]
+    with pytest.raises(AttributeError, match="^_private$"):
+        streams.Keys({"init": 0})._private
+    assert streams.check_seed(streams.MAX_SEED) == 2**32 - 1
+    with pytest.raises(UserError, match=r"^seed of stream 'dropout' must be an integer in \[0, 4294967295\], got -1$"):
+        streams.resolve_seeds(0, {"dropout": -1})
