@@ -86,8 +86,11 @@ def test_most_unstable_nearest_half_first():
     assert stats.most_unstable(rates, 3).tolist() == [2, 1, 4]  # 0.4 and 0.6 tie: lower index first
     assert stats.most_unstable(rates, 8).tolist() == [2, 1, 4, 6, 5]  # never p = 0 or 1
     assert stats.most_unstable(np.ones(4), 8).tolist() == []
-    ties = np.tile([0.25, 0.75], 40)  # 80 at one distance from 1/2: more than a sort that is not stable keeps in order
-    assert stats.most_unstable(ties, 80).tolist() == list(range(80))
+    # 200 rates at three distances from 1/2, in a shuffled order: a sort that is not stable mixes equal ones.
+    ties = np.random.default_rng(0).choice([0.5, 0.375, 0.625, 0.25, 0.75], 200)  # exact in binary
+    distance = np.abs(ties - 0.5)
+    expected = [i for d in sorted(set(distance)) for i in np.flatnonzero(distance == d)]
+    assert stats.most_unstable(ties, 200).tolist() == expected
 
 
 @pytest.mark.parametrize("difference, correlation, n, expected", [
