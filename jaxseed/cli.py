@@ -119,7 +119,7 @@ def _parse_log(text: str) -> tuple[str, ...]:
     try:
         return track.parse(text)
     except UserError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix("--log: ").removeprefix("--log ")) from None
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def log_from_args(args: argparse.Namespace, tags: tuple[dict, ...] = ()) -> track.Log | None:

@@ -37,7 +37,8 @@ def npz_headers(archive: zipfile.ZipFile, keys: tuple[str, ...]) -> dict[str, tu
 
     Raises KeyError naming the missing keys, or ValueError ("KEY <why>") for an array that is not a plain .npy one.
     """
-    missing = [key for key in keys if key + ".npy" not in set(archive.namelist())]
+    members = set(archive.namelist())
+    missing = [key for key in keys if key + ".npy" not in members]
     if missing:
         raise KeyError(", ".join(missing))
     headers = {}

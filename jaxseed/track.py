@@ -33,15 +33,16 @@ class Log(NamedTuple):
 
 
 def parse(value: str) -> tuple[str, ...]:
-    """``--log``: tracker names, comma-separated ("" for none), each installed: checked before a run starts."""
+    """``--log`` or ``log=``: tracker names, comma-separated ("" for none), each installed: checked before a
+    run starts."""
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     for name in names:
         if name not in TRACKERS:
-            raise UserError(f"--log: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+            raise UserError(f"unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
         try:
             importlib.import_module(_MODULES[name])
         except ImportError:
-            raise UserError(f"--log {name} needs {_MODULES[name]}: pip install -e \".[track]\"") from None
+            raise UserError(f"{name} needs {_MODULES[name]}: pip install -e \".[track]\"") from None
     return names
 
 
