@@ -1,13 +1,16 @@
 """Your own training loop with jaxseed's streams: plain JAX and optax, no jaxseed loop.
 
     python examples/own_loop.py --seed 0 --dropout-seed 7 --epochs 2
+    python -m jaxseed.study examples/own_loop.py:run --streams init,shuffle,dropout --seeds 5
 
 Every random draw comes from a named stream's root key, by position: the initial
 weights from ``init``, each epoch's order from ``shuffle`` and the epoch, each
 example's dropout mask from ``dropout``, the epoch and the example's index. So
 ``--dropout-seed`` changes the masks and nothing else, and resuming at an epoch
 needs no RNG state: the keys of epoch e are recomputed from e (``train``'s
-``first_epoch``; a checkpoint holds the parameters, the optimiser state and e).
+``first_epoch``; a checkpoint holds the parameters, the optimiser state and e). ``run`` is one run
+as ``jaxseed.study`` calls it: the run's Seeds in, its test metrics, which test examples it gets
+right and a fingerprint of its weights out.
 """
 
 import argparse
@@ -46,12 +49,16 @@ def train_step(params, opt_state, x, y, dropout_keys):
     return optax.apply_updates(params, updates), opt_state, value
 
 
-def train(seed: int, dropout_seed: int, epochs: int, data: str = DATA, state=None, first_epoch: int = 0):
+def train(seed: int, dropout_seed: int, epochs: int, data: str = DATA, state=None, first_epoch: int = 0,
+          log: bool = True):
     """(params, optimiser state) after ``epochs`` epochs, resumed from ``state`` at ``first_epoch`` if given."""
+    return fit(jaxseed.Seeds(seed, dropout=dropout_seed), epochs, data, state, first_epoch, log)
+
+
+def fit(seeds: jaxseed.Seeds, epochs: int, data: str = DATA, state=None, first_epoch: int = 0, log: bool = True):
     arrays = np.load(data, allow_pickle=False)
     x = jnp.asarray(arrays["x_train"].reshape(len(arrays["x_train"]), -1) / 255.0, jnp.float32)
     y = jnp.asarray(arrays["y_train"])
-    seeds = jaxseed.Seeds(seed, dropout=dropout_seed)
     if state is None:
         params = init(seeds.key("init"), x.shape[1], int(y.max()) + 1)
         state = params, optimizer.init(params)
@@ -62,8 +69,21 @@ def train(seed: int, dropout_seed: int, epochs: int, data: str = DATA, state=Non
             index = order[start:start + BATCH]  # the examples' places in the training set
             keys = jaxseed.example_keys(seeds.key("dropout"), epoch, index)
             params, opt_state, value = train_step(params, opt_state, x[index], y[index], keys)
-        print(f"epoch {epoch + 1}: train loss {float(value):.4f}")
+        if log:
+            print(f"epoch {epoch + 1}: train loss {float(value):.4f}")
     return params, opt_state
+
+
+def run(seeds: jaxseed.Seeds, epochs: int = 2, data: str = DATA) -> jaxseed.Result:
+    """One run of a study: train on ``seeds``, then evaluate on the test set (no dropout)."""
+    params, _ = fit(seeds, epochs, data, log=False)
+    arrays = np.load(data, allow_pickle=False)
+    x = arrays["x_test"].reshape(len(arrays["x_test"]), -1) / 255.0
+    logits = jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, arrays["y_test"])
+    correct = np.asarray(logits.argmax(-1) == arrays["y_test"])
+    return jaxseed.Result(metrics={"test_accuracy": correct.mean(), "test_loss": losses.mean()},
+                          per_example={"correct": correct}, fingerprint=jaxseed.fingerprint(params))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,7 @@ The statistics are jaxseed.stats.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
-import io
 import json
 import math
 import os
@@ -33,16 +30,18 @@ import sys
 import time
 import zipfile
 import zlib
-from itertools import combinations
 from typing import NamedTuple
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxseed import cli, data, entry, loop, machine, manifest, npyfile, objective, plots, rundir, stats, streams, track
+from jaxseed import cli, data, entry, loop, machine, manifest, npyfile, objective, rundir, streams, track
 from jaxseed.config import Config
 from jaxseed.errors import UserError, one_line
+from jaxseed.study import engine, plan, report
+from jaxseed.study.report import SPREAD
+from jaxseed.study.result import Result, checked
 
 STRATEGIES = ("auto", "sequential", "vmap")
 # Runs per hour of each strategy per backend, measured by benchmarks/sweep.py --record.
@@ -52,22 +51,6 @@ PROG = "python -m jaxseed.ablate"
 
 
 # ---------------------------------------------------------------- the plan
-
-
-def plan_groups(base_seed: int, num_seeds: int, chosen: tuple[str, ...], used: tuple[str, ...]) -> dict:
-    """group name -> the stream seeds of each of its ``num_seeds`` runs.
-
-    Run k of a varied group gets seed base_seed + 1 + k on the varied stream(s),
-    so no varied run repeats the base configuration.
-    """
-    base = streams.resolve_seeds(base_seed, None, used)
-    for name in chosen:
-        streams.resolve_seeds(base_seed, {name: base_seed}, used)  # unknown or unused stream: UserError
-    groups = {name: [{**base, name: streams.check_seed(base_seed + 1 + k)} for k in range(num_seeds)]
-              for name in chosen}
-    groups["all"] = [{name: streams.check_seed(base_seed + 1 + k) for name in base} for k in range(num_seeds)]
-    groups["none"] = [dict(base) for _ in range(num_seeds)]
-    return groups
 
 
 def _measurement(backend: str) -> dict | None:
@@ -108,40 +91,6 @@ def expected_hours(config: Config, strategy: str, backend: str, runs: int, num_t
     return runs * scale / measured["runs_per_hour"][strategy]
 
 
-def programs(group: str, runs: list[int], strategy: str) -> list[list[int]]:
-    """The runs of ``group`` (indices) trained as one program each: under vmap a varied group's
-    runs together, but every ``none`` run alone, so the determinism control compares separate
-    compilations and executions (replicas of one program would agree trivially)."""
-    if strategy == "vmap" and group != "none":
-        return [runs] if runs else []
-    return [[k] for k in runs]
-
-
-# ---------------------------------------------------------------- summary (the statistics: jaxseed.stats)
-
-
-def summarize(name: str, results: list[dict], labels: np.ndarray | None) -> dict:
-    """One report row: mean and std of each final test metric of SPREAD the runs hold, with their
-    intervals; for a classifier (``labels`` int[N] given) also what its runs' test predictions say."""
-    row = {"group": name, "runs": len(results)}
-    for metric in [m.name for m in SPREAD if not m.per_example and m.name in results[0]["final"]]:
-        values = np.array([r["final"][metric] for r in results])
-        mean, std, k = float(values.mean()), float(stats.sample_std(values)), len(values)
-        row[f"{metric}_mean"] = mean
-        row[f"{metric}_std"] = std
-        row[f"{metric}_mean_ci"] = tuple(map(float, stats.mean_interval(mean, std / math.sqrt(k), k - 1)))
-        row[f"{metric}_std_ci"] = tuple(map(float, stats.std_interval(std, k - 1)))
-    if labels is not None:
-        probabilities = np.stack([r["probabilities"] for r in results])
-        row["disagreement"] = stats.disagreement(probabilities.argmax(-1))
-        row["ensemble_accuracy"] = stats.ensemble_accuracy(probabilities, labels)
-        row.update(stats.instability(stats.correct_predictions(probabilities, labels))._asdict())
-    elif all("losses" in r for r in results):  # any other objective: its loss on each test example
-        row.update(stats.loss_instability(np.stack([r["losses"] for r in results]))._asdict())
-    row["distinct_param_hashes"] = len({r["param_hash"] for r in results})
-    return row
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -157,14 +106,14 @@ class Sweep(NamedTuple):
 
 
 def run_dir(workdir: str, group: str, index: int) -> str:
-    return os.path.join(workdir, "runs", f"{group}-{index:03d}")
+    return os.path.join(workdir, "runs", plan.run_name(group, index))
 
 
 def load_result(path: str, seeds: dict, drawn: tuple[str, ...], num_test: int,
-                classes: int | None) -> dict | None:
-    """A finished run's result: seeds, param_hash, final metrics, each test example's loss
-    (``losses`` float[num_test], where the run stored them) and a classifier's class
-    probabilities (float[num_test, classes]); None if it has not finished. Its seeds must be the
+                classes: int | None) -> Result | None:
+    """A finished run's result: its final metrics, param_hash as its fingerprint, and per example a
+    classifier's class probabilities (float[num_test, classes]) or any other objective's test loss
+    (float[num_test], where the run stored it); None if it has not finished. Its seeds must be the
     planned ones on the ``drawn`` streams (the others draw nothing). Read as input: a study folder
     may come from anyone."""
     try:
@@ -175,14 +124,17 @@ def load_result(path: str, seeds: dict, drawn: tuple[str, ...], num_test: int,
         return None
     if any(recorded["streams"].get(name) != seeds[name] for name in drawn):
         raise UserError(f"{path} holds a run of other seeds than this sweep planned; choose another --workdir")
-    result = {"seeds": seeds, "param_hash": recorded.get("param_hash"), "final": recorded.get("final")}
-    if not isinstance(result["final"], dict) or not isinstance(result["param_hash"], str):
+    final, param_hash = recorded.get("final"), recorded.get("param_hash")
+    if not isinstance(final, dict) or not isinstance(param_hash, str):
         raise UserError(f"{path}/manifest.json lacks the final metrics or param_hash of a finished run")
+    per_example = {}
     if classes is not None:
-        result["probabilities"] = rundir.load_array(path, "test_probabilities.npy", np.float32, (num_test, classes))
-    with contextlib.suppress(FileNotFoundError):  # runs of a jaxseed before they stored them have none
-        result["losses"] = rundir.load_array(path, "test_losses.npy", np.float32, (num_test,))
-    return result
+        per_example["probabilities"] = rundir.load_array(path, "test_probabilities.npy", np.float32,
+                                                         (num_test, classes))
+    else:
+        with contextlib.suppress(FileNotFoundError):  # runs of a jaxseed before they stored them have none
+            per_example["loss"] = rundir.load_array(path, "test_losses.npy", np.float32, (num_test,))
+    return checked(Result(final, per_example, param_hash), path)
 
 
 def run_group(config: Config, found: objective.Objective, group_seeds: list[dict], paths: list[str], strategy: str,
@@ -212,7 +164,7 @@ def plan_sweep(config: Config, found: objective.Objective, num_seeds: int, chose
     used = found.run_streams
     base_seed = streams.check_seed(base_seed, "--base-seed")
     # By default every stream this config draws from (varying one it does not draw would change no bit).
-    groups = plan_groups(base_seed, num_seeds, chosen or found.drawn_streams(config), used)
+    groups = plan.plan_groups(base_seed, num_seeds, chosen or found.drawn_streams(config), used)
     strategy, strategy_reason = choose_strategy(strategy, jax.default_backend())
     workdir = workdir or os.path.join("runs", f"ablation-{cli.run_name(config)}-{time.strftime('%Y%m%d-%H%M%S')}")
     # JSON objects have no order: the groups' order, which decides what each shard runs, is kept beside them.
@@ -248,20 +200,6 @@ def recorded_sweep(workdir: str, args) -> Sweep:
     groups = {str(name): [manifest.seeds_from_record(seeds, workdir, names) for seeds in groups[name]]
               for name in order}
     return Sweep(config, found, groups, str(recorded.get("strategy")), workdir, recorded)
-
-
-def shard_runs(groups: dict, shard: tuple[int, int], strategy: str) -> dict[str, list[int]]:
-    """The runs of shard I of N, group -> run indices. The plan is cut into units, a run each, but
-    under vmap a varied group's K runs together (``programs``: split, its parts would be other
-    programs); the j-th unit (groups in the plan's order) belongs to shard j mod N, so the N shards
-    are disjoint and cover the plan."""
-    index, count = shard
-    units = [(name, runs) for name, group in groups.items() for runs in programs(name, list(range(len(group))), strategy)]
-    mine = {name: [] for name in groups}
-    for j, (name, runs) in enumerate(units):
-        if j % count == index:
-            mine[name] += runs
-    return mine
 
 
 def _on(groups, drawn: tuple[str, ...]):
@@ -355,20 +293,30 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     classes = objective.data_spec(dataset, config.data).num_classes if sweep.objective.classifier else None
     drawn = sweep.objective.drawn_streams(config)
 
-    def result(name: str, k: int) -> dict | None:
-        return load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], drawn, len(dataset.test_labels),
-                           classes)
+    loaded: dict[tuple[str, int], Result] = {}
 
-    def record_finished() -> dict[str, dict[int, dict]]:
-        """Every finished run's result, by group and index, after writing them all to the records."""
-        finished = {name: {k: found for k in range(num_seeds) if (found := result(name, k)) is not None}
-                    for name in sweep.groups}
+    def finished(name: str, k: int) -> bool:
+        if (name, k) not in loaded:
+            found = load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], drawn,
+                                len(dataset.test_labels), classes)
+            if found is not None:
+                loaded[name, k] = found
+        return (name, k) in loaded
+
+    def train_program(name: str, together: list[int]) -> None:
+        checkpoints = (study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, together))}-checkpoints"))
+                       if sweep.strategy == "vmap" else None)  # sequential runs keep their own
+        tags = tuple({"study": os.path.basename(os.path.abspath(sweep.workdir)), "group": name} for _ in together)
+        run_group(config, sweep.objective, [sweep.groups[name][k] for k in together],
+                  [run_dir(sweep.workdir, name, k) for k in together], sweep.strategy, checkpoints,
+                  own_program=name == "none", log=log and log._replace(tags=tags))
+
+    def record_finished() -> None:
+        """Write every finished run to the records: a study stopped for good still leaves them."""
         write_records(study, sweep, header, [os.path.basename(run_dir(sweep.workdir, name, k))
-                                     for name, group in finished.items() for k in group], len(dataset.test_labels),
-                      classes)
-        return finished
+                                             for name, runs in sweep.groups.items() for k in range(len(runs))
+                                             if finished(name, k)], len(dataset.test_labels), classes)
 
-    num_seeds = len(sweep.groups["none"])
     study.folder("runs")
     header = sweep.header
     if records:
@@ -376,12 +324,11 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
                                            manifest.arrays_hash(dataset))
         if not quiet:
             print(f"restored {len(restored)} finished runs from {records}", file=sys.stderr)
-    mine = {name: [] for name in sweep.groups} if report_only else shard_runs(sweep.groups, shard, sweep.strategy)
-    todo = {name: [k for k in runs if result(name, k) is None] for name, runs in mine.items()}
-    total = sum(map(len, mine.values()))
+    mine = ({name: [] for name in sweep.groups} if report_only
+            else plan.shard_runs(sweep.groups, shard, sweep.strategy == "vmap"))
     if not quiet and not report_only:
         print(f"strategy {sweep.strategy}: {sweep.header['strategy_reason']}", file=sys.stderr)
-    runs = sum(map(len, todo.values()))
+    runs = sum(not finished(name, k) for name, group in mine.items() for k in group)
     hours = expected_hours(config, sweep.strategy, sweep.header["backend"], runs,
                            config.num_kept(dataset.num_train) or dataset.num_train)
     if hours is not None and hours >= 1:  # said even when --quiet: a command of hours should not start unseen
@@ -389,32 +336,23 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
               f"{STRATEGIES_FILE_NAME}); --shard I/N splits them over processes or hosts, and a stopped study "
               "resumes", file=sys.stderr)
     start = time.perf_counter()
-    with tqdm(total=total, initial=total - sum(map(len, todo.values())), unit="run",
-              desc=f"ablation ({sweep.strategy})", disable=quiet or report_only) as bar:
-        for name, missing in todo.items():
-            for together in programs(name, missing, sweep.strategy):
-                together = [k for k in together if result(name, k) is None]  # another shard may have finished it
-                if not together:
-                    continue
-                checkpoints = (study.folder(os.path.join("runs", f"{name}-{'-'.join(map(str, together))}-checkpoints"))
-                               if sweep.strategy == "vmap" else None)  # sequential runs keep their own
-                tags = tuple({"study": os.path.basename(os.path.abspath(sweep.workdir)), "group": name}
-                             for _ in together)
-                run_group(config, sweep.objective, [sweep.groups[name][k] for k in together],
-                          [run_dir(sweep.workdir, name, k) for k in together], sweep.strategy, checkpoints,
-                          own_program=name == "none", log=log and log._replace(tags=tags))
-                bar.update(len(together))
-                record_finished()  # as runs finish: a study stopped for good still leaves its records
-    finished = record_finished()
-    # A spread needs two runs.
-    results = {name: list(group.values()) for name, group in finished.items() if len(group) >= 2}
-    if not results:
+    total = sum(map(len, mine.values()))
+    with tqdm(total=total, initial=total - runs, unit="run", desc=f"ablation ({sweep.strategy})",
+              disable=quiet or report_only) as bar:
+        engine.train_missing(mine, sweep.strategy == "vmap", finished, train_program, record_finished, bar)
+    record_finished()
+    done = {name: [k for k in range(len(group)) if finished(name, k)] for name, group in sweep.groups.items()}
+    done = {name: runs for name, runs in done.items() if len(runs) >= 2}  # a spread needs two runs
+    if not done:
         return None
-    rows = [summarize(name, group, labels) for name, group in results.items()]
     header = {**header, "seconds_this_invocation": time.perf_counter() - start,
-              "runs_finished": sum(map(len, finished.values())), "runs_planned": len(sweep.groups) * num_seeds}
-    return write_report(study, rows, results, header, labels=labels, test_images=images, detect=detect,
-                        correlation=correlation)
+              "runs_finished": len(loaded), "runs_planned": sum(map(len, sweep.groups.values()))}
+    found = report.render({name: [loaded[name, k] for k in runs] for name, runs in done.items()},
+                          {name: [sweep.groups[name][k] for k in runs] for name, runs in done.items()}, header,
+                          SPREAD, labels=labels, test_images=images, detect=detect, correlation=correlation,
+                          fingerprint="param_hash", reruns="each its own program")
+    report.save(study, found)
+    return found.markdown
 
 
 # ---------------------------------------------------------------- records
@@ -543,281 +481,7 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None,
     return restored, header if complete else sweep.header
 
 
-# ---------------------------------------------------------------- report
-
-
-class Metric(NamedTuple):
-    """A quantity of the summary rows, and how the report shows it.
-
-    A final test metric is shown by its mean and std over a group's runs with their
-    intervals (row keys ``{name}_mean``, ``{name}_std``, each also with ``_ci``); a
-    per-example one, computed from the runs' test predictions, as one number per group
-    (row key ``name``), without interval.
-    """
-
-    name: str
-    title: str
-    per_example: bool = False
-    format: str = ".4f"
-
-
-# The first table: those of these the rows hold, in this order (a VAE's rows hold only the test loss).
-SPREAD = (Metric("test_accuracy", "test accuracy"), Metric("disagreement", "disagreement", per_example=True),
-          Metric("ensemble_accuracy", "ensemble acc.", per_example=True), Metric("test_loss", "test loss"))
-# A classifier's per-example table, beside the observed std of its test accuracy.
-INSTABILITY = (Metric("always_right", "always right", True, "d"), Metric("always_wrong", "always wrong", True, "d"),
-               Metric("unstable", "unstable", True, "d"),
-               Metric("independent_flip_std", "std of accuracy if examples flipped independently", True),
-               Metric("test_accuracy", "test accuracy"))
-# Any other objective's (the VAE's) per-example table, beside the observed std of its test loss.
-LOSS_INSTABILITY = (Metric("example_loss_std", "mean over test examples of each one's std", True),
-                    Metric("independent_loss_std", "std of test loss if examples varied independently", True),
-                    Metric("test_loss", "test loss"))
-PARTS = {"mean": "mean [95% t CI]", "std": "std [95% χ² CI]"}  # the columns of a final metric
-UNSTABLE_SHOWN = 8  # images per group in unstable.png
-
-
-def held(rows: list[dict], metrics: tuple[Metric, ...]) -> list[Metric]:
-    """Those of ``metrics`` the rows hold (every row holds the same keys)."""
-    return [m for m in metrics if (m.name if m.per_example else f"{m.name}_std") in rows[0]]
-
-
-def _interval(low: float, high: float) -> str:
-    return f"[{low:.4f}, {high:.4f}]"
-
-
-def _runs(rows: list[dict]) -> str:
-    """K as the report states it: the groups of an unfinished study may hold different numbers of runs."""
-    counts = sorted({row["runs"] for row in rows})
-    return f"K = {counts[0]}" + (f" to {counts[-1]}" if len(counts) > 1 else "")
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no inf or nan: None for a number the statistics could not give."""
-    return value if math.isfinite(value) else None
-
-
-def _line(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def table(rows: list[dict], metrics: list[Metric], parts: tuple[str, ...] = ("mean", "std")) -> list[str]:
-    """A markdown table of a row per group: a column per per-example metric, one per part (of PARTS)
-    of each final one."""
-    head = ["group", "runs"]
-    cells = [[row["group"], str(row["runs"])] for row in rows]
-    for metric in metrics:
-        for part in [None] if metric.per_example else parts:
-            key = metric.name if part is None else f"{metric.name}_{part}"
-            head.append(metric.title if part is None else f"{metric.title}: {PARTS[part]}")
-            for line, row in zip(cells, rows):
-                value = format(row[key], metric.format)
-                line.append(value if part is None else f"{value} {_interval(*row[f'{key}_ci'])}")
-    return [_line(head), "|" + "---|" * len(head), *map(_line, cells)]
-
-
-def ranking_lines(rows: list[dict], metric: str) -> list[str]:
-    """What the std intervals of ``metric`` allow to say about which source moves it more."""
-    label = metric.replace("_", " ")
-    pairs = stats.separated_pairs(rows, metric)
-    if not pairs:
-        return [f"- std of {label}: no pair of sources can be ranked at {_runs(rows)}: "
-                "every pair of varied groups' intervals overlap."]
-    ci = {row["group"]: row[f"{metric}_std_ci"] for row in rows}
-    return [f"- std of {label}: {a} > {b}: intervals do not overlap ({_interval(*ci[a])} vs {_interval(*ci[b])})"
-            for a, b in pairs]
-
-
-def determinism_line(rows: list[dict]) -> str:
-    none = next((row for row in rows if row["group"] == "none"), None)
-    if none is None:
-        return "\nDeterminism control: not yet (fewer than two of the `none` group's runs have finished)."
-    if none["test_loss_std"] != 0 or none["distinct_param_hashes"] != 1:
-        return ("\n**WARNING: the `none` group (identical reruns) has non-zero spread: this run is NOT "
-                "deterministic, and every other group's spread includes that noise.**")
-    return ("\nDeterminism control: the `none` group's reruns, each its own program, are bit-identical "
-            "(one param_hash, zero spread).")
-
-
-def unstable_overlaps(correct: dict[str, np.ndarray]) -> list[dict]:
-    """For each pair of varied groups (``correct``: group -> bool[K, N], whether run k classifies test
-    example i correctly), how far their unstable examples (some runs right, some wrong) coincide."""
-    unstable = {name: right.any(0) & ~right.all(0) for name, right in correct.items() if name != "none"}
-    return [{"groups": [a, b], "both": int(np.sum(unstable[a] & unstable[b])),
-             "jaccard": _finite(stats.jaccard(unstable[a], unstable[b])),
-             "jaccard_if_independent": _finite(stats.jaccard_if_independent(
-                 int(unstable[a].sum()), int(unstable[b].sum()), len(unstable[a])))}
-            for a, b in combinations(unstable, 2)]
-
-
-def instability_lines(rows: list[dict], overlaps: list[dict]) -> list[str]:
-    lines = ["", "### Per-example instability", "", *table(rows, held(rows, INSTABILITY), parts=("std",)), "",
-             "p_i is the fraction of a group's runs that classify test example i correctly; `unstable` counts the "
-             "examples with 0 < p_i < 1, whose outcome the group's seeds decide; more runs find more of them, so "
-             "counts compare groups of equal K only.", "",
-             "`std of accuracy if examples flipped independently` is sqrt(K/(K-1) Σ p_i (1 - p_i)) / N (Jordan, "
-             "ICLR 2024); the variance of the accuracy of these predictions exceeds its square by exactly the "
-             "examples' summed covariance across runs, so a prediction inside the observed std's interval is "
-             "consistent with examples flipping independently, and one below it says they flip together (some runs "
-             "are better overall)."]
-    if overlaps:
-        lines += ["", _line(["groups", "unstable in both", "Jaccard", "Jaccard if independent"]), "|---|---|---|---|"]
-        lines += [_line([" & ".join(o["groups"]), str(o["both"]), *("–" if o[key] is None else f"{o[key]:.3f}"
-                                                                     for key in ("jaccard", "jaccard_if_independent"))])
-                  for o in overlaps]
-        lines += ["", "The Jaccard index |U_a ∩ U_b| / |U_a ∪ U_b| of two groups' unstable sets is 1 when two "
-                  "sources make the same test examples unstable and 0 when they share none; above `if independent` "
-                  "(random sets of the same sizes), the two sources destabilise partly the same examples (a point "
-                  "value: no interval)."]
-    return lines
-
-
-def unstable_picture(study: rundir.RunFolder, correct: dict[str, np.ndarray], labels: np.ndarray,
-                     test_images: np.ndarray) -> list[str]:
-    """unstable.png: each group's most unstable test images, p_i nearest 1/2 first; its markdown lines."""
-    shown = []
-    for name, right in correct.items():
-        rates = right.mean(0)
-        chosen = stats.most_unstable(rates, UNSTABLE_SHOWN)
-        if len(chosen):
-            shown.append((name, test_images[chosen], [f"label {labels[i]}, p = {rates[i]:.2f}" for i in chosen]))
-    if not shown:
-        return ["", "No group has an unstable test example: no unstable.png."]
-    study.save_picture("unstable.png", lambda f: plots.plot_image_rows(shown, f))
-    return ["", f"![up to {UNSTABLE_SHOWN} test images per group with p_i nearest 1/2](unstable.png)"]
-
-
-def seed_plan(rows: list[dict], metric: str, detect: float | None, correlation: float | None) -> dict:
-    """For each varied group, as if two configurations' runs each spread as its ``metric`` does: the
-    seeds per configuration to detect a difference ``detect`` in the mean, and the smallest difference
-    detectable at the group's K; unpaired and, given ``correlation``, paired; each at the std and at
-    the ends of its interval (both grow with the std)."""
-    designs = {"unpaired": None, **({"paired": correlation} if correlation is not None else {})}
-    groups = {}
-    for row in rows:
-        if row["group"] == "none":
-            continue
-        spreads = (row[f"{metric}_std"], *row[f"{metric}_std_ci"])
-        found = {"std": spreads[0]}
-        for design, r in designs.items():
-            if detect is not None:
-                found[f"seeds_{design}"] = [_finite(stats.seeds_needed(detect, s, r)) for s in spreads]
-            found[f"detectable_{design}"] = [stats.detectable_difference(s, row["runs"], r) for s in spreads]
-        groups[row["group"]] = found
-    return {"metric": metric, "difference": detect, "correlation": correlation, "level": stats.LEVEL,
-            "power": stats.POWER, "designs": list(designs), "groups": groups}
-
-
-def seed_lines(rows: list[dict], plan: dict, title: str) -> list[str]:
-    names = {design: ", unpaired" if design == "unpaired" else f", paired (r = {plan['correlation']:g})"
-             for design in plan["designs"]}
-    head = ["group", "runs", f"{title}: {PARTS['std']}"]
-    columns = []  # (key in a group's plan, how one number is written)
-    if plan["difference"] is not None:
-        for design, name in names.items():
-            head.append(f"seeds per configuration for Δ = {plan['difference']:g}{name}")
-            columns.append((f"seeds_{design}", lambda n: f"> {stats.MAX_SEEDS:,}" if n is None else str(n)))
-    for design, name in names.items():
-        head.append(f"smallest Δ at this K{name}")
-        columns.append((f"detectable_{design}", lambda d: f"{d:.3g}"))
-    metric = plan["metric"]
-    lines = ["", "### Seeds needed", "", _line(head), "|" + "---|" * len(head)]
-    for row in rows:
-        if row["group"] in plan["groups"]:
-            found = plan["groups"][row["group"]]
-            lines.append(_line([row["group"], str(row["runs"]),
-                                f"{row[f'{metric}_std']:.4f} {_interval(*row[f'{metric}_std_ci'])}",
-                                *(f"{write(found[key][0])} [{write(found[key][1])}, {write(found[key][2])}]"
-                                  for key, write in columns)]))
-    lines += ["", f"For a two-sided t test at 5% to detect a difference Δ in the mean {title} of two configurations "
-              "with 80% power, were each configuration's runs to spread as this group's: the seeds per configuration "
-              "(unpaired: each on its own seeds; paired: both on the same seeds, their results correlated r, so "
-              "σ_d² = 2σ²(1 - r)), and the smallest Δ detectable at this group's K; the brackets repeat both at "
-              "the ends of the std's interval, as they rest on an estimated spread."]
-    if plan["difference"] is None or plan["correlation"] is None:
-        lines.append("(`--detect DELTA` adds the seeds a difference DELTA needs; `--correlation R`, as "
-                     "experiments/fair_comparison measures it, the paired design.)")
-    return lines
-
-
-def write_report(study: rundir.RunFolder, rows: list[dict], results: dict[str, list[dict]], header: dict,
-                 labels: np.ndarray | None = None, test_images: np.ndarray | None = None,
-                 detect: float | None = None, correlation: float | None = None) -> str:
-    """ablation.json, ablation.csv, ablation.md, ablation.png and, given ``test_images``, unstable.png;
-    returns the markdown.
-
-    ablation.json holds every run (seeds, param_hash, final metrics), so anyone can
-    recompute the summary from it.
-
-    Args:
-      study: the study's folder.
-      rows: ``summarize`` of each group, in the report's order.
-      results: group -> its runs' results (``load_result``).
-      header: what ablation.json records besides.
-      labels: a classifier's test labels int[N]: the overlap of the groups' unstable examples.
-      test_images: with ``labels``, the test images uint8[N, H, W, C] (C = 1 or 3): unstable.png.
-      detect: a difference Delta in the mean of the first metric: the seeds each design needs to detect it.
-      correlation: r of two configurations' results on the same seeds: the paired design too.
-    """
-    correct = ({name: stats.correct_predictions(np.stack([r["probabilities"] for r in group]), labels)
-                for name, group in results.items()} if labels is not None else {})
-    finals = [m for m in held(rows, SPREAD) if not m.per_example]
-    overlaps = unstable_overlaps(correct)
-    plan = seed_plan(rows, finals[0].name, detect, correlation)
-    runs = {name: [{k: r[k] for k in ("seeds", "param_hash", "final")} for r in group]
-            for name, group in results.items()}
-    study.write_json("ablation.json", {**header, "runs": runs, "summary": rows, "unstable_overlap": overlaps,
-                                       "seeds_needed": plan})
-    flat = [{k: (f"{v[0]:.6g}..{v[1]:.6g}" if isinstance(v, tuple) else v) for k, v in row.items()} for row in rows]
-    csv_text = io.StringIO(newline="")
-    writer = csv.DictWriter(csv_text, fieldnames=list(flat[0]))
-    writer.writeheader()
-    writer.writerows(flat)
-    study.write_text("ablation.csv", csv_text.getvalue())
-    lines = [*table(rows, held(rows, SPREAD)), "",
-             "Intervals are 95%: Student's t for the mean, chi-square for the std (both exact for normal "
-             "errors). A source is ranked above another only where their std intervals are disjoint:", ""]
-    for metric in finals:
-        lines += ranking_lines(rows, metric.name)
-    lines.append(determinism_line(rows))
-    if header.get("runs_finished", 0) < header.get("runs_planned", 0):
-        lines.append(f"\n{header['runs_finished']} of the {header['runs_planned']} planned runs have finished; "
-                     "the groups above are those with two or more.")
-    if "unstable" in rows[0]:
-        lines += instability_lines(rows, overlaps)
-    elif "independent_loss_std" in rows[0]:
-        lines += ["", "### Per-example spread of the test loss", "",
-                  *table(rows, held(rows, LOSS_INSTABILITY), parts=("std",)), "",
-                  "Each test example's loss (for the VAE its negative ELBO) has a std over the group's runs, s_i; "
-                  "sqrt(Σ s_i²) / N is the std the mean test loss would have if examples varied independently. The "
-                  "observed std exceeds it by the examples' covariance across runs: a prediction below the observed "
-                  "std's interval says some runs score every example better (a point value: no interval)."]
-    if correct and test_images is not None:
-        lines += unstable_picture(study, correct, labels, test_images)
-    lines += seed_lines(rows, plan, finals[0].title)
-    markdown = "\n".join(lines) + "\n"
-    study.write_text("ablation.md", markdown)
-    study.save_picture("ablation.png", lambda f: plots.plot_spread(
-        [row["group"] for row in rows], [row[f"{finals[0].name}_std"] for row in rows],
-        [row[f"{finals[0].name}_std_ci"] for row in rows], f"std of final {finals[0].title}", f))
-    return markdown
-
-
 # ---------------------------------------------------------------- CLI
-
-
-def _number(expected: str, check):
-    """An argparse type: a float for which ``check`` holds, else a one-line usage error."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
-        return value
-
-    return parse
 
 
 def ablate_parser():
@@ -833,16 +497,16 @@ def ablate_parser():
                              "in the measurement recorded by benchmarks/sweep.py; the default)")
     parser.add_argument("--workdir", help="output folder; the same one again completes an unfinished sweep "
                                           "(default: a new folder under ./runs/)")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+    parser.add_argument("--shard", type=cli.shard, default=(0, 1), metavar="I/N",
                         help="run only share I (0 ... N-1) of the plan's runs, so that N processes, hosts or a "
                              "Slurm job array on one shared --workdir finish one study together (default 0/1)")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: write the report of the runs --workdir holds that have finished")
-    parser.add_argument("--detect", type=_number("> 0", lambda value: 0 < value < math.inf), metavar="DELTA",
+    parser.add_argument("--detect", type=cli.number("> 0", lambda value: 0 < value < math.inf), metavar="DELTA",
                         help="a difference in the mean of the report's first metric (test accuracy of a classifier, "
                              "else test loss): the report states the seeds per configuration a two-sided 5%% t test "
                              "needs to detect it with 80%% power")
-    parser.add_argument("--correlation", type=_number("in [-1, 1)", lambda value: -1 <= value < 1), metavar="R",
+    parser.add_argument("--correlation", type=cli.number("in [-1, 1)", lambda value: -1 <= value < 1), metavar="R",
                         help="correlation of two configurations' results on the same seeds, as "
                              "experiments/fair_comparison measures it: the report adds the paired design (default: "
                              "unpaired only)")
@@ -855,17 +519,6 @@ def ablate_parser():
     cli.add_log_flags(parser)
     cli.add_config_flags(parser)
     return parser
-
-
-def _shard(text: str) -> tuple[int, int]:
-    index, _, count = text.partition("/")
-    try:
-        index, count = int(index), int(count)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/4, got {text!r}") from None
-    if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"I/N needs 0 <= I < N, got {text!r}")
-    return index, count
 
 
 def main(argv: list[str] | None = None) -> int:

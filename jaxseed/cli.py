@@ -9,7 +9,7 @@ import sys
 import time
 import typing
 
-from jaxseed import manifest, objective, rundir, streams, track
+from jaxseed import manifest, objective, rundir, streams, track, userimport
 from jaxseed.config import NPZ, Config, npz_path
 from jaxseed.errors import UserError
 
@@ -40,6 +40,32 @@ def int_at_least(low: int):
         return value
 
     return parse
+
+
+def number(expected: str, check):
+    """An argparse type: a float for which ``check`` holds, else a one-line usage error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
+        return value
+
+    return parse
+
+
+def shard(text: str) -> tuple[int, int]:
+    """An argparse type: ``I/N``, share I (0 ... N-1) of N."""
+    index, _, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"I/N needs 0 <= I < N, got {text!r}")
+    return index, count
 
 
 EXIT_CODES = ("exit codes: 0 done; 1 verify or diff found a difference; 2 bad input or a failed write (one line "
@@ -191,7 +217,7 @@ def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, obje
     seeds = manifest.seeds_from_record(recorded["streams"], workdir, streams.seed_names(found.run_streams))
     differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
                    for field, value in given.items() if field not in RELOCATED and getattr(config, field) != value]
-    if "model" in given and objective.recorded_name(given["model"]) != objective.recorded_name(config.model):
+    if "model" in given and userimport.recorded_name(given["model"]) != userimport.recorded_name(config.model):
         differences.append(f"model is {config.model!r} in the run, {given['model']!r} given")
     if args.seed is not None or args.stream:
         given, drawn = _seeds(args, found)[1], found.drawn_streams(config)  # the others draw nothing
@@ -207,7 +233,7 @@ def run_name(config: Config) -> str:
     def short(text: str) -> str:
         return os.path.splitext(os.path.basename(text.rstrip("/")))[0]
 
-    model = short(objective.split_name(config.model)[0] or config.model)
+    model = short(userimport.split_name(config.model)[0] or config.model)
     data = short(npz_path(config.data)) if npz_path(config.data) else config.data
     return f"{model}-{data}".replace(":", "-")
 

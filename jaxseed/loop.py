@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, rundir, streams, track
+from jaxseed import checkpoint, data, machine, manifest, mesh, outputs, rundir, streams, track, userimport
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed import objective as objectives
@@ -313,7 +313,7 @@ def _manifests(run: Run, data_hash: str, init_hashes: list[str]) -> list[dict]:
     """Each replica's manifest as the run starts (status running)."""
     program = run.program
     common = {"streams_used": list(program.objective.drawn_streams(run.config)), "data_hash": data_hash,
-              "objective": {"name": objectives.recorded_name(program.objective.name),
+              "objective": {"name": userimport.recorded_name(program.objective.name),
                             "source_sha256": objectives.source_hash(program.objective)},
               "execution": {"loop": program.loop_form, "steps_per_call": program.per_call,
                             "replicas": program.num_replicas, **program.layout.describe()},

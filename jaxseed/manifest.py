@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-from jaxseed import machine, objective, streams
+from jaxseed import machine, objective, streams, userimport
 from jaxseed.config import NPZ, Config, npz_path
 from jaxseed.errors import UserError
 
@@ -63,7 +63,7 @@ def command(argv: list[str]) -> list[str]:
     def local(text: str) -> str:
         flag, equals, value = text.partition("=") if text.startswith("--") else ("", "", text)
         prefix = NPZ if npz_path(value) else ""
-        path, name = objective.split_name(value.removeprefix(prefix))
+        path, name = userimport.split_name(value.removeprefix(prefix))
         path, suffix = (path, f":{name}") if path.endswith(".py") else (value.removeprefix(prefix), "")
         if not os.path.isabs(path):
             return text
@@ -106,13 +106,13 @@ def environment() -> dict:
 def config_record(config: Config, workdir: str) -> dict:
     """The config as the manifest stores it: ``data_dir`` and an npz file relative to the workdir,
     so a run folder holds no path of the machine it ran on and can be moved with its data; a
-    user's objective file by its name alone (``objective.recorded_name``)."""
+    user's objective file by its name alone (``userimport.recorded_name``)."""
     record = config.to_dict()
     if config.data_dir:
         record["data_dir"] = os.path.relpath(config.data_dir, os.path.abspath(workdir))
     if npz_path(config.data):
         record["data"] = NPZ + os.path.relpath(os.path.abspath(npz_path(config.data)), os.path.abspath(workdir))
-    record["model"] = objective.recorded_name(config.model)
+    record["model"] = userimport.recorded_name(config.model)
     return record
 
 
@@ -133,9 +133,9 @@ def config_from_record(record: Any, workdir: str, data_dir: str | None = None, d
         if not model:
             raise UserError(f"the run in {workdir} was trained with the objective {config.model!r}; jaxseed imports "
                             "no code a run folder names: pass --objective with where that objective is")
-        if objective.recorded_name(model) != config.model:
+        if userimport.recorded_name(model) != config.model:
             raise UserError(f"the run in {workdir} was trained with the objective {config.model!r}, "
-                            f"not {objective.recorded_name(model)!r}")
+                            f"not {userimport.recorded_name(model)!r}")
         config = config.replace(model=model)
     if data:
         config = config.replace(data=data)

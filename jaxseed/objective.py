@@ -21,11 +21,8 @@ import dataclasses
 import functools
 import hashlib
 import importlib
-import importlib.util
 import inspect
-import os
 import pkgutil
-import sys
 from typing import Callable, NamedTuple
 
 import jax
@@ -33,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxseed import data, streams
+from jaxseed import data, streams, userimport
 from jaxseed.config import Config
 from jaxseed.errors import UserError, one_line
 
@@ -119,53 +116,12 @@ def resolve(name: str) -> Objective:
     if name in built_in():
         found = importlib.import_module(f"jaxseed.models.{name}").OBJECTIVE
     else:
-        module_name, attribute = split_name(name)
+        module_name, attribute = userimport.split_name(name)
         if not module_name or not attribute.isidentifier():
             raise UserError(f"{name!r} is neither a built-in model ({', '.join(built_in())}) nor an objective "
                             "named as package.module:NAME or path/to/file.py:NAME")
-        module = _import(module_name)
-        if not hasattr(module, attribute):
-            raise UserError(f"{module_name} has no {attribute!r}")
-        found = getattr(module, attribute)
+        found = userimport.load(name, "objective")
     return check(found, name)
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """("package.module" or "path/to/file.py", "NAME") of an objective named ``module:NAME``; ("", name) else."""
-    module_name, _, attribute = name.rpartition(":")
-    return module_name, attribute
-
-
-def recorded_name(name: str) -> str:
-    """``name`` as a manifest records it: a file's objective by the file's name alone (where a
-    file lies on this machine is no part of the run; the user names it again to verify)."""
-    module_name, attribute = split_name(name)
-    return f"{os.path.basename(module_name)}:{attribute}" if module_name.endswith(".py") else name
-
-
-def _import(module_name: str):
-    """The module of a user's objective, from an importable name or a .py file."""
-    try:
-        if module_name.endswith(".py"):
-            if not os.path.isfile(module_name):
-                raise UserError(f"no objective file {module_name}")
-            # Its own name, so it cannot replace a module already imported (``jaxseed``, ``optax``).
-            key = "jaxseed_objective_" + hashlib.sha256(os.path.abspath(module_name).encode()).hexdigest()[:12]
-            if key not in sys.modules:
-                spec = importlib.util.spec_from_file_location(key, module_name)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[key] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[key]
-                    raise
-            return sys.modules[key]
-        return importlib.import_module(module_name)
-    except UserError:
-        raise
-    except Exception as error:  # the user's code: any failure to import it is bad input
-        raise UserError(f"cannot import the objective module {module_name}: {one_line(error, with_type=True)}") from None
 
 
 def check(found, name: str) -> Objective:

@@ -185,7 +185,7 @@ class RunFolder:
             return False
         target = self.file(name)
         try:
-            fd, temporary = tempfile.mkstemp(dir=self.path, prefix=f".{name}.tmp.")
+            fd, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(name)}.tmp.")
         except OSError as error:
             raise _os_error(target, error) from None
         try:

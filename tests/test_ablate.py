@@ -9,12 +9,15 @@ import pytest
 
 from jaxseed import ablate, data, loop, rundir, stats, streams
 from jaxseed.errors import UserError
+from jaxseed.study import plan, report as study_report
+from jaxseed.study.report import SPREAD
+from jaxseed.study.result import Result
 
 CNN_STREAMS = ("init", "shuffle", "dropout", "augment")
 
 
 def test_groups_vary_exactly_one_stream():
-    groups = ablate.plan_groups(10, 3, ("init", "shuffle"), CNN_STREAMS)
+    groups = plan.plan_groups(10, 3, ("init", "shuffle"), CNN_STREAMS)
     assert list(groups) == ["init", "shuffle", "all", "none"]
     base = {name: 10 for name in streams.STREAMS}
     assert groups["init"] == [{**base, "init": 11}, {**base, "init": 12}, {**base, "init": 13}]
@@ -26,30 +29,38 @@ def test_groups_vary_exactly_one_stream():
 @pytest.mark.parametrize("chosen, message", [(("dropuot",), "unknown stream"), (("latent",), "does not use")])
 def test_groups_reject_bad_streams(chosen, message):
     with pytest.raises(UserError, match=message):
-        ablate.plan_groups(0, 2, chosen, CNN_STREAMS)
+        plan.plan_groups(0, 2, chosen, CNN_STREAMS)
+
+
+SEEDS = {name: 0 for name in streams.STREAMS}
 
 
 def fake_result(loss, accuracy, param_hash="h"):
-    return {"seeds": {name: 0 for name in streams.STREAMS}, "final": {"test_loss": loss, "test_accuracy": accuracy},
-            "param_hash": param_hash, "probabilities": np.eye(3)}  # predicts classes 0, 1, 2
+    return Result({"test_loss": loss, "test_accuracy": accuracy}, {"probabilities": np.eye(3, dtype=np.float32)},
+                  param_hash)  # predicts classes 0, 1, 2
 
 
-def report(workdir, groups: dict[str, list[dict]]) -> str:
-    """The report of fake groups, as write_report makes it from finished runs."""
-    labels = np.array([0, 1, 2])
-    rows = [ablate.summarize(name, results, labels) for name, results in groups.items()]
+def summarize(name, results, labels):
+    return study_report.summarize(name, results, ["test_accuracy", "test_loss"], labels, "param_hash")
+
+
+def report(workdir, groups: dict[str, list[Result]]) -> str:
+    """The report of fake groups, as ablate writes it from finished runs."""
+    found = study_report.render(groups, {name: [SEEDS] * len(group) for name, group in groups.items()}, {}, SPREAD,
+                                labels=np.array([0, 1, 2]), fingerprint="param_hash", reruns="each its own program")
     with rundir.RunFolder.claim(str(workdir), "study", resume=True) as study:
-        return ablate.write_report(study, rows, groups, {})
+        study_report.save(study, found)
+    return found.markdown
 
 
 def test_none_group_zero_spread_and_loud_warning(tmp_path):
     labels = np.array([0, 1, 2])
-    same = ablate.summarize("none", [fake_result(0.5, 0.9)] * 3, labels)
+    same = summarize("none", [fake_result(0.5, 0.9)] * 3, labels)
     assert same["test_loss_std"] == 0 and same["test_accuracy_std"] == 0 and same["distinct_param_hashes"] == 1
     assert same["test_loss_std_ci"] == (0.0, 0.0) and same["test_loss_mean_ci"] == (0.5, 0.5)
     varied = [fake_result(0.5, 0.9, "a"), fake_result(0.6, 0.8, "b")]
     assert report(tmp_path, {"init": varied, "none": [fake_result(0.5, 0.9)] * 2}).count("WARNING") == 0
-    rounding = ablate.summarize("none", [fake_result(106.93230234375, 0.9)] * 5, labels)  # mean rounds
+    rounding = summarize("none", [fake_result(106.93230234375, 0.9)] * 5, labels)  # mean rounds
     assert rounding["test_loss_std"] == 0.0
     noisy = [fake_result(0.5, 0.9, "a"), fake_result(0.5001, 0.9, "b")]
     assert "WARNING" in report(tmp_path, {"init": varied, "none": noisy})
@@ -68,11 +79,11 @@ def test_report_names_only_pairs_whose_intervals_separate(tmp_path):
     assert "- std of test loss: init > dropout: intervals do not overlap" in markdown
     assert "- std of test loss: init > augment: intervals do not overlap" in markdown
     assert "dropout > augment" not in markdown and "augment > dropout" not in markdown  # a factor 2 is not enough
-    rows = [ablate.summarize(name, results, np.array([0, 1, 2])) for name, results in groups.items()]
+    rows = [summarize(name, results, np.array([0, 1, 2])) for name, results in groups.items()]
     assert stats.separated_pairs(rows, "test_loss") == [("init", "dropout"), ("init", "augment")]  # never none
     assert "- std of test accuracy: no pair of sources can be ranked at K = 5" in markdown  # all zero: all overlap
     stored = json.loads((tmp_path / "ablation.json").read_text())
-    assert stored["runs"]["init"][3] == {"seeds": groups["init"][3]["seeds"], "param_hash": "3",
+    assert stored["runs"]["init"][3] == {"seeds": SEEDS, "param_hash": "3",
                                          "final": {"test_loss": 4, "test_accuracy": 0.9}}
     assert [row["group"] for row in stored["summary"]] == list(groups)
 
@@ -193,7 +204,7 @@ def test_a_study_of_hours_says_so_before_it_starts(tmp_path, monkeypatch, capsys
     sweep = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "2", "--seeds", "2",
              "--streams", "init", "--strategy", "sequential", "--quiet", "--workdir", str(tmp_path / "study")]
     ablate.main(sweep)
-    runs = 2 * len(ablate.plan_groups(0, 2, ("init",), ablate.streams.STREAMS))
+    runs = 2 * len(plan.plan_groups(0, 2, ("init",), streams.STREAMS))
     assert (f"{ablate.PROG}: {runs} runs to train, expected to take up to ~{runs * 2 / 2.0:.1f} h here"
             in capsys.readouterr().err)
     assert ablate.expected_hours(ablate.Config(model="vae"), "sequential", "cpu", 10, 256) is None

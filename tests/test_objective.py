@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from jaxseed import objective, train
+from jaxseed import objective, train, userimport
 from jaxseed.errors import UserError
 
 MLP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "mlp_fashion_mnist.py")
@@ -58,7 +58,7 @@ def test_built_in_models_are_found_by_their_file_name():
 def test_a_file_objective_is_found_and_recorded_by_its_file_name(tmp_path):
     found = objective.resolve(f"{MLP}:OBJECTIVE")
     assert found.run_streams == ("init", "shuffle", "sample", "dropout", "noise")
-    assert objective.recorded_name(found.name) == "mlp_fashion_mnist.py:OBJECTIVE"
+    assert userimport.recorded_name(found.name) == "mlp_fashion_mnist.py:OBJECTIVE"
     assert objective.source_hash(found) is not None
 
 

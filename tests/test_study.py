@@ -10,6 +10,7 @@ import pytest
 
 from conftest import PROJECT_ROOT, TINY_CONFIG
 from jaxseed import ablate, loop, machine, objective, streams
+from jaxseed.study import plan
 
 pytestmark = pytest.mark.slow  # studies trained
 
@@ -123,10 +124,10 @@ def test_shards_are_disjoint_and_cover_the_plan():
     groups = {"init": [{}] * 3, "shuffle": [{}] * 3, "all": [{}] * 3, "none": [{}] * 3}
     for strategy in ("sequential", "vmap"):
         for count in (1, 2, 5):
-            shares = [ablate.shard_runs(groups, (i, count), strategy) for i in range(count)]
+            shares = [plan.shard_runs(groups, (i, count), strategy == "vmap") for i in range(count)]
             for name in groups:
                 assert sorted(k for share in shares for k in share[name]) == [0, 1, 2], (strategy, count, name)
-    vmap = [ablate.shard_runs(groups, (i, 2), "vmap") for i in range(2)]
+    vmap = [plan.shard_runs(groups, (i, 2), True) for i in range(2)]
     assert [share["init"] for share in vmap] == [[0, 1, 2], []]  # a vmapped group is one program: never split
     assert [share["none"] for share in vmap] == [[1], [0, 2]]  # each none run its own program (units 3, 4, 5)
 
@@ -158,7 +159,7 @@ def test_a_run_recorded_before_the_sample_stream_is_still_a_result_of_its_study(
                                                         "param_hash": "h", "final": {"test_loss": 1.0}}))
     drawn = objective.resolve("cnn").drawn_streams(TINY_CONFIG)
     result = ablate.load_result(str(tmp_path), {**old, "sample": 0}, drawn, 10, None)
-    assert result["final"] == {"test_loss": 1.0} and "losses" not in result
+    assert result.metrics == {"test_loss": 1.0} and result.per_example == {}
     with pytest.raises(Exception, match="other seeds"):
         ablate.load_result(str(tmp_path), {**old, "init": 1, "sample": 0}, drawn, 10, None)
 
