@@ -43,8 +43,8 @@ MARKER = ".jaxseed"
 OUTPUTS = {
     "run": ("manifest.json", "metrics.jsonl", "trace.jsonl", "curves.png", "samples.png", "reconstructions.png",
             "test_losses.npy", "test_probabilities.npy", "checkpoints", "checkpoints-unreadable"),
-    "study": ("sweep.json", "ablation.json", "ablation.csv", "ablation.md", "ablation.png", "unstable.png",
-              "records.npz", "runs"),
+    "study": ("sweep.json", "study.json", "ablation.json", "ablation.csv", "ablation.md", "ablation.png",
+              "unstable.png", "records.npz", "runs"),
 }
 # Fields every row must have, checked whenever a file is read back.
 METRICS_FIELDS = {"epoch": int, "step": int}

@@ -28,7 +28,8 @@ def toy(seeds):
     weights = jax.random.normal(seeds.key("init"), (40,))
     noise = 0.5 * jax.random.normal(seeds.key("dropout"), (40,))
     margin = np.asarray(weights + noise + 0.5)
-    return jaxseed.Result(metrics={"test_accuracy": float((margin > 0).mean()), "test_loss": float(np.abs(margin).mean())},
+    return jaxseed.Result(metrics={"test_accuracy": float((margin > 0).mean()),
+                                   "test_loss": float(np.abs(margin).mean())},
                           per_example={"correct": margin > 0, "loss": np.abs(margin).astype(np.float32)},
                           fingerprint=jaxseed.fingerprint(weights + noise))
 
@@ -114,7 +115,8 @@ def write(tmp_path, body):
 
 
 CASES = [
-    ("raise ImportError('no torch here')\ndef run(seeds): pass", "cannot import the training function module .*no torch"),
+    ("raise ImportError('no torch here')\ndef run(seeds): pass",
+     "cannot import the training function module .*no torch"),
     ("def other(seeds): pass", "has no 'run'"),
     ("def run(seeds, epochs): return {}", "must take one argument, the run's jaxseed.Seeds"),
     ("def run(seeds): raise ValueError('diverged')", "run init-000: mine.py:run raised ValueError: diverged"),
@@ -142,7 +144,8 @@ def test_bad_training_functions_are_one_line_and_exit_2(tmp_path, capsys, body, 
 def test_finished_runs_survive_a_failing_run(tmp_path, capsys):
     """A function that fails at its third run leaves the two finished ones; its source edited, it is
     another study (whose results the finished runs are not)."""
-    path = write(tmp_path, "def run(seeds):\n    assert seeds['init'] != 3, 'bad seed'\n    return {'loss': seeds['init']}\n")
+    path = write(tmp_path, "def run(seeds):\n    assert seeds['init'] != 3, 'bad seed'\n"
+                           "    return {'loss': seeds['init']}\n")
     args = [path + ":run", "--streams", "init", "--seeds", "3", "--workdir", str(tmp_path / "w"), "--quiet"]
     assert study_cli.main(args) == 2 and "run init-002" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "w" / "runs")) == ["init-000.npz", "init-001.npz"]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # the experiments' tiny modes
 
 def load(name):
     """experiments/<name>/run.py as a module (every experiment's script is named run.py)."""
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}",
+    spec = importlib.util.spec_from_file_location(f"experiment_{name.replace('/', '_')}",
                                                   os.path.join(PROJECT_ROOT, "experiments", name, "run.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -74,6 +74,14 @@ def test_fair_comparison_paired_interval_is_narrower(tmp_path):
         paired, unpaired = (found[design]["mean_ci"] for design in ("paired", "unpaired"))
         assert paired[1] - paired[0] < unpaired[1] - unpaired[0]
     assert (tmp_path / "differences.png").exists()
+
+
+def test_architecture_pair_shares_initial_weights_by_name_only(tmp_path):
+    """Keyed by name, the layers A and B share start bit for bit alike; keyed by order, B's inserted
+    layer moves the weights of the layer after it (the spreads' comparison is the full run's finding)."""
+    result = tiny("fair_comparison/architectures", tmp_path)
+    assert result.alike == {"name": {"hidden": True, "out": True}, "order": {"hidden": True, "out": False}}
+    assert set(result.compared) == {"name", "order"} and len(result.finals["order"]["B"]) == 4
 
 
 def test_portability_rows_that_should_agree_agree(tmp_path):

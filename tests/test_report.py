@@ -167,7 +167,8 @@ def test_a_seed_count_beyond_the_limit_is_null_in_json():
 def test_determinism_line_from_the_none_group():
     """Bit-identical reruns (one fingerprint, zero spread); a spread or a second fingerprint is a loud
     warning; without fingerprints only the spread is judged, and the line says so."""
-    same = {"init": [Result({"loss": v}, {}, str(v)) for v in (1.0, 2.0)], "none": [Result({"loss": 1.0}, {}, "a")] * 2}
+    same = {"init": [Result({"loss": v}, {}, str(v)) for v in (1.0, 2.0)],
+            "none": [Result({"loss": 1.0}, {}, "a")] * 2}
     assert "are bit-identical (one fingerprint, zero spread)" in study_report.render(same, SEEDS2, {}).markdown
     other_bits = {**same, "none": [Result({"loss": 1.0}, {}, "a"), Result({"loss": 1.0}, {}, "b")]}
     assert "**WARNING: the `none` group" in study_report.render(other_bits, SEEDS2, {}).markdown
@@ -189,8 +190,9 @@ def test_the_report_of_any_metrics_in_their_order():
     results = {"init": [Result({"perplexity": p, "bleu": b}) for p, b in ((10.0, 0.3), (12.0, 0.2))],
                "none": [Result({"perplexity": 11.0, "bleu": 0.25})] * 2}
     found = study_report.render(results, SEEDS2, {})
-    assert found.markdown.splitlines()[0] == ("| group | runs | perplexity: mean [95% t CI] | perplexity: std [95% χ² CI] "
-                                              "| bleu: mean [95% t CI] | bleu: std [95% χ² CI] |")
+    assert found.markdown.splitlines()[0] == (
+        "| group | runs | perplexity: mean [95% t CI] | perplexity: std [95% χ² CI] | bleu: mean [95% t CI] "
+        "| bleu: std [95% χ² CI] |")
     assert found.record["seeds_needed"]["metric"] == "perplexity"
     assert found.record["runs"]["init"][1] == {"seeds": {"init": 2}, "fingerprint": None,
                                                "final": {"perplexity": 12.0, "bleu": 0.2}}

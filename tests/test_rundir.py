@@ -475,3 +475,30 @@ def test_run_files_read_back_as_written(tmp_path):
     for name in ("short.npy", "long.npy"):
         with pytest.raises(UserError, match=f"{name}: its size does not match its header$"):
             rundir.load_array(path, name, np.float32, (2, 3))
+
+
+def test_write_text_and_failed_reads_in_words(tmp_path):
+    """What write_text writes is read back; a read through a link, or below a file, is one line
+    with the OS's reason in words (the link's said as jaxseed's rule)."""
+    with rundir.RunFolder.claim(str(tmp_path / "run")) as run:
+        run.write_text("notes.md", "every stream seeded 42\n")
+        assert (tmp_path / "run" / "notes.md").read_text() == "every stream seeded 42\n"
+    (tmp_path / "elsewhere.json").write_text("{}")
+    os.symlink(tmp_path / "elsewhere.json", tmp_path / "run" / "linked.json")
+    with pytest.raises(UserError) as linked:
+        rundir.read_json(str(tmp_path / "run"), "linked.json")
+    assert str(linked.value) == (f"cannot read {tmp_path}/run/linked.json: it is a symbolic link, which jaxseed "
+                                 "never follows")
+    with pytest.raises(UserError) as below:
+        rundir.read_json(str(tmp_path / "run" / "notes.md"), "manifest.json")
+    assert str(below.value) == f"cannot read {tmp_path}/run/notes.md/manifest.json: Not a directory"
+
+
+def test_overwrite_keeps_a_users_file_named_like_a_temporary_one(tmp_path):
+    """Only a run's own temporary files (".NAME.tmp.*" of a name it writes) are removed, not any with ".tmp."."""
+    with rundir.RunFolder.claim(str(tmp_path)) as run:
+        run.write_json("manifest.json", {"status": "finished"})
+    for name in ("mine.tmp.txt", ".notes.tmp.1", ".manifest.json.tmp.abc"):
+        (tmp_path / name).write_text("x")
+    rundir.RunFolder.claim(str(tmp_path), overwrite=True).release()
+    assert sorted(os.listdir(tmp_path)) == sorted([rundir.MARKER, "mine.tmp.txt", ".notes.tmp.1"])

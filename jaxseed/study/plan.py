@@ -51,7 +51,8 @@ def shard_runs(groups: dict, shard: tuple[int, int], together: bool) -> dict[str
     programs); the j-th unit (groups in the plan's order) belongs to shard j mod N, so the N shards
     are disjoint and cover the plan."""
     index, count = shard
-    units = [(name, runs) for name, group in groups.items() for runs in programs(name, list(range(len(group))), together)]
+    units = [(name, runs) for name, group in groups.items()
+             for runs in programs(name, list(range(len(group))), together)]
     mine = {name: [] for name in groups}
     for j, (name, runs) in enumerate(units):
         if j % count == index:
