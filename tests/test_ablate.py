@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxseed import ablate, data, loop, rundir, stats, streams
+from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.study import plan, report as study_report
 from jaxseed.study.report import SPREAD
@@ -112,7 +113,7 @@ def test_sweep_resumes_only_missing_runs(tmp_path, monkeypatch, capsys):
         (workdir / "runs" / name / "manifest.json").unlink()
     trained = []
     real_run_group = ablate.run_group
-    monkeypatch.setattr(ablate, "run_group", lambda config, found, seeds, paths, *rest, **options: (
+    monkeypatch.setattr(ablate.runs, "run_group", lambda config, found, seeds, paths, *rest, **options: (
         trained.extend(os.path.basename(p) for p in paths),
         real_run_group(config, found, seeds, paths, *rest, **options)))
     capsys.readouterr()
@@ -171,7 +172,7 @@ def test_exit_codes_of_a_failed_or_interrupted_sweep(tmp_path, monkeypatch, caps
     def stop(*args, **options):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ablate, "run_group", stop)
+    monkeypatch.setattr(ablate.runs, "run_group", stop)
     assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "w")]) == 130
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "finished runs are kept" in error and "rerun the same command" in error
@@ -179,7 +180,7 @@ def test_exit_codes_of_a_failed_or_interrupted_sweep(tmp_path, monkeypatch, caps
     def diverge(*args, **options):
         raise FloatingPointError("non-finite loss")
 
-    monkeypatch.setattr(ablate, "run_group", diverge)
+    monkeypatch.setattr(ablate.runs, "run_group", diverge)
     assert ablate.main([*SWEEP, "--workdir", str(tmp_path / "w")]) == 3
 
 
@@ -187,7 +188,7 @@ def test_auto_strategy_follows_the_recorded_measurement(tmp_path, monkeypatch):
     measured = tmp_path / "strategies.json"
     measured.write_text(json.dumps({"gpu": {"runs_per_hour": {"sequential": 100.0, "vmap": 900.0}, "date": "d"},
                                     "cpu": {"runs_per_hour": {"sequential": 50.0, "vmap": 20.0}, "date": "d"}}))
-    monkeypatch.setattr(ablate, "STRATEGIES_FILE", str(measured))
+    monkeypatch.setattr(ablate.strategy, "STRATEGIES_FILE", str(measured))
     assert ablate.choose_strategy("auto", "gpu")[0] == "vmap"
     assert ablate.choose_strategy("auto", "cpu")[0] == "sequential"
     strategy, reason = ablate.choose_strategy("auto", "tpu")
@@ -199,12 +200,12 @@ def test_a_study_of_hours_says_so_before_it_starts(tmp_path, monkeypatch, capsys
     """The expected time, scaled by examples from the recorded sweep measurement, on stderr even with --quiet."""
     measured = {"model": "cnn", "epochs": 1, "train_limit": 256, "runs_per_hour": {"sequential": 2.0},
                 "date": "today"}
-    monkeypatch.setattr(ablate, "_measurement", lambda backend: measured)
-    monkeypatch.setattr(ablate, "run_group", lambda *args, **options: None)  # nothing trained: only the warning
+    monkeypatch.setattr(ablate.strategy, "_measurement", lambda backend: measured)
+    monkeypatch.setattr(ablate.runs, "run_group", lambda *args, **options: None)  # nothing trained: only the warning
     sweep = ["--data", "synthetic", "--train-limit", "256", "--batch-size", "64", "--epochs", "2", "--seeds", "2",
              "--streams", "init", "--strategy", "sequential", "--quiet", "--workdir", str(tmp_path / "study")]
     ablate.main(sweep)
     runs = 2 * len(plan.plan_groups(0, 2, ("init",), streams.STREAMS))
     assert (f"{ablate.PROG}: {runs} runs to train, expected to take up to ~{runs * 2 / 2.0:.1f} h here"
             in capsys.readouterr().err)
-    assert ablate.expected_hours(ablate.Config(model="vae"), "sequential", "cpu", 10, 256) is None
+    assert ablate.expected_hours(Config(model="vae"), "sequential", "cpu", 10, 256) is None

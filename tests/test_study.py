@@ -172,7 +172,7 @@ def test_a_study_continues_elsewhere_from_its_records(tmp_path, monkeypatch, cap
     assert ablate.main([*SWEEP, "--workdir", str(first), "--shard", "0/3"]) == 0  # all-001 and init-000
     records = first / "records.npz"
     trained = []
-    monkeypatch.setattr(ablate, "run_group", lambda config, found, seeds, paths, *rest, **options: trained.extend(
+    monkeypatch.setattr(ablate.runs, "run_group", lambda config, found, seeds, paths, *rest, **options: trained.extend(
         os.path.basename(p) for p in paths))
     second = tmp_path / "second"
     assert ablate.main([*SWEEP, "--workdir", str(second), "--shard", "0/3", "--records", str(records)]) == 0

@@ -52,7 +52,7 @@ def build(init_key: jax.Array, keying: str, extra: bool, pixels: int, classes: i
     rngs = (lambda name: jaxseed.layer_rngs(init_key, name)) if keying == "name" else (lambda name: shared)
     shapes = [("hidden", pixels, HIDDEN), *([("extra", HIDDEN, HIDDEN)] if extra else []), ("out", HIDDEN, classes)]
     layers = {name: nnx.Linear(fan_in, fan_out, rngs=rngs(name)) for name, fan_in, fan_out in shapes}
-    return {name: {"kernel": layer.kernel.value, "bias": layer.bias.value} for name, layer in layers.items()}
+    return {name: {"kernel": layer.kernel[...], "bias": layer.bias[...]} for name, layer in layers.items()}
 
 
 def logits(params, x, keep):

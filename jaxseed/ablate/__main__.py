@@ -1,0 +1,5 @@
+import sys
+
+from jaxseed.ablate.cli import main
+
+sys.exit(main())
