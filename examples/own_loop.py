@@ -2,6 +2,7 @@
 
     python examples/own_loop.py --seed 0 --dropout-seed 7 --epochs 2
     python -m jaxseed.study examples/own_loop.py:run --streams init,shuffle,dropout --seeds 5
+    python -m jaxseed.study examples/own_loop.py:run --compare examples/own_loop.py:run_three_epochs --seeds 10
 
 Every random draw comes from a named stream's root key, by position: the initial
 weights from ``init``, each epoch's order from ``shuffle`` and the epoch, each
@@ -84,6 +85,11 @@ def run(seeds: jaxseed.Seeds, epochs: int = 2, data: str = DATA) -> jaxseed.Resu
     correct = np.asarray(logits.argmax(-1) == arrays["y_test"])
     return jaxseed.Result(metrics={"test_accuracy": correct.mean(), "test_loss": losses.mean()},
                           per_example={"correct": correct}, fingerprint=jaxseed.fingerprint(params))
+
+
+def run_three_epochs(seeds: jaxseed.Seeds) -> jaxseed.Result:
+    """``run`` with a third epoch: compared with ``run`` under the same randomness (``--compare``)."""
+    return run(seeds, epochs=3)
 
 
 if __name__ == "__main__":

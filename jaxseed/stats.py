@@ -382,3 +382,65 @@ def probability_of_improvement(a, b, level: float = LEVEL) -> tuple[float, float
     low = float(stats.beta.ppf(tail, wins, k - wins + 1)) if wins > 0 else 0.0
     high = float(stats.beta.ppf(1 - tail, wins + ties + 1, k - wins - ties)) if wins + ties < k else 1.0
     return (wins + ties / 2) / k, low, high
+
+
+def seeds_for_width(half_width: float, sd: float, dof_per_seed: float, level: float = LEVEL) -> float:
+    r"""Fewest seeds n per variant whose t interval of the mean difference is at most ``half_width`` each side:
+
+    .. math::
+      t_{(1+\ell)/2,\ \nu(n)} \cdot sd / \sqrt{n} \le w,  \qquad  \nu(n) = (n - 1) \cdot c
+
+    with sd the spread of one difference, and c = dof_per_seed (1 paired; Welch's
+    (s_A^2 + s_B^2)^2 / (s_A^4 + s_B^4) in [1, 2] unpaired). The left side falls
+    with n, so bisect. math.inf if more than MAX_SEEDS would be needed.
+    """
+    def fits(n):
+        return stats.t.ppf((1 + level) / 2, (n - 1) * dof_per_seed) * sd / math.sqrt(n) <= half_width
+
+    if not fits(MAX_SEEDS):
+        return math.inf
+    low, high = 1, MAX_SEEDS  # fits(high), and n = 1 has no spread estimate at all
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def paired_comparison(a, b) -> dict:
+    """Paired and unpaired views of B - A from K runs of each variant with the same seeds.
+
+    Paired: d_k = B_k - A_k, std s_d with K - 1 degrees of freedom; the mean's
+    interval is Student's t with se = s_d / sqrt(K).
+
+    Unpaired (B with other seeds than A): the difference of independent runs has
+    std sqrt(s_A^2 + s_B^2), with Welch-Satterthwaite's degrees of freedom
+    nu = (K - 1) (s_A^2 + s_B^2)^2 / (s_A^4 + s_B^4) (exactly 2(K - 1) when
+    var A = var B); its chi-square interval is then approximate, not exact. The
+    mean's interval is Welch's: se = sqrt((s_A^2 + s_B^2) / K), t with nu.
+
+    P(B > A) with its Clopper-Pearson interval (``probability_of_improvement``) counts
+    seed by seed, so only the paired design has it.
+
+    Returns {"paired": ..., "unpaired": ...} of {"mean", "sd", "sd_ci", "mean_ci",
+    "seeds_to_exclude_zero"}, the paired one also "improvement": (P(B > A), low, high);
+    plus "correlation" of A and B and "unpaired_seeds_to_match" (seeds per variant the
+    unpaired design needs for the paired interval's width).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    k = len(a)
+    d = b - a
+    var_a, var_b = sample_std(a) ** 2, sample_std(b) ** 2
+    welch = (var_a + var_b) ** 2 / (var_a ** 2 + var_b ** 2) if var_a + var_b > 0 else 1.0
+    result = {}
+    for design, sd, per_seed in (("paired", sample_std(d), 1.0), ("unpaired", math.sqrt(var_a + var_b), welch)):
+        dof = float((k - 1) * per_seed)
+        result[design] = {"mean": float(d.mean()), "sd": float(sd), "dof": dof,
+                          "sd_ci": tuple(map(float, std_interval(sd, dof))),
+                          "mean_ci": tuple(map(float, mean_interval(d.mean(), sd / math.sqrt(k), dof))),
+                          # an interval excludes zero when its half width is below |mean|: never for mean 0
+                          "seeds_to_exclude_zero": seeds_for_width(abs(d.mean()), sd, per_seed) if d.mean() else math.inf}
+    result["paired"]["improvement"] = probability_of_improvement(b, a)
+    paired_half_width = (result["paired"]["mean_ci"][1] - result["paired"]["mean_ci"][0]) / 2
+    result["unpaired_seeds_to_match"] = seeds_for_width(paired_half_width, result["unpaired"]["sd"], welch)
+    result["correlation"] = float(np.corrcoef(a, b)[0, 1]) if var_a * var_b > 0 else math.nan
+    return result

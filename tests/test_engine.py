@@ -168,3 +168,40 @@ def test_the_own_loop_example_under_the_study_cli(tmp_path, capsys, monkeypatch)
     markdown = capsys.readouterr().out
     assert "are bit-identical (one fingerprint, zero spread)" in markdown
     assert "### Per-example instability" in markdown and "### Seeds needed" in markdown
+    assert study_cli.main(["examples/own_loop.py:run", "--compare", "examples/own_loop.py:run_three_epochs",
+                           "--seeds", "2", "--workdir", str(tmp_path / "c"), "--quiet"]) == 0
+    assert "A: `own_loop.py:run`, B: `own_loop.py:run_three_epochs`, on the same 2 seeds" in capsys.readouterr().out
+
+
+def shifted(seeds):
+    """``toy`` with a better model: the same randomness, 0.05 more accuracy."""
+    result = toy(seeds)
+    return result._replace(metrics={**result.metrics, "test_accuracy": result.metrics["test_accuracy"] + 0.05})
+
+
+def test_a_comparison_pairs_two_functions_on_the_same_seeds(tmp_path):
+    """Run k of A and of B take every stream's seed base + 1 + k; the paired difference is exact
+    (B is A + 0.05 on every seed: no spread, P(B > A) = 1), and it resumes and shards like a study."""
+    CALLS.clear()
+    markdown = jaxseed.study.compare(toy, shifted, seeds=4, workdir=str(tmp_path / "c"))
+    assert [set(c.values()) for c in CALLS] == [{1}, {2}, {3}, {4}] * 2  # A's four runs, then B's
+    assert "| test_accuracy |" in markdown and "| +0.05 [+0.05, +0.05] | 0 [0, 0] |" in markdown
+    assert "| 1.00 [0.40, 1.00] |" in markdown  # B wins all 4 pairs: Clopper-Pearson [0.025^(1/4), 1]
+    assert "| test_loss |" in markdown and "A: `test_engine:toy`, B: `test_engine:shifted`" in markdown
+    stored = json.loads((tmp_path / "c" / "ablation.json").read_text())
+    assert stored["pairs"] == 4 and stored["comparison"]["test_loss"]["paired"]["mean"] == 0
+    CALLS.clear()
+    assert jaxseed.study.compare(toy, shifted, seeds=4, workdir=str(tmp_path / "c")) == markdown and CALLS == []
+    with pytest.raises(UserError, match="holds another study .*function"):
+        jaxseed.study.compare(shifted, toy, seeds=4, workdir=str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("flags, message", [([], "--streams is needed"),
+                                            (["--streams", "init", "--compare", "x.py:f"], "not both"),
+                                            (["--compare", "x.py:f", "--detect", "0.1"], "--compare measures one")])
+def test_study_or_comparison_flags_in_one_line(tmp_path, capsys, flags, message):
+    code = study_cli.main([write(tmp_path, "def run(seeds): return {'loss': 1.0}") + ":run", *flags, "--workdir",
+                           str(tmp_path / "w")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and message in error, error
+

@@ -1,7 +1,8 @@
 """The study engine: how much each random source moves what any training function returns.
 
-``jaxseed.study(train, streams=..., seeds=K)`` (``engine.study``) and
-``python -m jaxseed.study FILE.py:FUNCTION --streams ... --seeds K``. One concern per module:
+``jaxseed.study(train, streams=..., seeds=K)`` (``engine.study``),
+``jaxseed.study.compare(train_a, train_b, seeds=K)`` (two functions under the same randomness) and
+``python -m jaxseed.study FILE.py:FUNCTION --streams ... --seeds K [--compare FILE.py:OTHER]``. One concern per module:
 ``plan`` (groups, seeds, shards), ``result`` (what a run returns), ``records`` (finished runs on
 disk), ``engine`` (running, resuming, sharing), ``report`` (a pure function of the results).
 """
@@ -10,10 +11,10 @@ import functools
 import sys
 import types
 
-from jaxseed.study.engine import study
+from jaxseed.study.engine import compare, study
 from jaxseed.study.result import Result
 
-__all__ = ["Result", "study"]
+__all__ = ["Result", "compare", "study"]
 
 
 class _CallablePackage(types.ModuleType):

@@ -2,6 +2,7 @@
 
     python -m jaxseed.study examples/own_loop.py:study_run --streams init,shuffle,dropout --seeds 5
     python -m jaxseed.study my_package.train:run --streams init,dropout --seeds 10 --shard 0/4 --workdir W
+    python -m jaxseed.study examples/own_loop.py:run --compare examples/own_loop.py:run_wider --seeds 10
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 from jaxseed import cli, entry, streams, userimport
 from jaxseed.errors import UserError
-from jaxseed.study import engine
+from jaxseed.study import engine, report
 
 PROG = "python -m jaxseed.study"
 
@@ -22,7 +23,12 @@ def parser():
     found.add_argument("function", metavar="FILE.py:FUNCTION",
                        help="the training function, path/to/file.py:NAME or package.module:NAME: it takes a "
                             "jaxseed.Seeds and returns a dict of metrics or a jaxseed.Result")
-    found.add_argument("--streams", required=True, help="comma-separated streams to vary (built-in or your own)")
+    found.add_argument("--streams", help="comma-separated streams to vary (built-in or your own); needed unless "
+                                         "--compare")
+    found.add_argument("--compare", metavar="FILE.py:FUNCTION",
+                       help="compare FUNCTION (B) with the first (A) under the same randomness instead: run k of each "
+                            "takes every stream's seed base + 1 + k; the report gives the paired difference, P(B > A) "
+                            "and the seeds each design needs")
     found.add_argument("--seeds", type=cli.int_at_least(2), default=5, help="runs per group, K (default 5)")
     found.add_argument("--base-seed", type=str, default="0",
                        help=f"seed of every stream not varied, an integer in [0, {streams.MAX_SEED}] (default 0)")
@@ -52,13 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if args.report and not args.workdir:
             raise UserError("--report needs the --workdir of the study")
+        if bool(args.compare) == bool(args.streams):
+            raise UserError("give --streams (a study of one function) or --compare (two functions), not both"
+                            if args.compare else "--streams is needed: the streams to vary, e.g. init,shuffle")
+        if args.compare and (args.detect or args.correlation is not None):
+            raise UserError("--detect and --correlation size a study's comparison; --compare measures one")
         train = userimport.load(args.function, "training function")
-        planned = engine.plan_study(train, tuple(s.strip() for s in args.streams.split(",")), args.seeds,
-                                    args.base_seed, args.workdir)
+        if args.compare:
+            planned = engine.plan_comparison(train, userimport.load(args.compare, "training function"), args.seeds,
+                                             args.base_seed, args.workdir)
+            options = {"render": report.render_comparison}
+        else:
+            planned = engine.plan_study(train, tuple(s.strip() for s in args.streams.split(",")), args.seeds,
+                                        args.base_seed, args.workdir)
+            options = {"detect": args.detect, "correlation": args.correlation}
         with engine.open_study(planned) as folder:
             try:
-                markdown = engine.run(planned, folder, args.shard, args.report, args.records, args.quiet,
-                                      detect=args.detect, correlation=args.correlation)
+                markdown = engine.run(planned, folder, args.shard, args.report, args.records, args.quiet, **options)
             except KeyboardInterrupt:
                 again = "the same command" if args.workdir else f"it with --workdir {planned.workdir}"
                 raise entry.Interrupted(f"interrupted; finished runs are kept: rerun {again} to complete the "
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                   "complete it; then --report)")
         else:
             print(markdown + f"\nreport in {planned.workdir}: ablation.md, ablation.csv, ablation.json, "
-                             "ablation.png, records.npz")
+                             f"{'' if args.compare else 'ablation.png, '}records.npz")
         return 0
 
     return entry.run("jaxseed.study", run)

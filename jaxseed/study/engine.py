@@ -34,7 +34,7 @@ MACHINE = ("backend", "thread_pool", "xla_flags", "versions")
 class Study(NamedTuple):
     """What one study runs, and where."""
 
-    train: Callable[[streams.Seeds], Any]
+    functions: dict[str, Callable[[streams.Seeds], Any]]  # group -> the training function its runs call
     groups: dict  # group -> the stream seeds of each run
     base_seed: int
     workdir: str
@@ -61,10 +61,7 @@ def source_hash(train: Callable) -> str | None:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
-def plan_study(train: Callable, stream_names: tuple[str, ...], num_seeds: int, base_seed: int = 0,
-               workdir: str | None = None) -> Study:
-    """The study of ``train``: K = ``num_seeds`` runs per group, varying each of ``stream_names``
-    alone, all together, and none; UserError on bad input. Touches no file."""
+def _checked_function(train: Callable) -> Callable:
     if not callable(train):
         raise UserError(f"the training function must be callable, got a {type(train).__name__}")
     try:
@@ -73,8 +70,21 @@ def plan_study(train: Callable, stream_names: tuple[str, ...], num_seeds: int, b
         raise UserError(f"{function_name(train)} must take one argument, the run's jaxseed.Seeds") from None
     except ValueError:  # a callable whose signature Python cannot read: called as it is
         pass
+    return train
+
+
+def _checked_count(num_seeds: int) -> int:
     if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 2:
         raise UserError(f"seeds must be an integer >= 2 (runs per group), got {num_seeds!r}")
+    return num_seeds
+
+
+def plan_study(train: Callable, stream_names: tuple[str, ...], num_seeds: int, base_seed: int = 0,
+               workdir: str | None = None) -> Study:
+    """The study of ``train``: K = ``num_seeds`` runs per group, varying each of ``stream_names``
+    alone, all together, and none; UserError on bad input. Touches no file."""
+    _checked_function(train)
+    _checked_count(num_seeds)
     if isinstance(stream_names, str) or not stream_names:
         raise UserError("name the streams to vary, e.g. streams=('init', 'shuffle')")
     used = tuple(streams.check_stream_name(name) if name not in streams.STREAM_IDS else name for name in stream_names)
@@ -86,7 +96,24 @@ def plan_study(train: Callable, stream_names: tuple[str, ...], num_seeds: int, b
     header = {"function": function_name(train), "source_sha256": source_hash(train), "streams": list(used),
               "base_seed": base_seed, "groups_planned": groups, "group_order": list(groups),
               **manifest.environment()}
-    return Study(train, groups, base_seed, workdir, header)
+    return Study({group: train for group in groups}, groups, base_seed, workdir, header)
+
+
+def plan_comparison(train_a: Callable, train_b: Callable, num_seeds: int, base_seed: int = 0,
+                    workdir: str | None = None) -> Study:
+    """The paired comparison of two functions (or one with two settings): groups ``A`` and ``B``,
+    whose run k both take every stream's seed base_seed + 1 + k. Touches no file."""
+    functions = {"A": _checked_function(train_a), "B": _checked_function(train_b)}
+    base_seed = streams.check_seed(base_seed, "base seed")
+    runs = [dict.fromkeys(streams.STREAMS, streams.check_seed(base_seed + 1 + k))
+            for k in range(_checked_count(num_seeds))]
+    groups = {"A": runs, "B": [dict(seeds) for seeds in runs]}
+    workdir = workdir or os.path.join("runs", f"comparison-{time.strftime('%Y%m%d-%H%M%S')}")
+    header = {"function": {group: function_name(f) for group, f in functions.items()},
+              "source_sha256": {group: source_hash(f) for group, f in functions.items()}, "streams": [],
+              "base_seed": base_seed, "groups_planned": groups, "group_order": list(groups),
+              **manifest.environment()}
+    return Study(functions, groups, base_seed, workdir, header)
 
 
 def first_difference(recorded: dict, here: dict, fields: tuple[str, ...]) -> str | None:
@@ -141,11 +168,11 @@ def train_missing(mine: dict[str, list[int]], together: bool, finished: Callable
 
 
 def run_seeds(study: Study, group: str, index: int) -> streams.Seeds:
-    """The Seeds run ``index`` of ``group`` trains with; in ``all`` the streams the plan does not name
-    vary too."""
+    """The Seeds run ``index`` of ``group`` trains with: where the plan gives every stream one seed
+    (``all``, ``none``, a comparison's), the streams it does not name take it too."""
     seeds = study.groups[group][index]
-    base = seeds["init"] if group == "all" else study.base_seed
-    return streams.Seeds(base, **seeds)
+    common = set(seeds.values())
+    return streams.Seeds(common.pop() if len(common) == 1 else study.base_seed, **seeds)
 
 
 def _run_file(study: Study, group: str, index: int) -> str:
@@ -166,13 +193,13 @@ def load_run(study: Study, group: str, index: int) -> Result | None:
 
 def call(study: Study, group: str, index: int) -> Result:
     """Run ``index`` of ``group``: ``train`` called with its Seeds, its return checked."""
-    name = plan.run_name(group, index)
+    name, train = plan.run_name(group, index), study.functions[group]
     try:
-        value = study.train(run_seeds(study, group, index))
+        value = train(run_seeds(study, group, index))
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as error:  # the user's code: one line here, the traceback chained for a debugger
-        raise UserError(f"run {name}: {study.header['function']} raised {one_line(error, with_type=True)}") from error
+        raise UserError(f"run {name}: {function_name(train)} raised {one_line(error, with_type=True)}") from error
     return checked(value, name)
 
 
@@ -201,10 +228,12 @@ def restore(path: str, study: Study, folder: rundir.RunFolder) -> list[str]:
 
 
 def run(study: Study, folder: rundir.RunFolder, shard: tuple[int, int] = (0, 1), report_only: bool = False,
-        records_file: str | None = None, quiet: bool = False, **options) -> str | None:
+        records_file: str | None = None, quiet: bool = False, render: Callable = report.render,
+        **options) -> str | None:
     """Restore the runs ``records_file`` holds, train every missing run of ``shard`` (none with
     ``report_only``), write records.npz and the report of every run finished so far (by any shard);
-    the report's markdown, or None while no group has two runs. ``options``: ``report.render``'s."""
+    the report's markdown, or None while no group has two runs. ``render``: the report
+    (``report.render`` of a study, ``report.render_comparison`` of a comparison); ``options``: its own."""
     if records_file:
         restored = restore(records_file, study, folder)
         if not quiet:
@@ -259,7 +288,7 @@ def run(study: Study, folder: rundir.RunFolder, shard: tuple[int, int] = (0, 1),
              for group in kept}
     header = {**recorded, "seconds_this_invocation": time.perf_counter() - start,
               "runs_finished": len(results), "runs_planned": sum(map(len, study.groups.values()))}
-    found = report.render(kept, seeds, header, **options)
+    found = render(kept, seeds, header, **options)
     report.save(folder, found)
     return found.markdown
 
@@ -298,3 +327,23 @@ def study(train: Callable[[streams.Seeds], Any], streams: tuple[str, ...] = ("in
     with open_study(planned) as folder:
         return run(planned, folder, (index, count), report_only, records, quiet, detect=detect,
                    correlation=correlation, labels=labels)
+
+
+def compare(train_a: Callable[[streams.Seeds], Any], train_b: Callable[[streams.Seeds], Any], seeds: int = 10,
+            workdir: str | None = None, *, base_seed: int = 0, shard: tuple[int, int] = (0, 1),
+            records: str | None = None, report_only: bool = False, quiet: bool = True) -> str | None:
+    """Compare two training functions (or one with two settings, e.g. ``functools.partial``) under
+    the same randomness: run k of each gets every stream's seed ``base_seed + 1 + k``.
+
+    The report gives, for each metric both return, each function's mean, the paired difference
+    B - A with its t interval, its std with a chi-square interval, the correlation of A and B,
+    P(B > A) with its Clopper-Pearson interval, and the seeds each design (paired, unpaired) needs
+    to tell B from A. Resume, shards and records work as in ``study``; the markdown is returned
+    (None while fewer than two pairs have finished).
+    """
+    planned = plan_comparison(train_a, train_b, seeds, base_seed, workdir)
+    index, count = shard
+    if not 0 <= index < count:
+        raise UserError(f"shard (i, n) needs 0 <= i < n, got {shard}")
+    with open_study(planned) as folder:
+        return run(planned, folder, (index, count), report_only, records, quiet, render=report.render_comparison)

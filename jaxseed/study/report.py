@@ -352,3 +352,72 @@ def save(folder: rundir.RunFolder, report: Report) -> None:
     folder.write_text(f"{NAME}.md", report.markdown)
     for name, draw in report.pictures.items():
         folder.save_picture(name, draw)
+
+
+def render_comparison(results: dict[str, list[Result]], seeds: dict[str, list[dict]], header: dict) -> Report:
+    """The report of a paired comparison: groups ``A`` and ``B`` whose runs on the same seeds pair up.
+
+    Per metric: each one's mean [t CI]; the paired difference B - A, its mean [t CI] and std
+    [chi-square CI]; the correlation of A and B; P(B > A) [Clopper-Pearson] (a metric where larger
+    is better reads it directly; for a loss, P(B > A) is how often B is worse); and the seeds per
+    function each design needs for its 95% interval of the mean difference to exclude zero.
+    """
+    found = {group: dict(zip(map(_seed_key, seeds.get(group, [])), results.get(group, []))) for group in ("A", "B")}
+    pairs = [key for key in found["A"] if key in found["B"]]
+    if len(pairs) < 2:
+        text = f"Fewer than two seeds have finished under both A and B ({len(pairs)}): no comparison yet.\n"
+        return Report(text, {**header, "pairs": len(pairs)}, "", {})
+    metrics = list(found["A"][pairs[0]].metrics)
+    compared = {}
+    for metric in metrics:
+        a = np.array([found["A"][key].metrics[metric] for key in pairs])
+        b = np.array([found["B"][key].metrics[metric] for key in pairs])
+        compared[metric] = {"mean_a": float(a.mean()), "mean_b": float(b.mean()), **stats.paired_comparison(a, b)}
+    lines = ["| metric | A: mean | B: mean | mean of B - A [95% t CI] | std of B - A [95% χ² CI] | r of A and B "
+             "| P(B > A) [95% Clopper-Pearson] | seeds to tell B from A: paired | unpaired |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for metric, c in compared.items():
+        paired, unpaired = c["paired"], c["unpaired"]
+        lines.append(_line([metric, f"{c['mean_a']:.4f}", f"{c['mean_b']:.4f}",
+                            f"{paired['mean']:+.4g} [{paired['mean_ci'][0]:+.4g}, {paired['mean_ci'][1]:+.4g}]",
+                            f"{paired['sd']:.4g} [{paired['sd_ci'][0]:.4g}, {paired['sd_ci'][1]:.4g}]",
+                            f"{c['correlation']:+.2f}", "{:.2f} [{:.2f}, {:.2f}]".format(*paired["improvement"]),
+                            _seeds(paired["seeds_to_exclude_zero"]), _seeds(unpaired["seeds_to_exclude_zero"])]))
+    names = header.get("function", {})
+    lines += ["", f"A: `{names.get('A')}`, B: `{names.get('B')}`, on the same {len(pairs)} seeds (run k of each: every "
+              "stream seeded base + 1 + k). Paired, the difference's variance is var A + var B - 2 cov(A, B); "
+              "unpaired (had B run on other seeds) var A + var B: the seeds columns say what sharing the "
+              "randomness buys. P(B > A) counts the seeds on which B's value exceeds A's (a tie half): for a loss, "
+              "how often B is worse. A mean difference whose interval holds 0 does not tell B from A at this K.",
+              "", "A comparison has no determinism control: `jaxseed.study` of each function has one (its `none` "
+              "group)."]
+    runs = {group: [{"seeds": dict(key), "fingerprint": r.fingerprint, "final": dict(r.metrics)}
+                    for key, r in found[group].items()] for group in found}
+    record = {**header, "pairs": len(pairs), "runs": runs,
+              "comparison": {metric: _finite_tree(c) for metric, c in compared.items()}}
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["metric", "mean_a", "mean_b", "paired_mean", "paired_sd", "correlation", "p_b_greater",
+                     "paired_seeds", "unpaired_seeds"])
+    for metric, c in compared.items():
+        writer.writerow([metric, c["mean_a"], c["mean_b"], c["paired"]["mean"], c["paired"]["sd"], c["correlation"],
+                         c["paired"]["improvement"][0], c["paired"]["seeds_to_exclude_zero"],
+                         c["unpaired"]["seeds_to_exclude_zero"]])
+    return Report("\n".join(lines) + "\n", record, rows.getvalue(), {})
+
+
+def _seed_key(seeds: dict) -> tuple:
+    return tuple(sorted(seeds.items()))
+
+
+def _seeds(n: float) -> str:
+    return f"> {stats.MAX_SEEDS:,}" if not math.isfinite(n) else str(n)
+
+
+def _finite_tree(value):
+    """JSON has no inf or nan: None in their place, through dicts, lists and tuples."""
+    if isinstance(value, dict):
+        return {k: _finite_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_tree(v) for v in value]
+    return _finite(value) if isinstance(value, float) else value

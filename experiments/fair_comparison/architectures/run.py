@@ -15,7 +15,6 @@ interval, the correlation of A and B) and the seeds a paired comparison needs to
         # writes README.md here
 """
 
-import importlib.util
 import os
 import sys
 from typing import NamedTuple
@@ -30,18 +29,13 @@ from common import Verdict, judge, small_config  # noqa: E402
 
 import jaxseed  # noqa: E402
 from jaxseed import cli, data  # noqa: E402
-from jaxseed.stats import std_interval  # noqa: E402
+from jaxseed.stats import paired_comparison, seeds_for_width, std_interval  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-# The paired and unpaired views of B - A: the dropout pair's experiment owns them.
-_spec = importlib.util.spec_from_file_location("fair_comparison_run", os.path.join(os.path.dirname(HERE), "run.py"))
-pairing = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pairing)
 
 SEEDS, TINY_SEEDS = 40, 4
 HIDDEN, DROP, LEARNING_RATE = 128, 0.25, 1e-3
 KEYINGS = ("name", "order")
-METRICS = pairing.METRICS
+METRICS = ("test_loss", "test_accuracy")
 
 
 def build(init_key: jax.Array, keying: str, extra: bool, pixels: int, classes: int) -> dict:
@@ -102,7 +96,7 @@ class Result(NamedTuple):
     sizes: dict  # train and test examples, epochs, batch
     alike: dict[str, dict[str, bool]]  # keying -> shared layer -> A's and B's initial weights bit for bit equal
     finals: dict[str, dict[str, list[dict]]]  # keying -> variant -> final metrics per seed
-    compared: dict[str, dict[str, dict]]  # keying -> metric -> pairing.compare's result
+    compared: dict[str, dict[str, dict]]  # keying -> metric -> paired_comparison's result
     verdict: Verdict
 
 
@@ -124,7 +118,7 @@ def measure(args) -> Result:
                 initial.setdefault(variant, start)  # seed 0's
         alike[keying] = {layer: all(bool((initial["A"][layer][p] == initial["B"][layer][p]).all())
                                     for p in ("kernel", "bias")) for layer in ("hidden", "out")}
-    compared = {keying: {metric: pairing.compare([r[metric] for r in finals[keying]["A"]],
+    compared = {keying: {metric: paired_comparison([r[metric] for r in finals[keying]["A"]],
                                                  [r[metric] for r in finals[keying]["B"]]) for metric in METRICS}
                 for keying in KEYINGS}
     sizes = {"train": len(dataset.train_labels), "test": len(dataset.test_labels), "epochs": config.epochs,
@@ -149,7 +143,7 @@ def judge_claim(alike: dict, compared: dict) -> Verdict:
 def seeds_to_match(compared: dict, metric: str) -> float:
     """Seeds per variant the order-keyed comparison needs for the name-keyed paired interval's width."""
     name, order = (compared[keying][metric]["paired"] for keying in KEYINGS)
-    return pairing.seeds_for((name["mean_ci"][1] - name["mean_ci"][0]) / 2, order["sd"], 1.0)
+    return seeds_for_width((name["mean_ci"][1] - name["mean_ci"][0]) / 2, order["sd"], 1.0)
 
 
 def report(result: Result) -> list[str]:
