@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import os
 import sys
@@ -241,3 +242,45 @@ def run_name(config: Config) -> str:
 def default_workdir(config: Config, seed: int) -> str:
     """A new folder under ./runs/ named after the run."""
     return os.path.join("runs", f"{run_name(config)}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def add_study_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a study, ``jaxseed.ablate``'s and ``jaxseed.study``'s alike."""
+    parser.add_argument("--seeds", type=int_at_least(2), default=5, help="runs per group, K (default 5)")
+    parser.add_argument("--base-seed", type=str, default="0",
+                        help=f"seed of every stream not varied, an integer in [0, {streams.MAX_SEED}] (default 0)")
+    parser.add_argument("--workdir", help="output folder; the same one again completes an unfinished study "
+                                          "(default: a new folder under ./runs/)")
+    parser.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N",
+                        help="run only share I (0 ... N-1) of the plan's runs, so that N processes, hosts or a "
+                             "Slurm job array on one shared --workdir finish one study together (default 0/1)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write the report of the runs --workdir holds that have finished")
+    parser.add_argument("--detect", type=number("> 0", lambda value: 0 < value < math.inf), metavar="DELTA",
+                        help="a difference in the mean of the report's first metric (for jaxseed's classifiers test "
+                             "accuracy, else test loss): the report states the seeds per configuration a two-sided "
+                             "5%% t test needs to detect it with 80%% power")
+    parser.add_argument("--correlation", type=number("in [-1, 1)", lambda value: -1 <= value < 1), metavar="R",
+                        help="correlation of two configurations' results on the same seeds, as "
+                             "experiments/fair_comparison measures it: the report adds the paired design (default: "
+                             "unpaired only)")
+    parser.add_argument("--records", metavar="FILE",
+                        help="a records.npz of this study (the compact file every study writes beside its report): "
+                             "the finished runs it holds are restored into --workdir and not trained again, so a "
+                             "study continues on another machine or in a later session")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def study_outcome(markdown: str | None, workdir: str, files: str) -> None:
+    """Print a study's report and where its ``files`` are, or that no group has two runs yet."""
+    if markdown is None:
+        print(f"no group of {workdir} has two finished runs yet: no report (the other shards' runs complete it; "
+              "then --report)")
+    else:
+        print(markdown + f"\nreport in {workdir}: {files}")
+
+
+def study_interrupted(given_workdir: str | None, workdir: str) -> str:
+    """What an interrupted study says: its finished runs are kept, and how to complete it."""
+    again = "the same command" if given_workdir else f"it with --workdir {workdir}"
+    return f"interrupted; finished runs are kept: rerun {again} to complete the study"

@@ -438,7 +438,8 @@ def paired_comparison(a, b) -> dict:
                           "sd_ci": tuple(map(float, std_interval(sd, dof))),
                           "mean_ci": tuple(map(float, mean_interval(d.mean(), sd / math.sqrt(k), dof))),
                           # an interval excludes zero when its half width is below |mean|: never for mean 0
-                          "seeds_to_exclude_zero": seeds_for_width(abs(d.mean()), sd, per_seed) if d.mean() else math.inf}
+                          "seeds_to_exclude_zero": (seeds_for_width(abs(d.mean()), sd, per_seed) if d.mean()
+                                                    else math.inf)}
     result["paired"]["improvement"] = probability_of_improvement(b, a)
     paired_half_width = (result["paired"]["mean_ci"][1] - result["paired"]["mean_ci"][0]) / 2
     result["unpaired_seeds_to_match"] = seeds_for_width(paired_half_width, result["unpaired"]["sd"], welch)

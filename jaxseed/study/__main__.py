@@ -1,16 +1,15 @@
 """Study any training function: ``train(seeds) -> dict | jaxseed.Result``.
 
-    python -m jaxseed.study examples/own_loop.py:study_run --streams init,shuffle,dropout --seeds 5
+    python -m jaxseed.study examples/own_loop.py:run --streams init,shuffle,dropout --seeds 5
     python -m jaxseed.study my_package.train:run --streams init,dropout --seeds 10 --shard 0/4 --workdir W
-    python -m jaxseed.study examples/own_loop.py:run --compare examples/own_loop.py:run_wider --seeds 10
+    python -m jaxseed.study examples/own_loop.py:run --compare examples/own_loop.py:run_three_epochs --seeds 10
 """
 
 from __future__ import annotations
 
-import math
 import sys
 
-from jaxseed import cli, entry, streams, userimport
+from jaxseed import cli, entry, userimport
 from jaxseed.errors import UserError
 from jaxseed.study import engine, report
 
@@ -29,26 +28,7 @@ def parser():
                        help="compare FUNCTION (B) with the first (A) under the same randomness instead: run k of each "
                             "takes every stream's seed base + 1 + k; the report gives the paired difference, P(B > A) "
                             "and the seeds each design needs")
-    found.add_argument("--seeds", type=cli.int_at_least(2), default=5, help="runs per group, K (default 5)")
-    found.add_argument("--base-seed", type=str, default="0",
-                       help=f"seed of every stream not varied, an integer in [0, {streams.MAX_SEED}] (default 0)")
-    found.add_argument("--workdir", help="output folder; the same one again completes an unfinished study "
-                                         "(default: a new folder under ./runs/)")
-    found.add_argument("--shard", type=cli.shard, default=(0, 1), metavar="I/N",
-                       help="run only share I (0 ... N-1) of the plan's runs, so that N processes or a Slurm job "
-                            "array on one shared --workdir finish one study together (default 0/1)")
-    found.add_argument("--report", action="store_true",
-                       help="train nothing: write the report of the runs --workdir holds that have finished")
-    found.add_argument("--records", metavar="FILE",
-                       help="a records.npz of this study (written beside every report): its runs are not trained "
-                            "again, so a study continues on another machine or in a later session")
-    found.add_argument("--detect", type=cli.number("> 0", lambda value: 0 < value < math.inf), metavar="DELTA",
-                       help="a difference in the mean of the first metric: the report states the seeds per "
-                            "configuration a two-sided 5%% t test needs to detect it with 80%% power")
-    found.add_argument("--correlation", type=cli.number("in [-1, 1)", lambda value: -1 <= value < 1), metavar="R",
-                       help="correlation of two configurations' results on the same seeds: the report adds the "
-                            "paired design")
-    found.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_study_flags(found)
     return found
 
 
@@ -76,15 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 markdown = engine.run(planned, folder, args.shard, args.report, args.records, args.quiet, **options)
             except KeyboardInterrupt:
-                again = "the same command" if args.workdir else f"it with --workdir {planned.workdir}"
-                raise entry.Interrupted(f"interrupted; finished runs are kept: rerun {again} to complete the "
-                                        "study") from None
-        if markdown is None:
-            print(f"no group of {planned.workdir} has two finished runs yet: no report (the other shards' runs "
-                  "complete it; then --report)")
-        else:
-            print(markdown + f"\nreport in {planned.workdir}: ablation.md, ablation.csv, ablation.json, "
-                             f"{'' if args.compare else 'ablation.png, '}records.npz")
+                raise entry.Interrupted(cli.study_interrupted(args.workdir, planned.workdir)) from None
+        cli.study_outcome(markdown, planned.workdir, "ablation.md, ablation.csv, ablation.json, "
+                                                     f"{'' if args.compare else 'ablation.png, '}records.npz")
         return 0
 
     return entry.run("jaxseed.study", run)
