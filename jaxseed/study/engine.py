@@ -175,8 +175,13 @@ def run_seeds(study: Study, group: str, index: int) -> streams.Seeds:
     return streams.Seeds(common.pop() if len(common) == 1 else study.base_seed, **seeds)
 
 
+def _run_entry(name: str) -> str:
+    """Where a run's result lies in the study folder (``runs/GROUP-K.npz``)."""
+    return os.path.join("runs", name + ".npz")
+
+
 def _run_file(study: Study, group: str, index: int) -> str:
-    return os.path.join(study.workdir, "runs", plan.run_name(group, index) + ".npz")
+    return os.path.join(study.workdir, _run_entry(plan.run_name(group, index)))
 
 
 def load_run(study: Study, group: str, index: int) -> Result | None:
@@ -222,7 +227,7 @@ def restore(path: str, study: Study, folder: rundir.RunFolder) -> list[str]:
     restored = []
     for name, seeds, result in zip(found.names, found.seeds, found.results):
         if load_run(study, *planned[name]) is None:
-            records.write(folder, os.path.join("runs", name + ".npz"), records.Records({}, [name], [seeds], [result]))
+            records.write(folder, _run_entry(name), records.Records({}, [name], [seeds], [result]))
             restored.append(name)
     return restored
 
@@ -253,14 +258,13 @@ def run(study: Study, folder: rundir.RunFolder, shard: tuple[int, int] = (0, 1),
         if results:
             (first_group, first_k), first = next(iter(results.items()))
             same_kind(result, first, plan.run_name(group, k), plan.run_name(first_group, first_k))
-        records.write(folder, os.path.relpath(_run_file(study, group, k), study.workdir),
-                      records.Records({}, [plan.run_name(group, k)], [study.groups[group][k]], [result]))
+        name = plan.run_name(group, k)
+        records.write(folder, _run_entry(name), records.Records({}, [name], [study.groups[group][k]], [result]))
         results[group, k] = result
 
     def store() -> None:
-        done = sorted((key for key in (
-            (group, k) for group, runs in study.groups.items() for k in range(len(runs))) if finished(*key)),
-            key=lambda key: (study.header["group_order"].index(key[0]), key[1]))
+        """records.npz of every run finished so far, by any shard, in the plan's order."""
+        done = [(group, k) for group, runs in study.groups.items() for k in range(len(runs)) if finished(group, k)]
         records.write(folder, records.RECORDS, records.Records(
             recorded, [plan.run_name(*key) for key in done], [study.groups[key[0]][key[1]] for key in done],
             [results[key] for key in done]))
