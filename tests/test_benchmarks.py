@@ -74,3 +74,13 @@ def test_step_profile_runs():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms per call" not in line]
     assert len(rows) == 16
     assert sum("max-pool gradient" in row for row in rows) == 4  # jaxseed's and Flax's, both layers
+
+
+def test_library_benchmark_runs():
+    """The per-example keys against the hand-written fold_in (the same keys, checked inside), and the
+    study engine's overhead per run."""
+    result = subprocess.run([sys.executable, "benchmarks/library.py", "--calls", "10", "--runs", "2", "--rounds", "1"],
+                            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("| library / hand-written |", "| the engine's overhead per run |"):
+        assert row in result.stdout, result.stdout
