@@ -502,3 +502,21 @@ def test_overwrite_keeps_a_users_file_named_like_a_temporary_one(tmp_path):
         (tmp_path / name).write_text("x")
     rundir.RunFolder.claim(str(tmp_path), overwrite=True).release()
     assert sorted(os.listdir(tmp_path)) == sorted([rundir.MARKER, "mine.tmp.txt", ".notes.tmp.1"])
+
+
+def test_failed_writes_and_removals_in_words(tmp_path, monkeypatch):
+    """A write onto a folder, and a removal the OS refuses, are one line each: what, where, why."""
+    with rundir.RunFolder.claim(str(tmp_path / "run")) as run:
+        (tmp_path / "run" / "notes.md").mkdir()
+        with pytest.raises(UserError) as written:
+            run.write_text("notes.md", "x")
+        assert str(written.value) == f"cannot write {tmp_path}/run/notes.md: Is a directory"
+        (tmp_path / "run" / "checkpoints").mkdir()
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(rundir.shutil, "rmtree", refused)
+    with pytest.raises(UserError) as removed:
+        rundir.RunFolder.claim(str(tmp_path / "run"), overwrite=True)
+    assert str(removed.value) == f"cannot remove {tmp_path}/run/checkpoints: Permission denied"
