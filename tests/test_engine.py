@@ -85,6 +85,9 @@ def test_shards_share_one_study_and_records_continue_it_elsewhere(tmp_path):
     assert study(tmp_path / "elsewhere", records=str(tmp_path / "whole" / "records.npz")) == whole
     assert CALLS == []  # every run restored, none trained
     assert study(tmp_path / "whole", report_only=True) == whole and CALLS == []
+    with pytest.raises(UserError, match="holds no study"):  # and no folder is made for it
+        study(tmp_path / "nothing", report_only=True)
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_a_study_of_another_plan_or_records_of_another_study_is_refused(tmp_path):

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             planned = engine.plan_study(train, tuple(s.strip() for s in args.streams.split(",")), args.seeds,
                                         args.base_seed, args.workdir)
             options = {"detect": args.detect, "correlation": args.correlation}
-        with engine.open_study(planned) as folder:
+        with engine.open_study(planned, existing=args.report) as folder:
             try:
                 markdown = engine.run(planned, folder, args.shard, args.report, args.records, args.quiet, **options)
             except KeyboardInterrupt:

@@ -136,9 +136,11 @@ def machine_difference(recorded: dict, here: dict) -> str | None:
     return differs
 
 
-def open_study(study: Study) -> rundir.RunFolder:
-    """Claim the study's folder (shared with its other shards): start it, or check that the one
-    there is this study."""
+def open_study(study: Study, existing: bool = False) -> rundir.RunFolder:
+    """Claim the study's folder (shared with its other shards): start it (unless ``existing``: a
+    report of what is there), or check that the one there is this study."""
+    if existing and not os.path.isfile(os.path.join(study.workdir, HEADER)):
+        raise UserError(f"{study.workdir} holds no study (no {HEADER})")
     folder = rundir.RunFolder.claim(study.workdir, "study", resume=True)
     try:
         if not folder.create_json(HEADER, study.header):  # of shards starting together, one writes it
@@ -328,7 +330,7 @@ def study(train: Callable[[streams.Seeds], Any], streams: tuple[str, ...] = ("in
     index, count = shard
     if not 0 <= index < count:
         raise UserError(f"shard (i, n) needs 0 <= i < n, got {shard}")
-    with open_study(planned) as folder:
+    with open_study(planned, existing=report_only) as folder:
         return run(planned, folder, (index, count), report_only, records, quiet, detect=detect,
                    correlation=correlation, labels=labels)
 
@@ -349,5 +351,5 @@ def compare(train_a: Callable[[streams.Seeds], Any], train_b: Callable[[streams.
     index, count = shard
     if not 0 <= index < count:
         raise UserError(f"shard (i, n) needs 0 <= i < n, got {shard}")
-    with open_study(planned) as folder:
+    with open_study(planned, existing=report_only) as folder:
         return run(planned, folder, (index, count), report_only, records, quiet, render=report.render_comparison)
