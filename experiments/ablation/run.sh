@@ -2,8 +2,9 @@
 # Claim: each random source moves the result by a different amount. Runs the per-stream
 # ablation of the CNN on MNIST and on Fashion-MNIST (with the `sample` group: each run trains on
 # 80% of the first 10,000 images) and of the VAE on MNIST, and copies the reports here.
-#   bash experiments/ablation/run.sh [cnn|fashion|vae|cnn-full ...]   (from the project root; ~20 min per
-#                                   CNN study, ~25 min for the VAE, ~4 h for cnn-full on 2 CPU cores)
+#   bash experiments/ablation/run.sh [cnn|fashion|vae|cnn-full ...]   (from the project root; ~24 min per
+#                                   CNN study, ~15 min for the VAE, ~4 h for cnn-full on 2 CPU cores;
+#                                   seconds where the committed records.npz hold every run)
 # Resumable: rerunning completes only the runs missing from runs/ablation-*, and a study's records.npz
 # copied here (its finished runs, compact) lets another machine or session continue it; --shard I/N
 # splits a study over processes or hosts. MNIST_DIR and FASHION_MNIST_DIR name local copies (default:
