@@ -520,3 +520,30 @@ def test_failed_writes_and_removals_in_words(tmp_path, monkeypatch):
     with pytest.raises(UserError) as removed:
         rundir.RunFolder.claim(str(tmp_path / "run"), overwrite=True)
     assert str(removed.value) == f"cannot remove {tmp_path}/run/checkpoints: Permission denied"
+
+
+def test_files_that_are_not_what_jaxseed_writes_in_words(tmp_path):
+    """Each refusal of a run file says which file and what is wrong with it."""
+    def refusal(name, text, read=lambda name: rundir.read_json(str(tmp_path), name)):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError) as refused:
+            read(name)
+        return str(refused.value)
+
+    assert refusal("a.json", "[1, 2]") == f"{tmp_path}/a.json: expected a JSON object"
+    nested = refusal("b.json", "[" * 100_000)  # Python's JSON reader gives up: its words cut at 80 characters
+    assert nested == (f"cannot read {tmp_path}/b.json: not valid JSON (maximum recursion depth exceeded while "
+                      "decoding a JSON array from a unicode stri)")
+    lines = lambda name: rundir.read_lines(str(tmp_path), name, rundir.METRICS_FIELDS)  # noqa: E731
+    assert refusal("c.jsonl", '{"epoch": true, "step": 3}\n', lines) == (
+        f"cannot read {tmp_path}/c.jsonl line 1: {tmp_path}/c.jsonl line 1: field 'epoch' is missing or not of the "
+        "expected type")  # a bool is no epoch number, though Python counts it an int
+    manifest = {"config": {}, "streams": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    with pytest.raises(UserError) as unfinished:
+        rundir.read_manifest(str(tmp_path), finished=True)
+    assert str(unfinished.value) == f"the run in {tmp_path} has not finished; nothing to compare"
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "status": "finished"}))
+    with pytest.raises(UserError) as unhashed:
+        rundir.read_manifest(str(tmp_path), finished=True)
+    assert str(unhashed.value) == f"{tmp_path}/manifest.json: field 'param_hash' is missing or not of the expected type"
