@@ -74,10 +74,10 @@ def test_a_killed_study_resumes_with_the_missing_runs_only(tmp_path, monkeypatch
 def test_shards_share_one_study_and_records_continue_it_elsewhere(tmp_path):
     whole = study(tmp_path / "whole")
     CALLS.clear()
-    assert study(tmp_path / "shared", shard=(0, 3)) is None  # one run of every group: no spread yet
-    assert study(tmp_path / "shared", shard=(1, 3)) not in (None, whole)  # two of every group
-    assert study(tmp_path / "shared", shard=(2, 3)) == whole
-    assert len(CALLS) == 12 and len(os.listdir(tmp_path / "shared" / "runs")) == 12
+    assert study(tmp_path / "shards", shard=(0, 3)) is None  # one run of every group: no spread yet
+    assert study(tmp_path / "shards", shard=(1, 3)) not in (None, whole)  # two of every group
+    assert study(tmp_path / "shards", shard=(2, 3)) == whole
+    assert len(CALLS) == 12 and len(os.listdir(tmp_path / "shards" / "runs")) == 12
     shares = [plan.shard_runs(plan.plan_groups(0, 3, ("init", "dropout"), ("init", "dropout")), (i, 3), False)
               for i in range(3)]
     assert sorted(k for share in shares for k in share["init"]) == [0, 1, 2]

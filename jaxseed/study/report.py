@@ -300,11 +300,11 @@ def render(results: dict[str, list[Result]], seeds: dict[str, list[dict]], heade
       fingerprint: what a run's fingerprint is called in the text and record.
       reruns: how the ``none`` group's reruns are made, as the determinism line says it.
     """
-    metrics = metrics or metrics_of(next(iter(results.values())))
-    finals = [m.name for m in metrics if not m.per_example and m.name in next(iter(results.values()))[0].metrics]
-    rows = [summarize(name, group, finals, labels, fingerprint) for name, group in results.items()]
+    first = next(iter(results.values()))
+    metrics = metrics or metrics_of(first)
+    finals = [m for m in metrics if not m.per_example and m.name in first[0].metrics]
+    rows = [summarize(name, group, [m.name for m in finals], labels, fingerprint) for name, group in results.items()]
     correct = {name: right for name, group in results.items() if (right := _correct(group, labels)) is not None}
-    finals = [m for m in held(rows, metrics) if not m.per_example]
     overlaps = unstable_overlaps(correct)
     plan = seed_plan(rows, finals[0].name, detect, correlation)
     runs = {name: [{"seeds": seeds[name][k], fingerprint: r.fingerprint, "final": dict(r.metrics)}
