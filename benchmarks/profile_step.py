@@ -52,12 +52,12 @@ def parts(config: Config, batch_size: int) -> dict[str, tuple]:
     random = np.random.default_rng(0)
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
     tx = step.make_optimizer(config, MNIST_TRAIN)
-    graphdef, state = step.init_state(cnn.OBJECTIVE, config, DataSpec((28, 28, 1), 10), keys, tx)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, config, DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10), keys, tx)
     index = jnp.arange(batch_size)
-    batch = Batch(jnp.asarray(random.integers(0, 256, (batch_size, 28, 28, 1)), jnp.uint8),
-                  jnp.asarray(random.integers(0, 10, batch_size), jnp.int32), index)
+    batch = Batch({"x": jnp.asarray(random.integers(0, 256, (batch_size, 28, 28, 1)), jnp.uint8),
+                   "y": jnp.asarray(random.integers(0, 10, batch_size), jnp.int32)}, index)
     draws = streams.batch_keys(keys, cnn.OBJECTIVE.streams, 0, index)
-    images = to_unit(batch.images)
+    images = to_unit(batch.x)
 
     def whole_step(config):
         return jax.jit(lambda state: step.train_step(state, batch, keys, 0, objective=cnn.OBJECTIVE, graphdef=graphdef,

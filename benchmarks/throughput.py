@@ -94,19 +94,19 @@ def reference(config: Config, dataset: data.Dataset, keys: streams.Keys, steps: 
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    images = dataset.train_images.astype(np.float32) / 255.0
+    images, labels = dataset.train["x"].astype(np.float32) / 255.0, dataset.train["y"]
     order = np.asarray(streams.epoch_order(keys.shuffle, 0, dataset.num_train))
     batch = config.batch_size
     params, opt_state = state.params, state.opt_state
     start = time.perf_counter()
-    plain_step.lower(params, opt_state, images[:batch], dataset.train_labels[:batch], order[:batch]).compile()
+    plain_step.lower(params, opt_state, images[:batch], labels[:batch], order[:batch]).compile()
     compile_seconds = time.perf_counter() - start
 
     def run():
         nonlocal params, opt_state
         for i in range(steps):
             index = order[(i * batch) % (len(order) - batch):][:batch]
-            params, opt_state, loss = plain_step(params, opt_state, images[index], dataset.train_labels[index], index)
+            params, opt_state, loss = plain_step(params, opt_state, images[index], labels[index], index)
         loss.block_until_ready()
 
     run()  # warm-up
@@ -122,7 +122,7 @@ def jaxseed_loop(config: Config, dataset: data.Dataset, keys: streams.Keys, step
     loop, per_call = step.execution_plan(config, jax.default_backend(), steps)
     runner = step.make_run_steps(objective.resolve(config.model), config, graphdef, tx, 1, per_call, loop)
     permutation = streams.epoch_order(keys.shuffle, 0, dataset.num_train)[None]
-    args = (*jax.device_put((dataset.train_images, dataset.train_labels)), permutation, replica_keys, 0)
+    args = (jax.device_put(dataset.train), permutation, replica_keys, 0)
     start = time.perf_counter()
     runner.lower(state, *args, 0).compile()
     compile_seconds = time.perf_counter() - start
@@ -145,16 +145,17 @@ def evaluations(config: Config, dataset: data.Dataset, keys: streams.Keys):
     tx = step.make_optimizer(config, dataset.num_train)
     graphdef, state = initial_state(config, dataset, keys, tx)
     found = objective.resolve(config.model)
-    num, batch = dataset.test_images.shape[0], config.eval_batch_size
+    num, batch = dataset.num_test, config.eval_batch_size
 
     @jax.jit
-    def plain_batch(params, images, labels):
-        metrics, probabilities = found.eval_metrics(nnx.merge(graphdef, params), Batch(images, labels, None), config)
+    def plain_batch(params, arrays, index):
+        metrics, probabilities = found.eval_metrics(nnx.merge(graphdef, params), Batch(arrays, index), config)
         return {name: value.sum() for name, value in metrics.items()}, probabilities
 
     def plain():
-        outputs = [plain_batch(state.params, dataset.test_images[start:start + batch],
-                               dataset.test_labels[start:start + batch]) for start in range(0, num, batch)]
+        outputs = [plain_batch(state.params, {name: array[start:start + batch] for name, array in dataset.test.items()},
+                               np.arange(start, min(start + batch, num), dtype=np.int32))
+                   for start in range(0, num, batch)]
         return [jax.device_get(output) for output in outputs]
 
     evaluate = loop.make_evaluate(found, config, graphdef, dataset, 1, mesh.plan(1, config.batch_size))
@@ -232,7 +233,8 @@ def objective_speeds(args) -> None:
     found = objective.resolve(config.model)
     dataset = data.load(config.data, config.data_dir)
     keys = streams.root_keys(streams.resolve_seeds(0, None, found.run_streams))
-    print(f"objective {found.name} on {config.data}: {dataset.num_train} training images {dataset.image_shape}, "
+    print(f"objective {found.name} on {config.data}: {dataset.num_train} training examples "
+          f"{', '.join(f'{name} {array.dtype}{list(array.shape[1:])}' for name, array in dataset.train.items())}, "
           f"augment={config.augment}, batch {config.batch_size}, {args.steps} steps x {args.rounds} rounds, "
           f"backend {jax.default_backend()}")
     tx = step.make_optimizer(config, dataset.num_train)
@@ -245,8 +247,8 @@ def objective_speeds(args) -> None:
         nonlocal state
         for i in range(args.steps):
             index = order[(i * batch) % (len(order) - batch):][:batch]
-            state, metrics = plain_step(state, Batch(dataset.train_images[index], dataset.train_labels[index], index),
-                                        keys, 0)
+            batch_arrays = {name: array[index] for name, array in dataset.train.items()}
+            state, metrics = plain_step(state, Batch(batch_arrays, index), keys, 0)
         jax.block_until_ready(metrics)
 
     plain()  # warm-up: compile
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None):
     with tempfile.TemporaryDirectory(prefix="jaxseed-torch-") as folder:
         arrays = os.path.join(folder, "train.npz")
         if torch_python:
-            np.savez(arrays, images=dataset.train_images, labels=dataset.train_labels)
+            np.savez(arrays, images=dataset.train["x"], labels=dataset.train["y"])
         for _ in range(args.rounds):
             times["flax pool"].append(seconds(flax_pool_run))
             times["plain evaluation"].append(seconds(plain_evaluation))

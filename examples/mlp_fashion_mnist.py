@@ -37,7 +37,7 @@ class MLP(nnx.Module):
 
 
 def build(config, spec, key):
-    return MLP(math.prod(spec.image_shape), spec.num_classes, config.dropout_rate, key)
+    return MLP(math.prod(spec.shape()), spec.num_classes, config.dropout_rate, key)
 
 
 def scores(logits, labels):
@@ -46,15 +46,15 @@ def scores(logits, labels):
 
 
 def train_loss(model, batch, config, keys):
-    images = to_unit(batch.images)
+    images = to_unit(batch.x)
     noise = jax.vmap(lambda key: jax.random.normal(key, images.shape[1:]))(keys.noise)
-    losses, correct = scores(model(images + NOISE_STD * noise, keys.dropout), batch.labels)
-    return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.labels.shape[0]}
+    losses, correct = scores(model(images + NOISE_STD * noise, keys.dropout), batch.y)
+    return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.y.shape[0]}
 
 
 def eval_metrics(model, batch, config):
-    logits = model(to_unit(batch.images))
-    losses, correct = scores(logits, batch.labels)
+    logits = model(to_unit(batch.x))
+    losses, correct = scores(logits, batch.y)
     return {"loss": losses, "accuracy": correct}, jax.nn.softmax(logits)
 
 

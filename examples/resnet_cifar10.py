@@ -69,21 +69,21 @@ class ResNet(nnx.Module):
 
 
 def build(config, spec, key):
-    return ResNet(spec.image_shape[2], spec.num_classes, key)
+    return ResNet(spec.shape()[2], spec.num_classes, key)
 
 
 def train_loss(model, batch, config, keys):
-    images = augment.apply(config, to_unit(batch.images), keys.augment)
+    images = augment.apply(config, to_unit(batch.x), keys.augment)
     logits = model(images, keys.depth)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
-    correct = logits.argmax(-1) == batch.labels
-    return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.labels.shape[0]}
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.y)
+    correct = logits.argmax(-1) == batch.y
+    return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.y.shape[0]}
 
 
 def eval_metrics(model, batch, config):
-    logits = model(to_unit(batch.images))
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
-    return {"loss": losses, "accuracy": (logits.argmax(-1) == batch.labels).astype(jnp.float32)}, \
+    logits = model(to_unit(batch.x))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.y)
+    return {"loss": losses, "accuracy": (logits.argmax(-1) == batch.y).astype(jnp.float32)}, \
         jax.nn.softmax(logits)
 
 

@@ -1,4 +1,4 @@
-"""Input pipeline: image classification sets, loaded once, then kept on the device.
+"""Input pipeline: data sets of named arrays, loaded once, then kept on the device.
 
 Sources:
   * ``mnist``, ``fashion_mnist``: the raw IDX files, downloaded once into a
@@ -6,8 +6,9 @@ Sources:
     network; no TensorFlow needed,
   * ``cifar10``: CIFAR-10's binary version, downloaded and verified the same
     way, or read from ``--data-dir`` (the archive or its six batch files),
-  * ``npz:PATH``: a NumPy ``.npz`` in the layout of ``keras.datasets``
-    (``x_train``, ``y_train``, ``x_test``, ``y_test``), any image size,
+  * ``npz:PATH``: a NumPy ``.npz`` of any arrays ``NAME_train``, ``NAME_test``
+    (``keras.datasets``' ``x_train``, ``y_train``, ``x_test``, ``y_test`` is one case):
+    images, float features, integer tokens, masks,
   * ``tfds:mnist``, ``tfds:fashion_mnist``: tensorflow-datasets' ``data_source``
     (preparing the set the first time needs TensorFlow installed),
   * ``synthetic``: a small generated set for smoke runs.
@@ -64,39 +65,50 @@ CIFAR10_MAX_RECORDS = 10_000  # per batch, as in the real set: bounds what one b
 # so a crafted archive cannot keep the reader decompressing.
 CIFAR10_MAX_TAR_BYTES = 256 << 20
 
-# npz:PATH (the keras.datasets layout). Caps checked on the .npy headers, before any array is read:
-# at most MAX_EXAMPLES per split, and NPZ_MAX_IMAGE_BYTES of images over both splits (CIFAR-10's
-# 60,000x32x32x3 hold 184 MB); labels 0..MAX_LABEL, which bounds the classes a model's head gets.
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NPZ_MAX_IMAGE_BYTES = 2 << 30
+# npz:PATH: arrays NAME_train and NAME_test (keras.datasets' layout for x and y). Caps checked on the
+# .npy headers, before any array is read: at most MAX_EXAMPLES per split, and NPZ_MAX_BYTES over every
+# array (CIFAR-10's 60,000x32x32x3 images hold 184 MB); class labels 0..MAX_LABEL, which bounds the
+# classes a model's head gets.
+NPZ_SPLITS = ("train", "test")
+NPZ_MAX_BYTES = 2 << 30
 MAX_LABEL = 65535
+_NUMERIC = "biuf"  # numpy's dtype kinds of booleans, integers and floats
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load takes for a zip (an .npz), as it checks
 
 
 class Dataset(NamedTuple):
-    """Images uint8[N, H, W, C], labels int32[N], host or device arrays.
+    """Each split's named arrays, host or device arrays, all with a leading example axis.
 
-    Only these four arrays are fields: the data hash of a run is computed over them.
+    ``x``, the inputs (images uint8[N, H, W, C], float features, integer tokens, ...), always;
+    ``y``, the targets (integer class labels int32[N], or any array), when the data has them;
+    further arrays (masks, lengths) by their names. A batch holds the same names
+    (``objective.Batch``). The data hash of a run is computed over ``arrays()``.
     """
 
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
 
     @property
     def num_train(self) -> int:
-        return int(self.train_images.shape[0])
+        return int(self.train["x"].shape[0])
 
     @property
-    def num_classes(self) -> int:
-        """The largest label over both splits, plus one."""
-        return max(int(self.train_labels.max()), int(self.test_labels.max())) + 1
+    def num_test(self) -> int:
+        return int(self.test["x"].shape[0])
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        return tuple(int(size) for size in self.train_images.shape[1:])
+    def arrays(self) -> list[np.ndarray]:
+        """Every array, the training split's then the test split's, each in its order (x, y, the rest)."""
+        return [*self.train.values(), *self.test.values()]
+
+    def labels(self) -> np.ndarray | None:
+        """The test split's class labels int[N]: its ``y`` if that is one integer per example, else None."""
+        y = self.test.get("y")
+        return y if y is not None and y.ndim == 1 and y.dtype.kind in "iu" else None
+
+
+def labelled(train_images, train_labels, test_images, test_labels) -> Dataset:
+    """A data set of images ``x`` and their labels ``y``, as every built-in source has."""
+    return Dataset({"x": train_images, "y": train_labels}, {"x": test_images, "y": test_labels})
 
 
 def read_idx(path: str, item_shape: tuple[int, ...], max_examples: int = MAX_EXAMPLES) -> np.ndarray:
@@ -176,7 +188,7 @@ def load_idx_dir(data_dir: str) -> Dataset:
         if labels.size and labels.max() >= NUM_CLASSES:
             raise UserError(f"{labels_path}: labels go up to {labels.max()}, expected 0..9")
         arrays += [images[..., None], labels.astype(np.int32)]
-    return Dataset(*arrays)
+    return labelled(*arrays)
 
 
 def load_cifar10(data_dir: str) -> Dataset:
@@ -200,7 +212,7 @@ def load_cifar10(data_dir: str) -> Dataset:
                             f"{', '.join(_CIFAR10_BATCHES)} (expected CIFAR-10's binary version)")
         batches = _read_cifar10_archive(archive)
     records = [_cifar10_records(*batches[name]) for name in _CIFAR10_BATCHES]
-    return Dataset(*_cifar10_arrays(np.concatenate(records[:-1])), *_cifar10_arrays(records[-1]))
+    return labelled(*_cifar10_arrays(np.concatenate(records[:-1])), *_cifar10_arrays(records[-1]))
 
 
 def _check_cifar10_size(where: str, size: int) -> None:
@@ -283,13 +295,17 @@ def _cifar10_arrays(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_npz(path: str) -> Dataset:
-    """A NumPy ``.npz`` in the layout of ``keras.datasets``: ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+    """A NumPy ``.npz`` of arrays ``NAME_train`` and ``NAME_test``: ``x`` always, ``y`` and others optional.
 
-    Images uint8 [N, H, W, C] or [N, H, W] (then C = 1), the same H, W, C in
-    both splits; labels integers 0..MAX_LABEL, [N] or [N, 1]. Every array's
-    .npy header is checked (dtype, shape, the caps above) before any array is
-    read; nothing is unpickled (``allow_pickle=False``), so the file is data,
-    never code. One open file serves the checks and the reads.
+    keras.datasets' layout (``x_train``, ``y_train``, ``x_test``, ``y_test``) is one case. Any
+    numeric dtype and shape, the same per example in both splits, with one leading example
+    axis per split: images uint8 [N, H, W, C] or [N, H, W] (then C = 1), float features,
+    integer tokens, masks. An integer ``y`` of [N] or [N, 1] is class labels 0..MAX_LABEL,
+    int32[N]; any other ``y`` is kept as it is. Arrays take JAX's dtypes (int64 -> int32,
+    float64 -> float32), refused where a value would not fit. Every array's .npy header is
+    checked (dtype, shape, the caps above) before any array is read; nothing is unpickled
+    (``allow_pickle=False``), so the file is data, never code. One open file serves the
+    checks and the reads.
     """
     if not os.path.isfile(path):
         raise UserError(f"npz file {path} does not exist or is not a file")
@@ -299,74 +315,110 @@ def load_npz(path: str) -> Dataset:
                 raise UserError(f"{path} is not an .npz file (not a zip archive)")
             f.seek(0)
             with np.load(f, allow_pickle=False) as npz:
-                headers = _npz_headers(path, npz.zip)
-                _check_npz_headers(path, headers)
-                arrays = {key: npz[key + ".npy"] for key in NPZ_KEYS}  # the exact member: never a raw one
+                names = _npz_names(path, npz.zip.namelist())
+                keys = tuple(f"{name}_{split}" for split in NPZ_SPLITS for name in names)
+                headers = _npz_headers(path, npz.zip, keys)
+                _check_npz_headers(path, names, headers)
+                arrays = {key: npz[key + ".npy"] for key in keys}  # the exact member: never a raw one
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, OSError,
             EOFError, zlib.error) as error:  # a damaged zip or array; an encrypted or exotic member
         raise UserError(f"cannot read {path} as an .npz file ({one_line(error, with_type=True)})") from None
-    split = []
-    for images_key, labels_key in (("x_train", "y_train"), ("x_test", "y_test")):
-        images = arrays[images_key]
-        split += [np.ascontiguousarray(images if images.ndim == 4 else images[..., None]),
-                  _npz_labels(path, labels_key, arrays[labels_key])]
-    return Dataset(*split)
+    train, test = ({name: _npz_array(path, name, f"{name}_{split}", arrays[f"{name}_{split}"]) for name in names}
+                   for split in NPZ_SPLITS)
+    return Dataset(train, test)
 
 
-def _npz_headers(path: str, archive: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shape and dtype of each of NPZ_KEYS, read from its .npy header alone."""
+def _npz_names(path: str, members: list[str]) -> tuple[str, ...]:
+    """The names of the arrays in ``members``: x, y if there, then the others sorted; each in both splits."""
+    names = {}
+    for member in members:
+        name, _, split = member.removesuffix(".npy").rpartition("_")
+        if not member.endswith(".npy") or split not in NPZ_SPLITS or not name.isidentifier() or name == "index":
+            raise UserError(f"{path} holds {member!r}; its arrays must be named NAME_train and NAME_test (x_train, "
+                            "x_test, and optionally y_train, y_test and more), NAME an identifier other than index")
+        names.setdefault(name, set()).add(split)
+    if "x" not in names:
+        raise UserError(f"{path} has no x_train and x_test (the inputs; keras.datasets' layout: x_train, y_train, "
+                        "x_test, y_test)")
+    for name, splits in names.items():
+        if len(splits) < len(NPZ_SPLITS):
+            missing = next(split for split in NPZ_SPLITS if split not in splits)
+            raise UserError(f"{path} has {name}_{next(iter(splits))} but no {name}_{missing}")
+    return ("x", *(["y"] if "y" in names else []), *sorted(set(names) - {"x", "y"}))
+
+
+def _npz_headers(path: str, archive: zipfile.ZipFile, keys: tuple[str, ...]) -> dict:
+    """Shape and dtype of each array of ``keys``, read from its .npy header alone."""
     try:
-        return npyfile.npz_headers(archive, NPZ_KEYS)
-    except KeyError as missing:
-        raise UserError(f"{path} has no {missing.args[0]} (expected the keras.datasets layout: "
-                        f"{', '.join(NPZ_KEYS)})") from None
+        return npyfile.npz_headers(archive, keys)
     except ValueError as error:
         raise UserError(f"{path}: {error}") from None
 
 
-def _image_dims(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return shape[1:] if len(shape) == 4 else shape[1:] + (1,)
+def _labels(name: str, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Whether an array is class labels: an integer ``y`` of [N] or [N, 1]."""
+    return name == "y" and dtype.kind in "iu" and shape[1:] in ((), (1,))
 
 
-def _check_npz_headers(path: str, headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+def _example_shape(name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """One example's shape as the data set holds it: C = 1 added to uint8 images x [N, H, W]."""
+    if _labels(name, shape, dtype):
+        return ()
+    return shape[1:] + (1,) if name == "x" and dtype == np.uint8 and len(shape) == 3 else shape[1:]
+
+
+def _check_npz_headers(path: str, names: tuple[str, ...], headers: dict) -> None:
     """Refuse what the arrays cannot be, from their headers, so that nothing unwanted is ever read."""
-    image_bytes = 0
-    for split in ("train", "test"):
-        (images, images_dtype), (labels, labels_dtype) = headers[f"x_{split}"], headers[f"y_{split}"]
-        if images_dtype != np.uint8:
-            raise UserError(f"{path}: x_{split} has dtype {images_dtype}; images must be uint8 (0..255): convert "
-                            "them, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
-        if len(images) not in (3, 4) or 0 in images[1:]:
-            raise UserError(f"{path}: x_{split} has shape {images}; images must be [N, H, W, C] or [N, H, W]")
-        if labels_dtype.kind not in "iu":
-            raise UserError(f"{path}: y_{split} has dtype {labels_dtype}; labels must be integers "
-                            f"(class indices 0..{MAX_LABEL})")
-        if labels[1:] not in ((), (1,)):
-            raise UserError(f"{path}: y_{split} has shape {labels}; labels must be [N] or [N, 1]")
-        if images[0] != labels[0]:
-            raise UserError(f"{path}: the {split} split has {images[0]} images but {labels[0]} labels")
-        if images[0] == 0:
+    total = 0
+    for split in NPZ_SPLITS:
+        count = headers[f"x_{split}"][0][:1]
+        for name in names:
+            key = f"{name}_{split}"
+            shape, dtype = headers[key]
+            if dtype.kind not in _NUMERIC:
+                raise UserError(f"{path}: {key} has dtype {dtype}; arrays must be booleans, integers or floats")
+            if not shape or 0 in shape[1:]:
+                raise UserError(f"{path}: {key} has shape {shape}; it needs a leading example axis and no empty "
+                                "axis after it")
+            if shape[:1] != count:
+                raise UserError(f"{path}: the {split} split has {count[0]} examples in x_{split} but {shape[0]} in "
+                                f"{key}")
+            total += math.prod(shape) * dtype.itemsize
+        if count[0] == 0:
             raise UserError(f"{path}: the {split} split is empty")
-        if images[0] > MAX_EXAMPLES:
-            raise UserError(f"{path}: the {split} split has {images[0]} examples, more than the {MAX_EXAMPLES} "
+        if count[0] > MAX_EXAMPLES:
+            raise UserError(f"{path}: the {split} split has {count[0]} examples, more than the {MAX_EXAMPLES} "
                             "this reader accepts")
-        image_bytes += math.prod(images)
-    train, test = (_image_dims(headers[key][0]) for key in ("x_train", "x_test"))
-    if train != test:
-        raise UserError(f"{path}: training images are {_dims(train)}, test images {_dims(test)}; "
-                        "both splits must have one shape")
-    if image_bytes > NPZ_MAX_IMAGE_BYTES:
-        raise UserError(f"{path}: its images hold {image_bytes} bytes, more than the {NPZ_MAX_IMAGE_BYTES} "
-                        "(2 GiB) this reader accepts")
+    for name in names:
+        (train, train_dtype), (test, test_dtype) = headers[f"{name}_train"], headers[f"{name}_test"]
+        labels = _labels(name, train, train_dtype)
+        if labels != _labels(name, test, test_dtype) or (
+                _example_shape(name, train, train_dtype) != _example_shape(name, test, test_dtype)) or (
+                not labels and jax.dtypes.canonicalize_dtype(train_dtype) != jax.dtypes.canonicalize_dtype(test_dtype)):
+            raise UserError(f"{path}: {name}_train holds {_dims(train[1:]) or 'scalars'} of {train_dtype}, "
+                            f"{name}_test {_dims(test[1:]) or 'scalars'} of {test_dtype}; both splits must hold "
+                            "the same per example")
+    if total > NPZ_MAX_BYTES:
+        raise UserError(f"{path}: its arrays hold {total} bytes, more than the {NPZ_MAX_BYTES} (2 GiB) this reader "
+                        "accepts")
 
 
-def _npz_labels(path: str, key: str, labels: np.ndarray) -> np.ndarray:
-    labels = labels.reshape(-1)
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high > MAX_LABEL:
-        raise UserError(f"{path}: {key}: labels out of range ({low}..{high}); they must be class indices "
-                        f"0..{MAX_LABEL}")
-    return labels.astype(np.int32)
+def _npz_array(path: str, name: str, key: str, array: np.ndarray) -> np.ndarray:
+    """``array`` as a data set holds it: labels int32[N], images with C, JAX's dtype; contiguous."""
+    if _labels(name, array.shape, array.dtype):
+        labels = array.reshape(-1)
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high > MAX_LABEL:
+            raise UserError(f"{path}: {key}: labels out of range ({low}..{high}); class labels must be 0..{MAX_LABEL} "
+                            "(store other targets as floats)")
+        return labels.astype(np.int32)
+    array = array.reshape(array.shape[:1] + _example_shape(name, array.shape, array.dtype))
+    dtype = jax.dtypes.canonicalize_dtype(array.dtype)
+    if dtype.kind in "iu" and array.dtype != dtype and array.size and (
+            array.min() < np.iinfo(dtype).min or array.max() > np.iinfo(dtype).max):
+        raise UserError(f"{path}: {key} holds {array.dtype} values outside {dtype}, which JAX computes with "
+                        f"({array.min()}..{array.max()})")
+    return np.ascontiguousarray(array, dtype)
 
 
 def load_tfds(name: str) -> Dataset:
@@ -390,7 +442,7 @@ def load_tfds(name: str) -> Dataset:
             f"--data {name} downloads the raw IDX files without TensorFlow, "
             "and --data-dir DIR reads them from a folder with no network"
         ) from None
-    return Dataset(*arrays)
+    return labelled(*arrays)
 
 
 @streams.pinned_generator
@@ -409,13 +461,18 @@ def synthetic(num_train: int = 2048, num_test: int = 512) -> Dataset:
     images = jnp.clip(patterns[labels] + noise, 0.0, 1.0) * 255
     images = np.asarray(images, np.uint8)[..., None]
     labels = np.asarray(labels, np.int32)
-    return Dataset(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:])
+    return labelled(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:])
 
 
-def classes(name: str, dataset: Dataset) -> int:
+def classes(name: str, dataset: Dataset) -> int | None:
     """The classes a model for data set ``name`` predicts: fixed for the built-in sets
-    (``FIXED_CLASSES``), else the largest label plus one."""
-    return NUM_CLASSES if name in FIXED_CLASSES else dataset.num_classes
+    (``FIXED_CLASSES``), else the largest class label of both splits plus one; None where
+    the data has no class labels (an integer ``y`` of one label per example)."""
+    if name in FIXED_CLASSES:
+        return NUM_CLASSES
+    if dataset.labels() is None:
+        return None
+    return max(int(dataset.train["y"].max()), int(dataset.test["y"].max())) + 1
 
 
 def load(name: str, data_dir: str | None = None, train_limit: int | None = None) -> Dataset:
@@ -443,7 +500,5 @@ def load(name: str, data_dir: str | None = None, train_limit: int | None = None)
     if train_limit is not None:
         if not 0 < train_limit <= dataset.num_train:
             raise UserError(f"--train-limit must be in [1, {dataset.num_train}], got {train_limit}")
-        dataset = dataset._replace(
-            train_images=dataset.train_images[:train_limit], train_labels=dataset.train_labels[:train_limit]
-        )
+        dataset = dataset._replace(train={name: array[:train_limit] for name, array in dataset.train.items()})
     return dataset

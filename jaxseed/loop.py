@@ -42,19 +42,19 @@ def load_data(config: Config) -> data.Dataset:
 @functools.lru_cache(maxsize=16)  # runs of one shape compile once
 def _evaluation_chunk(objective: Objective, config: Config, graphdef: nnx.GraphDef, num: int, batch_size: int,
                       num_replicas: int, layout: mesh.Layout) -> Callable:
-    """(params [R, ...], images, labels, start) -> (metric sums over the chunk's real examples,
-    per-example outputs: {"losses": float[B], and a classifier's "probabilities": float[B, C]}),
-    each with the replica axis."""
+    """(params [R, ...], test arrays {name: [N, ...]}, start) -> (metric sums over the chunk's real
+    examples, per-example outputs: {"losses": float[B], and a classifier's "probabilities":
+    float[B, C]}), each with the replica axis."""
 
-    def chunk(params, images, labels, start):
+    def chunk(params, arrays, start):
         index = start + jnp.arange(batch_size)
-        batch = Batch(jax.lax.dynamic_slice_in_dim(images, start, batch_size),
-                      jax.lax.dynamic_slice_in_dim(labels, start, batch_size), index)
+        batch = Batch({name: jax.lax.dynamic_slice_in_dim(array, start, batch_size) for name, array in arrays.items()},
+                      index)
         metrics, probabilities = objective.eval_metrics(nnx.merge(graphdef, params), batch, config)
         examples = {"losses": metrics["loss"], **({} if probabilities is None else {"probabilities": probabilities})}
         return {name: jnp.sum(jnp.where(index < num, value, 0.0)) for name, value in metrics.items()}, examples
 
-    return jax.jit(over_replicas(chunk, num_replicas, in_axes=(0, None, None, None), layout=layout),
+    return jax.jit(over_replicas(chunk, num_replicas, in_axes=(0, None, None), layout=layout),
                    out_shardings=layout.replicated)
 
 
@@ -89,15 +89,15 @@ def make_evaluate(objective: Objective, config: Config, graphdef: nnx.GraphDef, 
     """params [R, ...] -> ({test_<metric>: float64[R], mean over the test set}, per test example
     {"losses": float32[R, N], and a classifier's "probabilities": float32[R, N, C]}). Runs in
     fixed-size chunks; the last is padded, and only real examples count."""
-    num = int(dataset.test_images.shape[0])
+    num = dataset.num_test
     batch_size = min(config.eval_batch_size, num)
     padded = -(-num // batch_size) * batch_size
-    images = mesh.place(np.pad(dataset.test_images, ((0, padded - num), (0, 0), (0, 0), (0, 0))), layout.replicated)
-    labels = mesh.place(np.pad(dataset.test_labels, (0, padded - num)), layout.replicated)
+    arrays = {name: mesh.place(np.pad(array, [(0, padded - num)] + [(0, 0)] * (array.ndim - 1)), layout.replicated)
+              for name, array in dataset.test.items()}
     chunk = _evaluation_chunk(objective, config, graphdef, num, batch_size, num_replicas, layout)
 
     def evaluate(params):
-        chunks = mesh.fetch([chunk(params, images, labels, start) for start in range(0, padded, batch_size)])
+        chunks = mesh.fetch([chunk(params, arrays, start) for start in range(0, padded, batch_size)])
         metrics = {f"test_{name}": np.sum([sums[name] for sums, _ in chunks], axis=0, dtype=np.float64) / num
                    for name in chunks[0][0]}
         return metrics, {name: np.concatenate([examples[name] for _, examples in chunks], axis=1)[:, :num]
@@ -144,8 +144,7 @@ class Run(NamedTuple):
     writer: RunWriter
     data: data.Dataset  # on the host
     keys: streams.Keys  # placed, key[R] per stream
-    images: jax.Array  # the training set, on the devices
-    labels: jax.Array
+    arrays: dict[str, jax.Array]  # the training set, on the devices
     evaluate: Callable
     checkpointer: checkpoint.Checkpointer
     progress: bool
@@ -191,7 +190,7 @@ def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], wri
     checkpoints = checkpoint.Checkpointer(checkpoint_dir or writer.folders[0].folder("checkpoints"),
                                           config.keep_checkpoints)
     run = Run(program, seeds, writer, host_data, mesh.place_keys(keys, layout.replicas),
-              *(mesh.place(array, layout.replicated) for array in (host_data.train_images, host_data.train_labels)),
+              {name: mesh.place(array, layout.replicated) for name, array in host_data.train.items()},
               make_evaluate(objective, config, graphdef, host_data, len(seeds), layout), checkpoints, progress)
     return run, state, init_hashes
 
@@ -269,8 +268,7 @@ def train_epoch(run: Run, state: TrainState, at: Position,
     while first < program.num_steps:
         # Calls start at multiples of per_call, so a resumed run replays the same programs.
         n = min(program.per_call - first % program.per_call, program.num_steps - first)
-        state, metrics, steps = program.run_steps(n)(state, run.images, run.labels, permutation, run.keys, epoch,
-                                                     first)
+        state, metrics, steps = program.run_steps(n)(state, run.arrays, permutation, run.keys, epoch, first)
         metrics, steps = mesh.fetch((metrics, steps))
         global_step = epoch * program.num_steps + first
         if run.config.trace:
@@ -365,7 +363,7 @@ def _epochs(run: Run, state: TrainState, init_hashes: list[str], resume: bool,
             should_stop: Callable[[], bool]) -> list[dict]:
     """Restore, then per epoch: train, evaluate, log, save; then finish."""
     config, num_steps = run.config, run.program.num_steps
-    data_hash = manifest.arrays_hash(run.data)
+    data_hash = manifest.arrays_hash(run.data.arrays())
     state, at = restore(run, state, data_hash) if resume else (state, START)
     run.writer.start(_manifests(run, data_hash, init_hashes), at.epoch,
                      at.epoch * num_steps + at.first if config.trace else None)

@@ -38,22 +38,44 @@ from jaxseed.errors import UserError, one_line
 EVAL_BINARIZE, EVAL_LATENT, EVAL_IMPORTANCE, EVAL_SAMPLES = range(4)
 
 
-class Batch(NamedTuple):
-    images: jax.Array  # uint8[B, H, W, C]
-    labels: jax.Array  # int32[B]
-    index: jax.Array  # int32[B], each example's index in its split
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A batch: the data set's named arrays, each with a leading example axis B, and each
+    example's index int32[B] in its split.
+
+    ``batch.x`` the inputs (images uint8[B, H, W, C], features, tokens, ...), ``batch.y`` the
+    targets where the data has them (class labels int32[B]), any other array by its name
+    (``batch.mask``); ``batch.arrays`` all of them (``data.Dataset``).
+    """
+
+    arrays: dict[str, jax.Array]
+    index: jax.Array
+
+    def __getattr__(self, name: str) -> jax.Array:
+        arrays = self.__dict__.get("arrays", {})
+        if name not in arrays:
+            raise AttributeError(f"the batch has no array {name!r}; the data has {', '.join(arrays)}")
+        return arrays[name]
 
 
 class DataSpec(NamedTuple):
-    """What a model is built for: the images' (H, W, C) and how many classes the labels have."""
+    """What a model is built for: each array's (name, shape of one example, dtype), and how many
+    classes the labels ``y`` have (None: the data has no class labels)."""
 
-    image_shape: tuple[int, int, int]
-    num_classes: int
+    arrays: tuple[tuple[str, tuple[int, ...], str], ...]
+    num_classes: int | None
+
+    def shape(self, name: str = "x") -> tuple[int, ...]:
+        """One example's shape of the array ``name`` (an image's (H, W, C) for ``x`` of images)."""
+        return next(shape for found, shape, _ in self.arrays if found == name)
 
 
 def data_spec(dataset, name: str) -> DataSpec:
     """What a model built for ``dataset`` (a ``data.Dataset`` of the data set ``name``) must take and predict."""
-    return DataSpec(dataset.image_shape, data.classes(name, dataset))
+    arrays = tuple((key, tuple(int(size) for size in array.shape[1:]), str(array.dtype))
+                   for key, array in dataset.train.items())
+    return DataSpec(arrays, data.classes(name, dataset))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: compiled programs are cached per objective
@@ -93,8 +115,8 @@ class Objective:
 
 
 def to_unit(images: jax.Array) -> jax.Array:
-    """uint8 pixels -> float32 in [0, 1]."""
-    return images.astype(jnp.float32) / 255.0
+    """uint8 pixels -> float32 in [0, 1]; float images as they are, in float32."""
+    return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
 
 
 def eval_keys(position: int, index: jax.Array) -> jax.Array:
@@ -161,9 +183,11 @@ def recorded_source(record: dict) -> str | None:
 def check_shapes(objective: Objective, config: Config, spec: DataSpec, batch_size: int) -> None:
     """Trace the objective on an abstract batch, so that what it returns is checked before
     training starts: UserError (one line) naming what is wrong."""
-    h, w, c = spec.image_shape
-    batch = Batch(jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.uint8),
-                  jax.ShapeDtypeStruct((batch_size,), jnp.int32), jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+    if objective.classifier and spec.num_classes is None:
+        raise UserError(f"objective {objective.name} is a classifier, but the data has no class labels (an integer "
+                        "y of one label per example)")
+    batch = Batch({name: jax.ShapeDtypeStruct((batch_size, *shape), dtype) for name, shape, dtype in spec.arrays},
+                  jax.ShapeDtypeStruct((batch_size,), jnp.int32))
     key_type = jax.eval_shape(streams.evaluation_key).dtype
     keys = streams.Keys({name: jax.ShapeDtypeStruct((batch_size,), key_type) for name in objective.streams})
 
@@ -180,7 +204,8 @@ def check_shapes(objective: Objective, config: Config, spec: DataSpec, batch_siz
     except UserError:
         raise
     except Exception as error:  # the user's code failed on a batch of the data's shape
-        raise UserError(f"objective {objective.name} failed on a batch of images {h}x{w}x{c}: "
+        shapes = ", ".join(f"{name} {dtype}{list(shape)}" for name, shape, dtype in spec.arrays)
+        raise UserError(f"objective {objective.name} failed on a batch of the data ({shapes} per example): "
                         f"{one_line(error, with_type=True)}") from None
     problems = []
     if objective.drawn and not set(objective.drawn(config)) <= set(objective.streams):

@@ -125,9 +125,9 @@ def make_run_steps(objective: Objective, config: Config, graphdef: nnx.GraphDef,
                    num_replicas: int, num_steps: int, loop: str, layout: mesh.Layout | None = None) -> Callable:
     """Jit ``num_steps`` consecutive steps of one epoch, for R replicas, into one call.
 
-    The call takes (state, images, labels, permutation, keys, epoch, first), with
-    state, keys and permutation (int32[R, N]) on the replica axis, and gathers step
-    j's batch from the device-resident data at permutation[:, (first + j) * B:][:B].
+    The call takes (state, arrays, permutation, keys, epoch, first), with state, keys
+    and permutation (int32[R, N]) on the replica axis, and gathers step j's batch from
+    the device-resident training arrays ({name: [N, ...]}) at permutation[:, (first + j) * B:][:B].
     ``layout`` places each batch's example indices int32[R, B] on the mesh, and the outputs.
     Returns (state, metric sums of the call [R], per step: {"loss" [n, R], and with
     ``config.trace`` "param_checksum" [n, R]}).
@@ -138,20 +138,21 @@ def make_run_steps(objective: Objective, config: Config, graphdef: nnx.GraphDef,
                             in_axes=(0, 0, 0, None), layout=layout)
     checksums = over_replicas(param_checksum, num_replicas, in_axes=(0,))
 
-    def one(state, images, labels, permutation, keys, epoch, position):
+    def one(state, arrays, permutation, keys, epoch, position):
         index = jax.lax.dynamic_slice_in_dim(permutation, position * batch_size, batch_size, axis=1)
         if layout is not None:
             index = jax.lax.with_sharding_constraint(index, layout.batch)
-        state, metrics = step_fn(state, Batch(images[index], labels[index], index), keys, epoch)
+        batch = Batch({name: array[index] for name, array in arrays.items()}, index)
+        state, metrics = step_fn(state, batch, keys, epoch)
         steps = {"loss": metrics["loss"] / metrics["count"]}
         if config.trace:
             steps["param_checksum"] = checksums(state.params)
         return state, (metrics, steps)
 
-    def run(state, images, labels, permutation, keys, epoch, first):
+    def run(state, arrays, permutation, keys, epoch, first):
         if loop == "scan":
             def body(state, position):
-                return one(state, images, labels, permutation, keys, epoch, position)
+                return one(state, arrays, permutation, keys, epoch, position)
 
             state, (metrics, steps) = jax.lax.scan(body, state, first + jnp.arange(num_steps))
         else:
@@ -160,7 +161,7 @@ def make_run_steps(objective: Objective, config: Config, graphdef: nnx.GraphDef,
             one_step = jax.jit(one)
             outputs = []
             for j in range(num_steps):
-                state, output = one_step(state, images, labels, permutation, keys, epoch, first + j)
+                state, output = one_step(state, arrays, permutation, keys, epoch, first + j)
                 outputs.append(output)
             metrics, steps = jax.tree.map(lambda *m: jnp.stack(m), *outputs)
         return state, jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics), steps

@@ -129,7 +129,7 @@ def test_sweep_resumes_only_missing_runs(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_vmap_trains_none_runs_as_separate_programs(tmp_path, monkeypatch):
     """Under vmap a varied group is one program; the determinism control's K reruns are K programs."""
-    num_test = len(data.load("synthetic", None).test_labels)
+    num_test = data.load("synthetic", None).num_test
     sizes = []
 
     def fake_train(config, seeds, workdirs, **options):

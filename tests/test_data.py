@@ -27,20 +27,23 @@ def mnist():
 
 
 def test_real_mnist_idx(mnist):
-    assert mnist.train_images.shape == (2000, 28, 28, 1) and mnist.train_images.dtype == np.uint8
-    assert mnist.test_images.shape == (500, 28, 28, 1) and mnist.test_images.dtype == np.uint8
-    assert mnist.train_labels.shape == (2000,) and mnist.train_labels.dtype == np.int32
-    assert mnist.train_labels[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first labels
-    assert mnist.test_labels[:5].tolist() == [7, 2, 1, 0, 4]
-    for labels in (mnist.train_labels, mnist.test_labels):
+    assert mnist.train["x"].shape == (2000, 28, 28, 1) and mnist.train["x"].dtype == np.uint8
+    assert mnist.test["x"].shape == (500, 28, 28, 1) and mnist.test["x"].dtype == np.uint8
+    assert mnist.train["y"].shape == (2000,) and mnist.train["y"].dtype == np.int32
+    assert mnist.train["y"][:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first labels
+    assert mnist.test["y"][:5].tolist() == [7, 2, 1, 0, 4]
+    for labels in (mnist.train["y"], mnist.test["y"]):
         assert set(np.unique(labels)) == set(range(10))
-    assert 30 < mnist.train_images.mean() < 40
-    assert mnist.num_classes == 10 and mnist.image_shape == (28, 28, 1)
+    assert 30 < mnist.train["x"].mean() < 40
+    assert data.classes("mnist", mnist) == 10
 
 
-def test_dataset_fields_are_the_four_arrays():
-    """A run's data hash is computed over the fields: num_classes and image_shape are properties, not fields."""
-    assert data.Dataset._fields == ("train_images", "train_labels", "test_images", "test_labels")
+def test_data_hash_covers_every_array_in_a_fixed_order():
+    """A run's data hash is computed over ``arrays()``: x, y and the rest of the training split, then
+    the test split's (for images and labels the order the reference data hashes were taken in)."""
+    train = {"x": np.zeros(2), "y": np.ones(2), "mask": np.full(2, 2.0)}
+    test = {"x": np.full(1, 3.0), "y": np.full(1, 4.0), "mask": np.full(1, 5.0)}
+    assert [array[0] for array in data.Dataset(train, test).arrays()] == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow
@@ -143,7 +146,7 @@ def test_missing_dir_and_files(tmp_path):
 
 def test_train_limit(mnist_copy):
     dataset = data.load("mnist", str(mnist_copy), train_limit=100)
-    assert dataset.num_train == 100 and dataset.test_images.shape[0] == 500
+    assert dataset.num_train == 100 and dataset.test["x"].shape[0] == 500
     with pytest.raises(UserError, match=r"--train-limit must be in \[1, 2000\]"):
         data.load("mnist", str(mnist_copy), train_limit=2001)
 
@@ -171,8 +174,8 @@ def test_config_accepts_npz_paths():
 def test_tfds_data_source_offline():
     with tfds.testing.mock_data(num_examples=24):
         dataset = data.load("tfds:mnist")
-    assert dataset.train_images.shape == (24, 28, 28, 1) and dataset.train_images.dtype == np.uint8
-    assert dataset.test_labels.shape == (24,) and dataset.test_labels.dtype == np.int32
+    assert dataset.train["x"].shape == (24, 28, 28, 1) and dataset.train["x"].dtype == np.uint8
+    assert dataset.test["y"].shape == (24,) and dataset.test["y"].dtype == np.int32
 
 
 def test_tfds_failure_points_to_the_download_and_data_dir(monkeypatch):
@@ -187,9 +190,9 @@ def test_tfds_failure_points_to_the_download_and_data_dir(monkeypatch):
 
 def test_synthetic_is_fixed_and_learnable_shape():
     a, b = data.synthetic(), data.synthetic()
-    for x, y in zip(a, b):
+    for x, y in zip(a.arrays(), b.arrays()):
         np.testing.assert_array_equal(x, y)
-    assert a.train_images.shape == (2048, 28, 28, 1) and a.test_labels.shape == (512,)
+    assert a.train["x"].shape == (2048, 28, 28, 1) and a.test["y"].shape == (512,)
 
 
 # --- CIFAR-10's binary version: files written here in its format (no package ships CIFAR-10). ---
@@ -246,8 +249,8 @@ def write_cifar10(folder, layout: str = "archive", count: int = 40, seed: int = 
                 f.write(bytes_)
     train = [batches[name] for name in data.CIFAR10_TRAIN]
     test = batches[data.CIFAR10_TEST]
-    expected = data.Dataset(np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]),
-                            test[0], test[1])
+    expected = data.labelled(np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]),
+                             test[0], test[1])
     return raw, expected
 
 
@@ -255,16 +258,15 @@ def write_cifar10(folder, layout: str = "archive", count: int = 40, seed: int = 
 def test_cifar10_binary_format(tmp_path, layout):
     raw, expected = write_cifar10(tmp_path, layout)
     dataset = data.load("cifar10", str(tmp_path))
-    assert dataset.train_images.shape == (200, 32, 32, 3) and dataset.test_images.shape == (40, 32, 32, 3)
-    assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int32
-    assert all(array.flags.c_contiguous for array in dataset)
-    for ours, theirs in zip(dataset, expected):
+    assert dataset.train["x"].shape == (200, 32, 32, 3) and dataset.test["x"].shape == (40, 32, 32, 3)
+    assert dataset.train["x"].dtype == np.uint8 and dataset.train["y"].dtype == np.int32
+    assert all(array.flags.c_contiguous for array in dataset.arrays())
+    for ours, theirs in zip(dataset.arrays(), expected.arrays()):
         np.testing.assert_array_equal(ours, theirs)
     first = raw["data_batch_1.bin"]  # pixel (row 2, column 3) of the first image: red, green, blue planes
-    assert dataset.train_labels[0] == first[0]
-    assert dataset.train_images[0, 2, 3].tolist() == [first[1 + 2 * 32 + 3 + 1024 * c] for c in range(3)]
-    assert dataset.image_shape == (32, 32, 3)
-    assert dataset.num_classes == max(expected.train_labels.max(), expected.test_labels.max()) + 1
+    assert dataset.train["y"][0] == first[0]
+    assert dataset.train["x"][0, 2, 3].tolist() == [first[1 + 2 * 32 + 3 + 1024 * c] for c in range(3)]
+    assert data.classes("cifar10", dataset) == 10
 
 
 def _symlink(name, target):
@@ -389,16 +391,16 @@ def test_real_fashion_mnist_npz(monkeypatch):
     dataset = data.load("npz:" + FASHION_NPZ)
     monkeypatch.chdir(PROJECT_ROOT)
     relative = data.load("npz:tests/data/fashion-mnist-small.npz", train_limit=100)
-    assert dataset.train_images.shape == (1000, 28, 28, 1) and dataset.test_images.shape == (500, 28, 28, 1)
-    assert dataset.train_images.dtype == np.uint8 and dataset.test_labels.dtype == np.int32
-    assert dataset.train_labels.shape == (1000,) and dataset.test_labels.shape == (500,)
-    assert dataset.num_classes == 10 and dataset.image_shape == (28, 28, 1)
-    assert dataset.train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # ankle boot, T-shirt, ...
-    assert dataset.test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
-    arrays = {"x_train": dataset.train_images[..., 0], "y_train": dataset.train_labels.astype(np.uint8),
-              "x_test": dataset.test_images[..., 0], "y_test": dataset.test_labels.astype(np.uint8)}
+    assert dataset.train["x"].shape == (1000, 28, 28, 1) and dataset.test["x"].shape == (500, 28, 28, 1)
+    assert dataset.train["x"].dtype == np.uint8 and dataset.test["y"].dtype == np.int32
+    assert dataset.train["y"].shape == (1000,) and dataset.test["y"].shape == (500,)
+    assert data.classes("npz:" + FASHION_NPZ, dataset) == 10
+    assert dataset.train["y"][:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # ankle boot, T-shirt, ...
+    assert dataset.test["y"][:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    arrays = {"x_train": dataset.train["x"][..., 0], "y_train": dataset.train["y"].astype(np.uint8),
+              "x_test": dataset.test["x"][..., 0], "y_test": dataset.test["y"].astype(np.uint8)}
     assert {key: hashlib.sha256(array.tobytes()).hexdigest() for key, array in arrays.items()} == FASHION_NPZ_SHA256
-    np.testing.assert_array_equal(relative.train_images, dataset.train_images[:100])
+    np.testing.assert_array_equal(relative.train["x"], dataset.train["x"][:100])
 
 
 def _arrays(train=12, test=5, shape=(8, 6, 3), labels_dtype=np.int64):
@@ -415,13 +417,35 @@ def test_npz_any_image_shape_and_label_layout(tmp_path):
     arrays["x_test"] = np.asfortranarray(arrays["x_test"])
     np.savez(tmp_path / "set.npz", **arrays)
     dataset = data.load(f"npz:{tmp_path / 'set.npz'}")
-    np.testing.assert_array_equal(dataset.train_images, arrays["x_train"])
-    np.testing.assert_array_equal(dataset.test_images, arrays["x_test"])
-    assert dataset.train_labels.tolist() == arrays["y_train"][:, 0].tolist()
-    assert dataset.train_labels.dtype == np.int32 and dataset.train_labels.shape == (12,)
-    assert dataset.image_shape == (8, 6, 3)
-    assert dataset.num_classes == max(arrays["y_train"].max(), 4) + 1  # test labels are 0..4
-    assert dataset.test_images.flags.c_contiguous
+    np.testing.assert_array_equal(dataset.train["x"], arrays["x_train"])
+    np.testing.assert_array_equal(dataset.test["x"], arrays["x_test"])
+    assert dataset.train["y"].tolist() == arrays["y_train"][:, 0].tolist()
+    assert dataset.train["y"].dtype == np.int32 and dataset.train["y"].shape == (12,)
+    assert dataset.train["x"].shape[1:] == (8, 6, 3)
+    assert data.classes("npz:set.npz", dataset) == max(arrays["y_train"].max(), 4) + 1  # test labels are 0..4
+    assert dataset.test["x"].flags.c_contiguous
+
+
+def test_npz_of_any_arrays(tmp_path):
+    """Float features with float targets; integer tokens with a mask and no y: each kept by name,
+    in JAX's dtypes, with no class count where there are no class labels."""
+    rng = np.random.default_rng(0)
+    features = {"x_train": rng.normal(size=(10, 7)), "y_train": rng.normal(size=10),
+                "x_test": rng.normal(size=(4, 7)), "y_test": rng.normal(size=4)}
+    np.savez(tmp_path / "features.npz", **features)
+    dataset = data.load(f"npz:{tmp_path / 'features.npz'}")
+    assert list(dataset.train) == ["x", "y"] and dataset.train["x"].dtype == np.float32
+    np.testing.assert_array_equal(dataset.test["y"], features["y_test"].astype(np.float32))
+    assert dataset.labels() is None and data.classes("npz:features.npz", dataset) is None
+    tokens = {"x_train": rng.integers(0, 50, (9, 16)), "mask_train": rng.random((9, 16)) < 0.5,
+              "x_test": rng.integers(0, 50, (3, 16)), "mask_test": np.ones((3, 16), bool)}
+    np.savez(tmp_path / "tokens.npz", **tokens)
+    dataset = data.load(f"npz:{tmp_path / 'tokens.npz'}", train_limit=5)
+    assert list(dataset.train) == ["x", "mask"] and dataset.num_train == 5 and dataset.num_test == 3
+    assert dataset.train["x"].dtype == np.int32 and dataset.train["mask"].dtype == np.bool_
+    np.testing.assert_array_equal(dataset.train["x"], tokens["x_train"][:5])
+    np.testing.assert_array_equal(dataset.test["mask"], tokens["mask_test"])
+    assert data.classes("npz:tokens.npz", dataset) is None
 
 
 class _Planted:
@@ -442,23 +466,35 @@ def _drop(*keys):
     return lambda base, tmp_path: {key: value for key, value in base.items() if key not in keys}
 
 
+def _rename(old, new):
+    return lambda base, tmp_path: {(new if key == old else key): value for key, value in base.items()}
+
+
 @pytest.mark.parametrize("make, message", [
-    (_drop("x_test", "y_test"), "has no x_test, y_test \\(expected the keras.datasets layout"),
-    (lambda base, tmp_path: {**base, "y_train": base["y_train"][:-1]}, "the train split has 12 images but 11 labels"),
-    (_change(x_train=np.zeros((12, 8, 6, 3), np.float32)),
-     "x_train has dtype float32; images must be uint8 \\(0..255\\): convert them"),
-    (_change(x_test=np.zeros((5, 48), np.uint8)), "x_test has shape \\(5, 48\\); images must be \\[N, H, W, C\\]"),
-    (_change(x_test=np.zeros((5, 8, 6, 1), np.uint8)), "training images are 8x6x3, test images 8x6x1"),
+    (_drop("x_test", "y_test"), "has x_train but no x_test"),
+    (_drop("x_train", "x_test"), "has no x_train and x_test \\(the inputs"),
+    (_rename("y_test", "labels"), "holds 'labels.npy'; its arrays must be named NAME_train and NAME_test"),
+    (_change(index_train=np.zeros(12), index_test=np.zeros(5)), "holds 'index_t(rain|est).npy'; .* other than index"),
+    (_change(mask_train=np.ones((12, 4), bool)), "has mask_train but no mask_test"),
+    (lambda base, tmp_path: {**base, "y_train": base["y_train"][:-1]},
+     "the train split has 12 examples in x_train but 11 in y_train"),
+    (_change(x_train=np.zeros((12, 8, 6, 3), np.complex64)),
+     "x_train has dtype complex64; arrays must be booleans, integers or floats"),
+    (_change(x_test=np.zeros((5, 48), np.uint8)), "x_train holds 8x6x3 of uint8, x_test 48 of uint8; both splits"),
+    (_change(x_test=np.zeros((5, 8, 6, 1), np.uint8)), "x_train holds 8x6x3 of uint8, x_test 8x6x1 of uint8"),
+    (_change(x_test=np.zeros((5, 8, 6, 3), np.float32)), "x_train holds 8x6x3 of uint8, x_test 8x6x3 of float32"),
+    (_change(x_test=np.zeros((5, 8, 0, 3), np.uint8)), "x_test has shape \\(5, 8, 0, 3\\); it needs a leading"),
     (_change(y_test=np.array([0, 1, -1, 2, 3])), "y_test: labels out of range \\(-1..3\\)"),
-    (_change(y_test=np.array([0, 1, 65536, 2, 3])), "y_test: labels out of range \\(0..65536\\); they must be"),
-    (_change(y_train=np.zeros(12)), "y_train has dtype float64; labels must be integers"),
-    (_change(y_train=np.zeros(12, bool)), "y_train has dtype bool; labels must be integers"),
-    (_change(y_train=np.zeros((12, 2), np.int64)), "y_train has shape \\(12, 2\\); labels must be \\[N\\] or"),
+    (_change(y_test=np.array([0, 1, 65536, 2, 3])), "y_test: labels out of range \\(0..65536\\); class labels must"),
+    (_change(y_train=np.zeros(12)), "y_train holds scalars of float64, y_test scalars of int64; both splits"),
+    (_change(y_train=np.zeros((12, 2), np.int64)), "y_train holds 2 of int64, y_test scalars of int64"),
+    (_change(x_train=np.full((12, 3), 2 ** 40), x_test=np.zeros((5, 3), np.int64)),
+     "x_train holds int64 values outside int32, which JAX computes with \\(1099511627776..1099511627776\\)"),
     (_change(x_test=np.zeros((0, 8, 6, 3), np.uint8), y_test=np.zeros(0, np.int64)), "the test split is empty"),
     (lambda base, tmp_path: {**base, "y_train": np.array([_Planted(str(tmp_path / "planted"))] * 12, object)},
      "y_train holds Python objects \\(dtype object\\); only plain arrays are read, never pickles"),
-], ids=["keys", "lengths", "float", "ndim", "shapes", "negative", "large", "float-labels", "bool-labels",
-        "label-shape", "empty", "object"])
+], ids=["split", "no-x", "name", "index", "one-split", "lengths", "complex", "ndim", "shapes", "dtypes", "empty-axis",
+        "negative", "large", "mixed-labels", "label-shape", "int64", "empty", "object"])
 def test_bad_npz_is_one_clear_line(tmp_path, make, message):
     np.savez(tmp_path / "set.npz", **make(_arrays(), tmp_path))
     with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path / 'set.npz'))}:? .*{message}") as error:
@@ -500,7 +536,7 @@ def _npz_of_headers(path, shapes: dict) -> None:
 
 @pytest.mark.parametrize("train, message", [
     (1_000_001, "the train split has 1000001 examples, more than the 1000000"),
-    (400_000, "its images hold 5038080000 bytes, more than the 2147483648 \\(2 GiB\\)"),
+    (400_000, "its arrays hold 5041360000 bytes, more than the 2147483648 \\(2 GiB\\)"),
 ])
 def test_huge_npz_header_is_refused_before_the_body(tmp_path, train, message):
     _npz_of_headers(tmp_path / "huge.npz", {"x_train": (train, 64, 64, 3), "y_train": (train,),

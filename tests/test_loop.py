@@ -12,7 +12,7 @@ from jaxseed.writer import RunWriter
 from test_step import one_replica
 
 SEEDS = {name: 8 for name in streams.STREAMS}
-SPEC = DataSpec((28, 28, 1), 10)  # the synthetic set's
+SPEC = DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10)  # the synthetic set's
 
 
 @pytest.fixture

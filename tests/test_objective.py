@@ -31,12 +31,12 @@ TEMPLATE = """
             return self.layer(to_unit(images).reshape(images.shape[0], -1))
 
     def train_loss(model, batch, config, keys):
-        losses = optax.softmax_cross_entropy_with_integer_labels(model(batch.images), batch.labels)
+        losses = optax.softmax_cross_entropy_with_integer_labels(model(batch.x), batch.y)
         return {LOSS}, {SUMS}
 
     def eval_metrics(model, batch, config):
-        logits = model(batch.images)
-        return {{"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)}}, {PROBABILITIES}
+        logits = model(batch.x)
+        return {{"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.y)}}, {PROBABILITIES}
 
     OBJECTIVE = Objective(build=lambda config, spec, key: Linear(784, spec.num_classes, key), train_loss=train_loss,
                           eval_metrics=eval_metrics, classifier=True, streams={STREAMS})
@@ -45,7 +45,7 @@ TEMPLATE = """
 
 
 def objective_file(tmp_path, loss="losses.mean()", probabilities="jax.nn.softmax(logits)", streams="()",
-                   sums='{"loss": losses.sum(), "count": batch.labels.shape[0]}'):
+                   sums='{"loss": losses.sum(), "count": batch.y.shape[0]}'):
     return write(tmp_path, TEMPLATE.format(LOSS=loss, PROBABILITIES=probabilities, STREAMS=streams, SUMS=sums))
 
 
@@ -97,8 +97,10 @@ def test_a_stream_name_colliding_with_jaxseeds_is_refused(tmp_path, streams, mes
     ({"loss": "losses"}, "train_loss must return a scalar mean loss first, got shape \\(64,\\)"),
     ({"probabilities": "None"}, "class probabilities of shape \\(64, 10\\) \\(classifier=True\\), got None"),
     ({"probabilities": "logits[:, :3]"}, "got \\(64, 3\\)"),
-    ({"loss": "losses.mean() + batch.nothing"}, "failed on a batch of images 28x28x1: AttributeError"),
-    ({"sums": '{"count": batch.labels.shape[0]}'}, "metric sums must be a dict of scalars with 'loss' and 'count'"),
+    ({"loss": "losses.mean() + batch.nothing"},
+     "failed on a batch of the data \\(x uint8\\[28, 28, 1\\], y int32\\[\\] per example\\): AttributeError: "
+     "the batch has no array 'nothing'; the data has x, y"),
+    ({"sums": '{"count": batch.y.shape[0]}'}, "metric sums must be a dict of scalars with 'loss' and 'count'"),
     ({"streams": "(), panels=((\"accuracy\", (\"test_accuracy\",)),)"}, "panels name metrics it does not compute: "
                                                                       "test_accuracy"),
 ])

@@ -15,7 +15,7 @@ from jaxseed.models import cnn
 from jaxseed.objective import Batch, DataSpec
 
 SEEDS = {name: 42 for name in streams.STREAMS}
-SPEC = DataSpec((28, 28, 1), 10)  # the synthetic set's
+SPEC = DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10)  # the synthetic set's
 
 
 def one_replica(tree):
@@ -42,7 +42,7 @@ def test_loop_strategies_agree(tiny_config):
         while first < 4:
             n = min(per_call, 4 - first)
             runner = step.make_run_steps(vae, config, graphdef, tx, 1, n, loop_form)
-            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, replica_keys, 0, first)
+            state, _, _ = runner(state, dataset.train, perm, replica_keys, 0, first)
             first += n
         params[(loop_form, per_call)] = jax.tree.leaves(state.params)
     reference = params[("unroll", 4)]
@@ -61,7 +61,7 @@ def test_train_step_compiles_once(tiny_config):
     for epoch in range(2):
         perm = streams.epoch_order(keys.shuffle, epoch, 256)[None]
         for first in range(4):
-            state, _, _ = runner(state, dataset.train_images, dataset.train_labels, perm, replica_keys, epoch, first)
+            state, _, _ = runner(state, dataset.train, perm, replica_keys, epoch, first)
     assert runner._cache_size() == 1
     assert int(state.step[0]) == 8
 
@@ -69,7 +69,7 @@ def test_train_step_compiles_once(tiny_config):
 def synthetic_batch(index):
     dataset = data.synthetic()
     index = np.asarray(index)
-    return Batch(jnp.asarray(dataset.train_images[index]), jnp.asarray(dataset.train_labels[index]),
+    return Batch({"x": jnp.asarray(dataset.train["x"][index]), "y": jnp.asarray(dataset.train["y"][index])},
                  jnp.asarray(index))
 
 

@@ -54,7 +54,7 @@ def test_reconstructions_show_the_binarised_test_images_above_their_reconstructi
     from jaxseed.objective import EVAL_BINARIZE, eval_keys
 
     picture = matplotlib.image.imread(base[1] / "reconstructions.png")[..., 0]
-    images = data.load("synthetic", train_limit=256).test_images[:32]
+    images = data.load("synthetic", train_limit=256).test["x"][:32]
     originals = np.asarray(vae.binarize(images, eval_keys(EVAL_BINARIZE, jnp.arange(32)), vae_config))
 
     def tile(row, column):
@@ -104,7 +104,7 @@ def test_negative_elbo_parts():
     flat = x.reshape(16, -1)
     expected_rec = -jnp.sum(flat * jnp.log(p) + (1 - flat) * jnp.log1p(-p), -1)
     np.testing.assert_allclose(reconstruction, expected_rec, rtol=1e-4)
-    batch = Batch((x * 255).astype(jnp.uint8), jnp.zeros(16, jnp.int32), jnp.arange(16))
+    batch = Batch({"x": (x * 255).astype(jnp.uint8)}, jnp.arange(16))
     config = Config(model="vae", latents=4, binarize="threshold")
     nll = vae.importance_nll(model, batch, config, samples=64)
     elbo = vae.eval_metrics(model, batch, config)[0]["loss"]

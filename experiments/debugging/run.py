@@ -49,9 +49,9 @@ class Result(NamedTuple):
 
 def corrupted(dataset: data.Dataset, index: int) -> data.Dataset:
     """``dataset`` with training example ``index`` labelled BAD_LABEL."""
-    labels = dataset.train_labels.copy()
+    labels = dataset.train["y"].copy()
     labels[index] = BAD_LABEL
-    return dataset._replace(train_labels=labels)
+    return dataset._replace(train={**dataset.train, "y": labels})
 
 
 def fault(config: Config, dataset: data.Dataset, run_seeds: dict, workdir: str) -> tuple[int | None, str]:

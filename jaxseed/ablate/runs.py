@@ -76,9 +76,12 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     ``correlation`` size a comparison in the report (``write_report``); ``log`` names trackers
     that get each run too, tagged with its study and group."""
     config = sweep.config
-    # The report compares the runs' outputs on each test example (a classifier's, with its labels and images).
+    # The report compares the runs' outputs on each test example (a classifier's, with its labels, and its
+    # images where x holds images: uint8, grey or colour).
     dataset = data.load(config.data, config.data_dir, config.train_limit)
-    labels, images = (dataset.test_labels, dataset.test_images) if sweep.objective.classifier else (None, None)
+    x = dataset.test["x"]
+    pictured = x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] in (1, 3)
+    labels, images = (dataset.labels(), x if pictured else None) if sweep.objective.classifier else (None, None)
     classes = objective.data_spec(dataset, config.data).num_classes if sweep.objective.classifier else None
     drawn = sweep.objective.drawn_streams(config)
 
@@ -87,7 +90,7 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     def finished(name: str, k: int) -> bool:
         if (name, k) not in loaded:
             found = load_result(run_dir(sweep.workdir, name, k), sweep.groups[name][k], drawn,
-                                len(dataset.test_labels), classes)
+                                dataset.num_test, classes)
             if found is not None:
                 loaded[name, k] = found
         return (name, k) in loaded
@@ -104,13 +107,13 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
         """Write every finished run to the records: a study stopped for good still leaves them."""
         write_records(study, sweep, header, [os.path.basename(run_dir(sweep.workdir, name, k))
                                              for name, runs in sweep.groups.items() for k in range(len(runs))
-                                             if finished(name, k)], len(dataset.test_labels), classes)
+                                             if finished(name, k)], dataset.num_test, classes)
 
     study.folder("runs")
     header = sweep.header
     if records:
-        restored, header = restore_records(records, sweep, len(dataset.test_labels), classes,
-                                           manifest.arrays_hash(dataset))
+        restored, header = restore_records(records, sweep, dataset.num_test, classes,
+                                           manifest.arrays_hash(dataset.arrays()))
         if not quiet:
             print(f"restored {len(restored)} finished runs from {records}", file=sys.stderr)
     mine = ({name: [] for name in sweep.groups} if report_only

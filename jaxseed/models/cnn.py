@@ -96,27 +96,27 @@ class CNN(nnx.Module):
 
 
 def build(config: Config, spec: DataSpec, key: jax.Array) -> CNN:
-    height, width, _ = spec.image_shape
+    height, width, _ = spec.shape()
     if height % 4 or width % 4:
         raise ValueError(f"the CNN's two 2x2 pools need a height and width divisible by 4, got {height}x{width}")
-    return CNN(init_key=key, dropout_rate=config.dropout_rate, image_shape=spec.image_shape,
+    return CNN(init_key=key, dropout_rate=config.dropout_rate, image_shape=spec.shape(),
                num_classes=spec.num_classes)
 
 
 def train_loss(model: CNN, batch: Batch, config: Config, keys):
     """Cross-entropy on augmented images; each example's augmentation from its ``augment``
     key, its dropout mask from its ``dropout`` key (both key[B])."""
-    images = augment.apply(config, to_unit(batch.images), keys.augment)
+    images = augment.apply(config, to_unit(batch.x), keys.augment)
     logits = model(images, train=True, dropout_keys=keys.dropout)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
-    correct = jnp.argmax(logits, -1) == batch.labels
-    return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.labels.shape[0]}
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.y)
+    correct = jnp.argmax(logits, -1) == batch.y
+    return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.y.shape[0]}
 
 
 def eval_metrics(model: CNN, batch: Batch, config: Config):
-    logits = model(to_unit(batch.images), train=False)
-    metrics = {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels),
-               "accuracy": (jnp.argmax(logits, -1) == batch.labels).astype(jnp.float32)}
+    logits = model(to_unit(batch.x), train=False)
+    metrics = {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch.y),
+               "accuracy": (jnp.argmax(logits, -1) == batch.y).astype(jnp.float32)}
     return metrics, jax.nn.softmax(logits)
 
 

@@ -100,17 +100,17 @@ def latent_noise(keys: jax.Array, latents: int, samples: tuple[int, ...] = ()) -
 def train_loss(model: VAE, batch: Batch, config: Config, keys):
     """-ELBO on dynamically binarised images (each example's pixels from its ``augment``
     key), with reparameterisation noise from its ``latent`` key (both key[B])."""
-    x = binarize(batch.images, keys.augment, config)
+    x = binarize(batch.x, keys.augment, config)
     eps = latent_noise(keys.latent, model.latents)
     reconstruction, kl = negative_elbo(model, x, eps)
     loss = reconstruction + kl
     return loss.mean(), {"loss": loss.sum(), "reconstruction": reconstruction.sum(), "kl": kl.sum(),
-                         "count": batch.labels.shape[0]}
+                         "count": batch.index.shape[0]}
 
 
 def eval_metrics(model: VAE, batch: Batch, config: Config):
     """-ELBO and its parts on the test set, from fixed evaluation draws."""
-    x = binarize(batch.images, eval_keys(EVAL_BINARIZE, batch.index), config)
+    x = binarize(batch.x, eval_keys(EVAL_BINARIZE, batch.index), config)
     reconstruction, kl = negative_elbo(model, x, latent_noise(eval_keys(EVAL_LATENT, batch.index), model.latents))
     return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}, None
 
@@ -122,7 +122,7 @@ def importance_nll(model: VAE, batch: Batch, config: Config, samples: int) -> ja
 
     Returns float[B], nats per image; a tighter bound than -ELBO.
     """
-    x = binarize(batch.images, eval_keys(EVAL_BINARIZE, batch.index), config)
+    x = binarize(batch.x, eval_keys(EVAL_BINARIZE, batch.index), config)
     mean, logvar = model.encode(x)
     eps = latent_noise(eval_keys(EVAL_IMPORTANCE, batch.index), model.latents, (samples,))  # [B, K, L]
     z = mean[:, None] + jnp.exp(0.5 * logvar[:, None]) * eps
@@ -136,9 +136,9 @@ def importance_nll(model: VAE, batch: Batch, config: Config, samples: int) -> ja
 
 @functools.lru_cache(maxsize=16)  # runs of one shape (an ablation's, a test's) compile it once
 def _importance_chunk(config: Config, graphdef: nnx.GraphDef):
-    """(params, images, labels, index) -> ``importance_nll`` of a chunk of test images."""
-    return jax.jit(lambda params, images, labels, index: importance_nll(
-        nnx.merge(graphdef, params), Batch(images, labels, index), config, config.importance_samples))
+    """(params, images, index) -> ``importance_nll`` of a chunk of test images."""
+    return jax.jit(lambda params, images, index: importance_nll(
+        nnx.merge(graphdef, params), Batch({"x": images}, index), config, config.importance_samples))
 
 
 def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
@@ -148,25 +148,23 @@ def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
     Every draw here comes from the fixed evaluation key, so runs compare fairly.
     """
     model = nnx.merge(graphdef, params)
-    num_test = dataset.test_images.shape[0]
+    images, num_test = dataset.test["x"], dataset.num_test
     batch_size = min(100, num_test)
     chunk_nll = _importance_chunk(config, graphdef)
     nll = []
     for start in range(0, num_test, batch_size):
         stop = min(start + batch_size, num_test)
-        nll.append(chunk_nll(params, dataset.test_images[start:stop], dataset.test_labels[start:stop],
-                             jnp.arange(start, stop)))
+        nll.append(chunk_nll(params, images[start:stop], jnp.arange(start, stop)))
     noise = latent_noise(eval_keys(EVAL_SAMPLES, jnp.arange(64)), config.latents)
     samples = jax.nn.sigmoid(model.decode(noise))
     columns = min(8, num_test)
     rows = min(32, num_test) // columns  # 4 rows of 8 test images above their reconstructions, where there are 32
     count = rows * columns
-    shown = Batch(dataset.test_images[:count], dataset.test_labels[:count], jnp.arange(count))
-    originals = binarize(shown.images, eval_keys(EVAL_BINARIZE, shown.index), config)
+    originals = binarize(images[:count], eval_keys(EVAL_BINARIZE, jnp.arange(count)), config)
     reconstructions = jax.nn.sigmoid(model.decode(model.encode(originals)[0]))
     shape = model.image_shape
     pairs = jnp.stack([originals.reshape(rows, columns, *shape), reconstructions.reshape(rows, columns, *shape)], 1)
-    test_inputs = binarize(dataset.test_images, eval_keys(EVAL_BINARIZE, jnp.arange(num_test)), config)
+    test_inputs = binarize(images, eval_keys(EVAL_BINARIZE, jnp.arange(num_test)), config)
     test_noise = latent_noise(eval_keys(EVAL_LATENT, jnp.arange(num_test)), config.latents)
     return ({"test_nll_importance": float(jnp.concatenate(nll).mean()),
              "importance_samples": config.importance_samples,
@@ -176,7 +174,7 @@ def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
 
 OBJECTIVE = Objective(
     name="vae",
-    build=lambda config, spec, key: VAE(init_key=key, latents=config.latents, image_shape=spec.image_shape,
+    build=lambda config, spec, key: VAE(init_key=key, latents=config.latents, image_shape=spec.shape(),
                                         portable=config.portable),
     train_loss=train_loss,
     eval_metrics=eval_metrics,

@@ -60,7 +60,7 @@ def export(folder: str, batch_size: int) -> None:
         names = sorted(roots)
         key_data = jnp.stack([jax.random.key_data(roots[stream]) for stream in names])  # an input, not a constant
         tx = step.make_optimizer(config, 2 * batch_size)
-        graphdef, state = step.init_state(found, config, DataSpec((28, 28, 1), 10), roots, tx)
+        graphdef, state = step.init_state(found, config, DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10), roots, tx)
         leaves, treedef = jax.tree.flatten(state)
         train = functools.partial(step.train_step, objective=found, graphdef=graphdef, tx=tx, config=config)
 
@@ -68,13 +68,13 @@ def export(folder: str, batch_size: int) -> None:
             *state, images, labels, index, key_data = arrays
             keys = streams.Keys({stream: jax.random.wrap_key_data(data, impl=streams.GENERATOR)
                                  for stream, data in zip(names, key_data)})
-            return jax.tree.leaves(train(treedef.unflatten(state), Batch(images, labels, index), keys,
+            return jax.tree.leaves(train(treedef.unflatten(state), Batch({"x": images, "y": labels}, index), keys,
                                          jnp.int32(0))[0])
 
         def evaluate_flat(*arrays, treedef=treedef, found=found, graphdef=graphdef, config=config):
             *state, images, labels, index = arrays
             model = nnx.merge(graphdef, treedef.unflatten(state).params)
-            return jax.tree.leaves(found.eval_metrics(model, Batch(images, labels, index), config))
+            return jax.tree.leaves(found.eval_metrics(model, Batch({"x": images, "y": labels}, index), config))
 
         write(f"{name}-step", train_flat, [*leaves, *batch, key_data])
         write(f"{name}-evaluation", evaluate_flat, [*leaves, *batch], save_inputs=False)  # runs on the step's state

@@ -106,8 +106,8 @@ def measure(args) -> Result:
     k = args.seeds or (TINY_SEEDS if args.tiny else SEEDS)
     dataset = data.load(config.data, config.data_dir, config.train_limit)
     flat = [jnp.asarray(images.reshape(len(images), -1) / 255.0, jnp.float32)
-            for images in (dataset.train_images, dataset.test_images)]
-    arrays = (flat[0], jnp.asarray(dataset.train_labels), flat[1], jnp.asarray(dataset.test_labels))
+            for images in (dataset.train["x"], dataset.test["x"])]
+    arrays = (flat[0], jnp.asarray(dataset.train["y"]), flat[1], jnp.asarray(dataset.test["y"]))
     alike, finals = {}, {}
     for keying in KEYINGS:
         finals[keying], initial = {"A": [], "B": []}, {}
@@ -121,7 +121,7 @@ def measure(args) -> Result:
     compared = {keying: {metric: paired_comparison([r[metric] for r in finals[keying]["A"]],
                                                  [r[metric] for r in finals[keying]["B"]]) for metric in METRICS}
                 for keying in KEYINGS}
-    sizes = {"train": len(dataset.train_labels), "test": len(dataset.test_labels), "epochs": config.epochs,
+    sizes = {"train": dataset.num_train, "test": dataset.num_test, "epochs": config.epochs,
              "batch": config.batch_size}
     return Result(k, sizes, alike, finals, compared, judge_claim(alike, compared))
 
