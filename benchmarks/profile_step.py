@@ -24,7 +24,7 @@ from flax import nnx
 from jaxseed import augment, machine, step, streams
 from jaxseed.config import Config
 from jaxseed.models import cnn
-from jaxseed.objective import Batch, DataSpec, to_unit
+from jaxseed.objective import Batch, image_spec, to_unit
 
 CONVOLUTION = ("NHWC", "HWIO", "NHWC")
 MNIST_TRAIN = 60000  # sets only the optimiser's schedule length, not the timing
@@ -52,7 +52,7 @@ def parts(config: Config, batch_size: int) -> dict[str, tuple]:
     random = np.random.default_rng(0)
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
     tx = step.make_optimizer(config, MNIST_TRAIN)
-    graphdef, state = step.init_state(cnn.OBJECTIVE, config, DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10), keys, tx)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, config, image_spec((28, 28, 1), 10), keys, tx)
     index = jnp.arange(batch_size)
     batch = Batch({"x": jnp.asarray(random.integers(0, 256, (batch_size, 28, 28, 1)), jnp.uint8),
                    "y": jnp.asarray(random.integers(0, 10, batch_size), jnp.int32)}, index)

@@ -206,7 +206,8 @@ def torch_speed(python: str, arrays: str, config: Config, steps: int) -> dict:
     the training set in ``arrays``, run by ``python`` in a process of its own."""
     result = subprocess.run([python, TORCH_CNN, "--arrays", arrays, "--steps", str(steps),
                              "--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate),
-                             "--weight-decay", str(config.weight_decay), "--dropout-rate", str(config.dropout_rate)],
+                             "--weight-decay", str(config.weight_decay),
+                             "--dropout-rate", str(config.settings.dropout_rate)],
                             stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(result.stdout.splitlines()[-1])
 

@@ -8,18 +8,27 @@
 Its randomness, declared once below: ``init`` and ``shuffle`` (every run), the
 built-in ``dropout`` stream, and a stream of its own, ``noise``: Gaussian noise
 added to each training image (noise injection), one key per example. Vary it
-alone with ``--stream noise=7``.
+alone with ``--stream noise=7``. Its settings, ``--dropout-rate`` and ``--noise-std``, are its
+own (``MLPSettings``).
 """
 
+import dataclasses
 import math
 
 import jax
 import optax
 from flax import nnx
 
+from jaxseed.config import Settings, setting
 from jaxseed.objective import Objective, to_unit
 
-NOISE_STD = 0.1  # of the noise added to pixels in [0, 1]
+
+@dataclasses.dataclass(frozen=True)
+class MLPSettings(Settings):
+    """This objective's own settings: each is a flag (--noise-std 0.2), recorded in the manifest."""
+
+    dropout_rate: float = setting(0.5, "dropout rate of the hidden layer", minimum=0.0, below=1.0)
+    noise_std: float = setting(0.1, "std of the Gaussian noise added to pixels in [0, 1]", minimum=0.0)
 
 
 class MLP(nnx.Module):
@@ -37,7 +46,7 @@ class MLP(nnx.Module):
 
 
 def build(config, spec, key):
-    return MLP(math.prod(spec.shape()), spec.num_classes, config.dropout_rate, key)
+    return MLP(math.prod(spec.shape()), spec.num_classes, config.settings.dropout_rate, key)
 
 
 def scores(logits, labels):
@@ -48,7 +57,7 @@ def scores(logits, labels):
 def train_loss(model, batch, config, keys):
     images = to_unit(batch.x)
     noise = jax.vmap(lambda key: jax.random.normal(key, images.shape[1:]))(keys.noise)
-    losses, correct = scores(model(images + NOISE_STD * noise, keys.dropout), batch.y)
+    losses, correct = scores(model(images + config.settings.noise_std * noise, keys.dropout), batch.y)
     return losses.mean(), {"loss": losses.sum(), "accuracy": correct.sum(), "count": batch.y.shape[0]}
 
 
@@ -61,6 +70,8 @@ def eval_metrics(model, batch, config):
 OBJECTIVE = Objective(
     build=build, train_loss=train_loss, eval_metrics=eval_metrics, classifier=True,
     streams=("dropout", "noise"),
-    drawn=lambda config: ("dropout", "noise") if config.dropout_rate > 0 else ("noise",),
+    drawn=lambda config: tuple(name for name, on in (("dropout", config.settings.dropout_rate > 0),
+                                                     ("noise", config.settings.noise_std > 0)) if on),
     panels=(("loss", ("train_loss", "test_loss")), ("accuracy", ("train_accuracy", "test_accuracy"))),
+    settings=MLPSettings,
 )

@@ -13,9 +13,13 @@ never on the batch it lands in, so each per-example draw keeps its meaning.
 Its randomness, declared once below: ``init``, ``shuffle``, ``augment`` (the
 padded random crop and flip of ``--augment crop_flip``) and its own ``depth``
 stream: stochastic depth (Huang et al., 2016) drops each example's residual
-branch of block l with probability DROP[l] while training, from that example's
-key alone. ``--stream depth=7`` varies only that.
+branch of block l with probability ``drop_rate`` * l / 2 while training (0, 0.1,
+0.2 by default, growing with depth as in Huang et al.), from that example's key
+alone. ``--stream depth=7`` varies only that; ``--drop-rate`` is this objective's
+own setting (``ResNetSettings``).
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +27,16 @@ import optax
 from flax import nnx
 
 from jaxseed import augment
+from jaxseed.config import Settings, setting
 from jaxseed.objective import Objective, to_unit
 
 WIDTHS = (16, 32, 64)
-DROP = (0.0, 0.1, 0.2)  # per block, growing with depth as in Huang et al.
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSettings(Settings):
+    drop_rate: float = setting(0.2, "stochastic depth: the last block's drop probability (block l's: rate * l / 2)",
+                               minimum=0.0, below=1.0)
 
 
 class Block(nnx.Module):
@@ -46,7 +56,8 @@ class Block(nnx.Module):
 
 
 class ResNet(nnx.Module):
-    def __init__(self, channels: int, classes: int, key: jax.Array):
+    def __init__(self, channels: int, classes: int, drop_rate: float, key: jax.Array):
+        self.drops = tuple(drop_rate * l / (len(WIDTHS) - 1) for l in range(len(WIDTHS)))
         rngs = nnx.Rngs(params=key)  # used only here, to initialise: every other draw is a key argument
         self.stem = nnx.Conv(channels, WIDTHS[0], (3, 3), rngs=rngs)
         features = (WIDTHS[0], *WIDTHS)
@@ -56,12 +67,12 @@ class ResNet(nnx.Module):
 
     def __call__(self, images, depth_keys=None):
         """Logits; while training (``depth_keys`` key[B] given), block l keeps example b's branch
-        with probability 1 - DROP[l], drawn from fold_in(depth_keys[b], l), scaled by 1 / (1 - DROP[l])."""
+        with probability 1 - drops[l], drawn from fold_in(depth_keys[b], l), scaled by 1 / (1 - drops[l])."""
         x = nnx.relu(self.stem(images))
         for l, block in enumerate(self.blocks):
             keep = jnp.ones(x.shape[0])
-            if depth_keys is not None and DROP[l] > 0:
-                survive = 1.0 - DROP[l]
+            if depth_keys is not None and self.drops[l] > 0:
+                survive = 1.0 - self.drops[l]
                 kept = jax.vmap(lambda key: jax.random.bernoulli(jax.random.fold_in(key, l), survive))(depth_keys)
                 keep = kept / survive
             x = block(x, keep)
@@ -69,7 +80,7 @@ class ResNet(nnx.Module):
 
 
 def build(config, spec, key):
-    return ResNet(spec.shape()[2], spec.num_classes, key)
+    return ResNet(spec.shape()[2], spec.num_classes, config.settings.drop_rate, key)
 
 
 def train_loss(model, batch, config, keys):
@@ -90,6 +101,8 @@ def eval_metrics(model, batch, config):
 OBJECTIVE = Objective(
     build=build, train_loss=train_loss, eval_metrics=eval_metrics, classifier=True,
     streams=("augment", "depth"),
-    drawn=lambda config: ("depth",) if config.augment == "none" else ("augment", "depth"),
+    drawn=lambda config: tuple(name for name, on in (("augment", config.augment != "none"),
+                                                     ("depth", config.settings.drop_rate > 0)) if on),
     panels=(("loss", ("train_loss", "test_loss")), ("accuracy", ("train_accuracy", "test_accuracy"))),
+    settings=ResNetSettings,
 )

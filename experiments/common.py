@@ -56,7 +56,7 @@ def small_config(args: argparse.Namespace, **changes) -> Config:
     """The CNN on the first 4096 MNIST images for two epochs: seconds per run on a CPU.
     --tiny: one epoch of 8 steps, on the first 256 in batches of 32."""
     sizes = {"train_limit": 256, "batch_size": 32, "epochs": 1} if args.tiny else {"train_limit": 4096, "epochs": 2}
-    return Config(data_dir=args.data_dir, **sizes, **changes)
+    return Config(data_dir=args.data_dir, **sizes).replace(**changes)
 
 
 def seeds(base: int = 0, **overrides) -> dict:

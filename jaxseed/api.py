@@ -6,7 +6,8 @@
     report = api.ablate(MY_OBJECTIVE, seeds=5, epochs=1)
 
 The objective is an ``Objective`` object (defined in the notebook itself), a built-in
-model's name, or ``package.module:NAME``; keyword settings are ``Config`` fields. Both
+model's name, or ``package.module:NAME``; keyword settings are ``Config`` fields and the
+objective's own settings (``dropout_rate=0.3`` for the CNN). Both
 write the same run and study folders as the command line.
 """
 
@@ -24,6 +25,12 @@ def _objective(found: Objective | str) -> Objective:
     return objective.check(found, found.name) if isinstance(found, Objective) else objective.resolve(found)
 
 
+def _config(found: Objective, settings: dict) -> Config:
+    """The Config of ``found`` with ``settings``: its own settings from their defaults (an object
+    defined in a notebook has no name to be found by)."""
+    return Config(model=found.name, settings=found.settings()).replace(**settings)
+
+
 def _log(log: str) -> track.Log | None:
     return track.Log(track.parse(log)) if log else None
 
@@ -37,10 +44,11 @@ def train(model: Objective | str = "cnn", *, seed: int = 0, streams: dict[str, i
       seed: the seed of every stream; ``streams`` overrides some by name ({"dropout": 7}).
       workdir: the run folder (default: a new one under ./runs/); ``resume``, ``overwrite`` as on the CLI.
       log: experiment trackers to log to as well, as ``--log`` ("tensorboard", "mlflow", or both, comma-separated).
-      settings: ``Config`` fields, e.g. ``epochs=2, data="npz:my.npz", augment="crop_flip"``.
+      settings: ``Config`` fields and the objective's own settings, e.g. ``epochs=2, data="npz:my.npz",
+        augment="crop_flip", dropout_rate=0.3``.
     """
     found = _objective(model)
-    config = Config(**settings).replace(model=found.name)
+    config = _config(found, settings)
     seeds = resolve_seeds(seed, streams, found.run_streams)
     entry.start_jax(config, compilation_cache=True)
     return loop.train_and_evaluate(config, seeds, workdir or cli.default_workdir(config, seed), progress=progress,
@@ -56,7 +64,7 @@ def ablate(model: Objective | str = "cnn", *, seeds: int = 5, vary: tuple[str, .
     if not isinstance(seeds, int) or seeds < 2:
         raise UserError(f"seeds must be an integer >= 2 (a spread needs two runs), got {seeds!r}")
     found = _objective(model)
-    config = Config(**settings).replace(model=found.name)
+    config = _config(found, settings)
     sweep = ablation.plan_sweep(config, found, seeds, vary, base_seed, strategy, workdir)
     with ablation.open_sweep(sweep) as study:
         return ablation.run_sweep(sweep, study, quiet, log=_log(log))

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import argparse
 import math
-import dataclasses
 import os
 import sys
 import time
-import typing
 
 from jaxseed import manifest, objective, rundir, streams, track, userimport
 from jaxseed.config import NPZ, Config, npz_path
+from jaxseed.config import fields as config_fields
 from jaxseed.errors import UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
+    """argparse, but a usage error is one line on stderr and exit code 2; with ``add_config_flags``,
+    the flags of the settings of the objective that --model (--objective) names are added as it parses."""
+
+    objective_settings = False  # add_config_flags sets it
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.objective_settings:
+            self.objective_settings = False
+            model = _model_named(sys.argv[1:] if args is None else args)
+            try:
+                own = objective.resolve(model).settings
+            except UserError as error:
+                self.error(str(error))
+            _add_fields(self.add_argument_group(f"settings of the model {model} (its objective's own)"), own)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
@@ -86,23 +99,37 @@ def _parse_as(kind: type):
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field, named after it (``--batch-size`` sets ``batch_size``).
+def add_config_flags(parser: OneLineParser) -> None:
+    """One flag per Config field, named after it (``--batch-size`` sets ``batch_size``), and one per
+    setting of the objective the command line names (added when it is parsed: ``OneLineParser``).
 
-    A flag left out stays None, so the Config default applies; values are checked
-    when the Config is built (``config_from_args``).
+    A flag left out stays None, so the default applies; values are checked when the Config is built
+    (``config_from_args``).
     """
-    hints = typing.get_type_hints(Config)
-    group = parser.add_argument_group("settings (each a field of jaxseed.config.Config)")
-    for field in dataclasses.fields(Config):
-        names = [f"--{field.name.replace('_', '-')}", *_ALIASES.get(field.name, [])]
-        kind = next(iter(typing.get_args(hints[field.name])), hints[field.name])  # Optional[int] -> int
+    _add_fields(parser.add_argument_group("settings (each a field of jaxseed.config.Config)"), Config)
+    parser.objective_settings = True
+
+
+def _add_fields(group, settings: type) -> None:
+    """A flag for each field of the Settings class ``settings``."""
+    for name, (field, kind, _) in config_fields(settings).items():
+        names = [f"--{name.replace('_', '-')}", *_ALIASES.get(name, [])]
         help_text = f"{field.metadata['help']} (default {field.default})"
         if kind is bool:
-            group.add_argument(*names, dest=field.name, action="store_const", const=True, help=help_text)
+            group.add_argument(*names, dest=name, action="store_const", const=True, help=help_text)
         else:
-            group.add_argument(*names, dest=field.name, type=_parse_as(kind), choices=field.metadata["choices"],
+            group.add_argument(*names, dest=name, type=_parse_as(kind), choices=field.metadata["choices"],
                                help=help_text)
+
+
+DEFAULT_MODEL = Config.__dataclass_fields__["model"].default
+
+
+def _model_named(argv: list[str]) -> str:
+    """The model that --model or --objective names in ``argv`` (the default where neither does)."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--model", "--objective", dest="model", default=DEFAULT_MODEL)
+    return peek.parse_known_args(argv)[0].model
 
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -162,12 +189,11 @@ def add_process_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int_at_least(0), help="this process's number, from 0")
 
 
-_CONFIG_FIELDS = {field.name for field in dataclasses.fields(Config)}
-
-
 def config_changes(args: argparse.Namespace) -> dict:
-    """Config fields set explicitly on the command line (a flag left out is None)."""
-    changes = {name: value for name, value in vars(args).items() if value is not None and name in _CONFIG_FIELDS}
+    """Config fields and the objective's settings set explicitly on the command line (a flag left out is None)."""
+    names = {*config_fields(Config), *config_fields(objective.resolve(getattr(args, "model", None) or
+                                                                         DEFAULT_MODEL).settings)}
+    changes = {name: value for name, value in vars(args).items() if value is not None and name in names}
     if changes.get("data_dir"):
         changes["data_dir"] = os.path.abspath(changes["data_dir"])
     if npz_path(changes.get("data")):  # a run folder records it relative to itself
@@ -216,8 +242,9 @@ def resolve_resume(args: argparse.Namespace, workdir: str) -> tuple[Config, obje
     config = manifest.config_from_record(recorded["config"], workdir, **{name: given.get(name) for name in RELOCATED})
     found = objective.resolve(config.model)
     seeds = manifest.seeds_from_record(recorded["streams"], workdir, streams.seed_names(found.run_streams))
-    differences = [f"{field} is {getattr(config, field)!r} in the run, {value!r} given"
-                   for field, value in given.items() if field not in RELOCATED and getattr(config, field) != value]
+    recorded = config.to_dict()
+    differences = [f"{field} is {recorded.get(field)!r} in the run, {value!r} given"
+                   for field, value in given.items() if field not in RELOCATED and recorded.get(field) != value]
     if "model" in given and userimport.recorded_name(given["model"]) != userimport.recorded_name(config.model):
         differences.append(f"model is {config.model!r} in the run, {given['model']!r} given")
     if args.seed is not None or args.stream:

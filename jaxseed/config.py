@@ -1,15 +1,19 @@
-"""Every setting of a run, with its default, in one frozen dataclass.
+"""Every setting of a run, with its default: ``Config``, what every run has, and the settings its
+objective owns (``Config.settings``).
 
 Each field carries its help text, its type and its valid values or bounds, as field
-metadata: the CLI builds one flag per field from it (``cli.add_config_flags``),
-and ``Config`` checks them when it is built, from the CLI or from Python alike.
-The whole object is written into the manifest.
+metadata (``setting``): the CLI builds one flag per field from it (``cli.add_config_flags``),
+and a ``Settings`` checks them when it is built, from the CLI or from Python alike. An
+objective declares its own settings as a frozen ``Settings`` dataclass (the CNN its
+``dropout_rate``, the VAE its ``latents``); ``Config.settings`` holds them, and the manifest
+records them beside the Config's fields, in one flat dict (``to_dict``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Optional
 
 from jaxseed.errors import UserError
@@ -40,7 +44,6 @@ def npz_path(data) -> str | None:
 DATASETS = _DataSets(("mnist", "fashion_mnist", "cifar10", "synthetic", "tfds:mnist", "tfds:fashion_mnist",
                       "npz:PATH"))
 AUGMENTATIONS = ("affine", "crop_flip", "none")
-BINARIZATIONS = ("dynamic", "threshold")
 LOOPS = ("auto", "unroll", "scan")
 
 
@@ -56,19 +59,75 @@ def setting(default, help: str, *, choices: tuple[str, ...] | None = None, minim
 
 
 # The Python type each annotation admits: a manifest is input, so "10" is not 10, nor 1 True.
-_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
-          "bool": ((bool,), "true or false")}
+_TYPES = {int: ((int,), "an integer"), float: ((int, float), "a number"), str: ((str,), "a string"),
+          bool: ((bool,), "true or false")}
+
+
+def fields(settings) -> dict[str, tuple[dataclasses.Field, type, bool]]:
+    """The settings of a ``Settings`` class or object: name -> (field, its type, whether it may be None)."""
+    hints = typing.get_type_hints(settings if isinstance(settings, type) else type(settings))
+    found = {}
+    for field in dataclasses.fields(settings):
+        if "help" in field.metadata:  # Config.settings is not one: it holds the objective's
+            kinds = [kind for kind in typing.get_args(hints[field.name]) if kind is not type(None)]
+            found[field.name] = field, (kinds[0] if kinds else hints[field.name]), bool(kinds)
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Settings:
+    """Typed settings, each field made by ``setting``, checked when built: its type, choices and bounds.
+
+    An objective's own settings subclass it, as frozen dataclasses (``jaxseed.models.cnn.Settings``).
+    """
+
+    def __post_init__(self):
+        for name, (field, kind, optional) in fields(self).items():
+            value, rules = getattr(self, name), field.metadata
+            if kind not in _TYPES:
+                raise UserError(f"setting {name} must be an int, float, str or bool (or Optional of one), "
+                                f"not {kind}")
+            kinds, described = _TYPES[kind]
+            if value is None and optional:
+                continue
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise UserError(f"{name} must be {described}{' or null' if optional else ''}, got {value!r}")
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value}")
+            if rules["choices"] and value not in rules["choices"]:
+                raise UserError(f"{name} must be one of {', '.join(rules['choices'])}; got {value!r}")
+            if rules["minimum"] is not None and not value >= rules["minimum"]:
+                raise UserError(f"{name} must be >= {rules['minimum']}, got {value}")
+            if rules["maximum"] is not None and not value <= rules["maximum"]:
+                raise UserError(f"{name} must be <= {rules['maximum']}, got {value}")
+            if rules["above"] is not None and not value > rules["above"]:
+                raise UserError(f"{name} must be > {rules['above']}, got {value}")
+            if rules["below"] is not None and not value < rules["below"]:
+                raise UserError(f"{name} must be < {rules['below']}, got {value}")
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings(Settings):
+    """The settings of an objective that declares none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Settings):
+    """What every run has; ``settings``, what its objective owns (default: that objective's defaults).
+
+    ``replace`` sets either kind by name; a changed ``model`` starts from its objective's defaults.
+    """
+
     # What is trained.
     # A built-in model (a module of jaxseed/models/) or a user's objective, package.module:NAME or
     # path/to/file.py:NAME; objective.resolve checks it (importing a user's module is the resolver's job).
     model: str = setting("cnn", "a built-in model (cnn, vae) or your objective as package.module:NAME or "
                                 "path/to/file.py:NAME (also --objective)")
-    dropout_rate: float = setting(0.5, "CNN: dropout rate of the dense layer", minimum=0.0, below=1.0)
-    latents: int = setting(20, "VAE: dimensions of the Gaussian latent", minimum=1, maximum=4096)
     # Data.
     data: str = setting("mnist", "data set", choices=DATASETS)
     data_dir: Optional[str] = setting(None, "read the data set's files from this folder, with no network: MNIST's four "
@@ -87,8 +146,6 @@ class Config:
     max_translation: float = setting(2.0, "pixels; shifts are uniform in [-max, max] on each axis", minimum=0.0,
                                      maximum=1000.0)
     max_rotation: float = setting(10.0, "degrees; rotations are uniform in [-max, max]", minimum=0.0, maximum=180.0)
-    binarize: str = setting("dynamic", "VAE inputs: each pixel ~ Bernoulli(grey level) from the 'augment' stream, "
-                                       "or a fixed threshold at 0.5", choices=BINARIZATIONS)
     # Optimisation: AdamW, linear warm-up then cosine decay to zero.
     epochs: int = setting(10, "training epochs", minimum=1, maximum=100_000)
     batch_size: int = setting(128, "examples per step", minimum=1, maximum=1 << 20)
@@ -125,32 +182,16 @@ class Config:
     checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)
     keep_checkpoints: int = setting(3, "checkpoints kept", minimum=1, maximum=1000)
     trace: bool = setting(False, "write trace.jsonl: each step's loss and parameter checksum (for jaxseed.diff)")
-    importance_samples: int = setting(100, "VAE: samples per test image for the final log-likelihood", minimum=1,
-                                     maximum=100_000)
+
+    # The objective's own settings (a Settings of the class its Objective declares); None: its defaults.
+    settings: Optional[Settings] = None
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value, rules = getattr(self, field.name), field.metadata
-            optional = field.type.startswith("Optional[")
-            kinds, described = _TYPES[field.type.removeprefix("Optional[").removesuffix("]")]
-            if value is None and optional:
-                continue
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise UserError(f"{field.name} must be {described}{' or null' if optional else ''}, got {value!r}")
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{field.name} must be a finite number, got {value}")
-            if rules["choices"] and value not in rules["choices"]:
-                raise UserError(f"{field.name} must be one of {', '.join(rules['choices'])}; got {value!r}")
-            if rules["minimum"] is not None and not value >= rules["minimum"]:
-                raise UserError(f"{field.name} must be >= {rules['minimum']}, got {value}")
-            if rules["maximum"] is not None and not value <= rules["maximum"]:
-                raise UserError(f"{field.name} must be <= {rules['maximum']}, got {value}")
-            if rules["above"] is not None and not value > rules["above"]:
-                raise UserError(f"{field.name} must be > {rules['above']}, got {value}")
-            if rules["below"] is not None and not value < rules["below"]:
-                raise UserError(f"{field.name} must be < {rules['below']}, got {value}")
+        if self.settings is None and isinstance(self.model, str):  # else the model's check below refuses it
+            object.__setattr__(self, "settings", _declared_settings(self.model)())
+        elif self.settings is not None and not isinstance(self.settings, Settings):
+            raise UserError(f"settings must be a jaxseed.config.Settings, got {type(self.settings).__name__}")
+        super().__post_init__()
 
     def num_kept(self, num_train: int) -> int | None:
         """How many training examples ``subsample`` keeps of ``num_train`` (None: no subsampling)."""
@@ -158,7 +199,29 @@ class Config:
         return None if self.subsample is None else min(num_train, max(1, math.floor(self.subsample * num_train + 0.5)))
 
     def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``: Config fields, and settings of the objective (of the new ``model``
+        where it changes, starting from its defaults); UserError naming a setting neither has."""
+        own = {name: value for name, value in changes.items() if name in _FIELDS}
+        if own.get("model", self.model) != self.model and "settings" not in own:
+            own["settings"] = None
+        config = dataclasses.replace(self, **own)
+        rest = {name: value for name, value in changes.items() if name not in _FIELDS}
+        unknown = sorted(set(rest) - set(fields(config.settings)))
+        if unknown:
+            raise UserError(f"{unknown[0]} is not a setting of jaxseed's Config or of the model {config.model} "
+                            f"(its own: {', '.join(fields(config.settings)) or 'none'})")
+        return dataclasses.replace(config, settings=dataclasses.replace(config.settings, **rest)) if rest else config
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every setting by name, the Config's then the objective's, in one flat dict (as the manifest records them)."""
+        return {**super().to_dict(), **self.settings.to_dict()}
+
+
+_FIELDS = {field.name for field in dataclasses.fields(Config)}
+
+
+def _declared_settings(model: str) -> type:
+    """The Settings class the objective ``model`` declares (resolving it: a user's module is imported)."""
+    from jaxseed import objective  # objectives import this module
+
+    return objective.resolve(model).settings

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import platform
@@ -116,6 +115,10 @@ def config_record(config: Config, workdir: str) -> dict:
     return record
 
 
+# The settings of jaxseed's built-in models, which every config recorded before they moved into the models held.
+BUILT_IN_SETTINGS = ("dropout_rate", "latents", "binarize", "importance_samples")
+
+
 def config_from_record(record: Any, workdir: str, data_dir: str | None = None, data: str | None = None,
                        model: str | None = None) -> Config:
     """Inverse of ``config_record``: the Config of a run recorded in ``workdir``, checked
@@ -126,17 +129,25 @@ def config_from_record(record: Any, workdir: str, data_dir: str | None = None, d
     --data), never by a manifest. Likewise a user's objective is imported only when the
     user names it (``model``: --objective), and it must be the one recorded.
     """
-    if not isinstance(record, dict) or not set(record) <= {f.name for f in dataclasses.fields(Config)}:
-        raise UserError(f"the manifest in {workdir} holds a config with fields jaxseed does not know")
-    config = Config(**record)
-    if config.model not in objective.built_in():
+    if not isinstance(record, dict) or not isinstance(record.get("model", "cnn"), str):
+        raise UserError(f"the manifest in {workdir} holds no config jaxseed can read")
+    recorded_model = record.get("model", "cnn")
+    if recorded_model not in objective.built_in():
         if not model:
-            raise UserError(f"the run in {workdir} was trained with the objective {config.model!r}; jaxseed imports "
+            raise UserError(f"the run in {workdir} was trained with the objective {recorded_model!r}; jaxseed imports "
                             "no code a run folder names: pass --objective with where that objective is")
-        if userimport.recorded_name(model) != config.model:
-            raise UserError(f"the run in {workdir} was trained with the objective {config.model!r}, "
+        if userimport.recorded_name(model) != recorded_model:
+            raise UserError(f"the run in {workdir} was trained with the objective {recorded_model!r}, "
                             f"not {userimport.recorded_name(model)!r}")
-        config = config.replace(model=model)
+    config = Config(model=model if recorded_model not in objective.built_in() else recorded_model)
+    own = set(config.to_dict())
+    # Before objectives owned their settings, every config held the built-in models' all: those of
+    # another model never changed a run.
+    settings = {name: value for name, value in record.items()
+                if name != "model" and (name in own or name not in BUILT_IN_SETTINGS)}
+    if not set(settings) <= own:
+        raise UserError(f"the manifest in {workdir} holds a config with fields jaxseed does not know")
+    config = config.replace(**settings)
     if data:
         config = config.replace(data=data)
     elif npz_path(config.data):

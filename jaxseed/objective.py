@@ -31,7 +31,8 @@ import numpy as np
 from flax import nnx
 
 from jaxseed import data, streams, userimport
-from jaxseed.config import Config
+from jaxseed.config import Config, NoSettings, Settings
+from jaxseed.config import fields as setting_fields
 from jaxseed.errors import UserError, one_line
 
 # Positions under the evaluation key; fixed forever, like the stream ids.
@@ -71,6 +72,11 @@ class DataSpec(NamedTuple):
         return next(shape for found, shape, _ in self.arrays if found == name)
 
 
+def image_spec(image_shape: tuple[int, ...], num_classes: int) -> DataSpec:
+    """The DataSpec of images ``x`` uint8[H, W, C] with class labels ``y`` (MNIST's: (28, 28, 1), 10 classes)."""
+    return DataSpec((("x", tuple(image_shape), "uint8"), ("y", (), "int32")), num_classes)
+
+
 def data_spec(dataset, name: str) -> DataSpec:
     """What a model built for ``dataset`` (a ``data.Dataset`` of the data set ``name``) must take and predict."""
     arrays = tuple((key, tuple(int(size) for size in array.shape[1:]), str(array.dtype))
@@ -99,6 +105,9 @@ class Objective:
     #                                              pictures: {file name: (images float[N, H, W, C], columns)})
     final_evaluation: Callable | None = None
     name: str = "custom"  # as the manifest records it; ``resolve`` sets the name it was found by
+    # The settings this objective owns: a frozen subclass of jaxseed.config.Settings, each field made by
+    # ``jaxseed.config.setting``; every field is a flag (--dropout-rate) and ``config.settings.<field>``.
+    settings: type = NoSettings
 
     @property
     def run_streams(self) -> tuple[str, ...]:
@@ -158,6 +167,14 @@ def check(found, name: str) -> Objective:
             raise UserError(f"{name}: every run draws {stream!r}; declare only the per-example streams")
         if stream not in streams.PER_EXAMPLE:
             streams.check_stream_name(stream)
+    own = found.settings
+    if not (isinstance(own, type) and issubclass(own, Settings)
+            and own.__dataclass_params__.frozen):
+        raise UserError(f"{name}: settings must be a frozen dataclass subclassing jaxseed.config.Settings, "
+                        f"got {own!r}")
+    clashes = sorted(set(setting_fields(own)) & set(setting_fields(Config)))
+    if clashes:
+        raise UserError(f"{name}: its setting {clashes[0]} is also one of Config's; rename it")
     ids = [streams.stream_id(stream) for stream in found.run_streams]
     if len(set(ids)) != len(ids):
         raise UserError(f"{name}: two of its streams' names map to one id; rename one")
@@ -183,6 +200,9 @@ def recorded_source(record: dict) -> str | None:
 def check_shapes(objective: Objective, config: Config, spec: DataSpec, batch_size: int) -> None:
     """Trace the objective on an abstract batch, so that what it returns is checked before
     training starts: UserError (one line) naming what is wrong."""
+    if type(config.settings) is not objective.settings:
+        raise UserError(f"the settings of objective {objective.name} are a {objective.settings.__qualname__}, not a "
+                        f"{type(config.settings).__qualname__}")
     if objective.classifier and spec.num_classes is None:
         raise UserError(f"objective {objective.name} is a classifier, but the data has no class labels (an integer "
                         "y of one label per example)")

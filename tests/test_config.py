@@ -1,48 +1,61 @@
-"""Config: every field's bounds, choices and type enforced when it is built; how many examples
-``subsample`` keeps."""
+"""Config and the built-in models' own settings: every field's bounds, choices and type enforced
+when it is built; how settings are replaced and recorded; how many examples ``subsample`` keeps."""
 
-import dataclasses
 import math
 
 import pytest
 
+from jaxseed import config as settings
 from jaxseed.config import Config
 from jaxseed.errors import UserError
+from jaxseed.models import cnn, vae
 
-FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+# Every setting -> (its field, its type, a model whose Config has it): Config's, then each built-in model's own.
+OWNERS = (("cnn", Config), ("cnn", cnn.OBJECTIVE.settings), ("vae", vae.OBJECTIVE.settings))
+FIELDS = {name: (field, kind, model)
+          for model, owner in OWNERS for name, (field, kind, _) in settings.fields(owner).items()}
 RULES = ("minimum", "maximum", "above", "below")
+
+
+def build(name, value):
+    """The Config of the model that owns setting ``name``, with ``name`` set to ``value``."""
+    return Config(model=FIELDS[name][2]).replace(**{name: value})
+
+
+def value_of(config, name):
+    return config.to_dict()[name]
 
 
 def refused(name, value):
     with pytest.raises(UserError, match=f"^{name} must be"):
-        Config(**{name: value})
+        build(name, value)
 
 
 def step(name, value, direction):
     """The nearest value of the field's type beyond ``value`` in ``direction`` (+1 or -1)."""
-    if "int" in FIELDS[name].type:
+    if FIELDS[name][1] is int:
         return int(value) + direction
     return math.nextafter(float(value), direction * math.inf)
 
 
-@pytest.mark.parametrize("name", [name for name, field in FIELDS.items() if any(field.metadata[r] is not None
-                                                                                 for r in RULES)])
+@pytest.mark.parametrize("name", [name for name, (field, _, _) in FIELDS.items()
+                                  if any(field.metadata[r] is not None for r in RULES)])
 def test_every_bound_in_the_metadata_is_enforced_at_its_edge(name):
     """Read from the field's own metadata (what --help and the CLI say): the bound itself accepted
     where inclusive, refused where strict, and the nearest value beyond it refused."""
-    rules = FIELDS[name].metadata
+    rules = FIELDS[name][0].metadata
     for rule, direction, inclusive in (("minimum", -1, True), ("maximum", 1, True), ("above", -1, False),
                                        ("below", 1, False)):
         bound = rules[rule]
         if bound is None:
             continue
-        value = int(bound) if "int" in FIELDS[name].type else float(bound)
+        value = int(bound) if FIELDS[name][1] is int else float(bound)
         if inclusive:
-            assert getattr(Config(**{name: value}), name) == value
+            assert value_of(build(name, value), name) == value
             refused(name, step(name, value, direction))
         else:
             refused(name, value)
-            Config(**{name: step(name, value, -direction)})
+            build(name, step(name, value, -direction))
 
 
 # Each bounded field's bounds, written out: a bound dropped from the metadata (which the test above
@@ -76,18 +89,19 @@ def test_each_fields_bounds_by_value(name):
     for value in refuse:
         refused(name, value)
     for value in accept:
-        assert getattr(Config(**{name: value}), name) == value
+        assert value_of(build(name, value), name) == value
 
 
 def test_every_bounded_field_is_written_out_above():
     """A new bounded field gets its row in BOUNDS; a field that lost all its bounds leaves the metadata's list."""
-    assert {name for name, field in FIELDS.items() if any(field.metadata[r] is not None for r in RULES)} == set(BOUNDS)
+    assert {name for name, (field, _, _) in FIELDS.items()
+            if any(field.metadata[r] is not None for r in RULES)} == set(BOUNDS)
 
 
-@pytest.mark.parametrize("name", [name for name, field in FIELDS.items() if field.metadata["choices"]])
+@pytest.mark.parametrize("name", [name for name, (field, _, _) in FIELDS.items() if field.metadata["choices"]])
 def test_choices_are_enforced(name):
-    for choice in FIELDS[name].metadata["choices"]:
-        assert getattr(Config(**{name: choice}), name) == choice
+    for choice in FIELDS[name][0].metadata["choices"]:
+        assert value_of(build(name, choice), name) == choice
     refused(name, "no such choice")
 
 
@@ -100,6 +114,7 @@ def test_types_are_checked_as_a_manifest_needs():
     refused("learning_rate", math.inf)
     refused("max_rotation", math.nan)
     refused("model", None)
+    refused("latents", 4.0)
     assert Config(learning_rate=1).learning_rate == 1  # an int is a number
     assert Config(train_limit=None, subsample=None, data_dir=None).train_limit is None
 
@@ -127,7 +142,26 @@ def test_no_subsample_keeps_none():
 ])
 def test_config_bounds(change, message):
     with pytest.raises(UserError, match=message):
-        Config(**change)
+        Config().replace(**change)
+
+
+def test_settings_belong_to_their_model_and_are_recorded_flat():
+    """The CNN owns dropout_rate, the VAE latents: each is set by name on its model's Config only,
+    a changed model starts from its own defaults, and to_dict records the Config's fields then the model's."""
+    config = Config().replace(dropout_rate=0.25)
+    assert config.settings == cnn.CNNSettings(dropout_rate=0.25)
+    assert Config(model="cnn", settings=cnn.CNNSettings(0.25)) == config and hash(config) == hash(Config().replace(
+        dropout_rate=0.25))
+    with pytest.raises(UserError, match="^latents is not a setting of jaxseed's Config or of the model cnn \\(its own: "
+                                        "dropout_rate\\)$"):
+        config.replace(latents=4)
+    changed = config.replace(model="vae", latents=4)
+    assert changed.settings == vae.VAESettings(latents=4)
+    record = changed.to_dict()
+    assert list(record)[:2] == ["model", "data"] and list(record)[-3:] == ["latents", "binarize", "importance_samples"]
+    assert "dropout_rate" not in record and "settings" not in record
+    with pytest.raises(UserError, match="^settings must be a jaxseed.config.Settings, got dict$"):
+        Config(settings={"dropout_rate": 0.5})
 
 
 def test_messages_name_the_field_what_it_may_be_and_every_choice():

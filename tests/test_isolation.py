@@ -8,7 +8,7 @@ from flax import nnx
 from jaxseed import augment, manifest, step, streams
 from jaxseed.config import Config
 from jaxseed.models import cnn, vae
-from jaxseed.objective import DataSpec
+from jaxseed.objective import image_spec
 
 CONFIG = Config(train_limit=512, batch_size=64, epochs=2)
 NUM_TRAIN = 512
@@ -18,7 +18,7 @@ def draws(seeds: dict) -> dict:
     """What every stream draws, computed by the same functions training uses."""
     keys = streams.root_keys(seeds)
     tx = step.make_optimizer(CONFIG, NUM_TRAIN)
-    graphdef, state = step.init_state(cnn.OBJECTIVE, CONFIG, DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10), keys, tx)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, CONFIG, image_spec((28, 28, 1), 10), keys, tx)
     model = nnx.merge(graphdef, state.params)
     per_epoch = [streams.batch_keys(keys, streams.PER_EXAMPLE, epoch, jnp.arange(NUM_TRAIN)) for epoch in (0, 1)]
     dropout_masks = [model.drop(jnp.ones((NUM_TRAIN, 256)), drawn.dropout) for drawn in per_epoch]

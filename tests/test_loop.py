@@ -7,12 +7,12 @@ import pytest
 
 from jaxseed import data, loop, mesh, rundir, step, streams
 from jaxseed.models import cnn
-from jaxseed.objective import DataSpec
+from jaxseed.objective import image_spec
 from jaxseed.writer import RunWriter
 from test_step import one_replica
 
 SEEDS = {name: 8 for name in streams.STREAMS}
-SPEC = DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10)  # the synthetic set's
+SPEC = image_spec((28, 28, 1), 10)  # the synthetic set's
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """A user's objective: found by name, its streams checked, bad ones refused in one line."""
 
+import json
 import os
 import re
 import textwrap
@@ -131,7 +132,9 @@ def test_resuming_with_an_edited_objective_is_refused(tmp_path, capsys):
     flags = ["--objective", f"{path}:OBJECTIVE", "--data", "synthetic", "--train-limit", "256", "--batch-size", "64",
              "--augment", "none", "--quiet", "--workdir", str(tmp_path / "run")]
     assert train.main([*flags, "--epochs", "1"]) == 0
-    path.write_text(open(MLP).read().replace("NOISE_STD = 0.1", "NOISE_STD = 0.2"))
+    edited = open(MLP).read().replace("noise_std: float = setting(0.1", "noise_std: float = setting(0.2")
+    assert edited != open(MLP).read()
+    path.write_text(edited)
     objective.resolve.cache_clear()
     assert train.main([*flags, "--resume"]) == 2
     assert "is not the code" in capsys.readouterr().err
@@ -151,3 +154,61 @@ def test_the_python_api_refuses_a_study_of_one_seed():
 
     with pytest.raises(UserError, match="seeds must be an integer >= 2"):
         api.ablate("cnn", seeds=1, data="synthetic")
+
+
+def test_an_objectives_own_setting_is_a_flag_recorded_and_verified(tmp_path, capsys):
+    """The MLP example's noise_std: a flag of train (in --help too), in the manifest's config,
+    and what verify retrains with: the recorded value matches, the default in its place does not."""
+    from jaxseed import verify
+
+    flags = ["--objective", f"{MLP}:OBJECTIVE", "--data", "synthetic", "--train-limit", "256", "--batch-size", "64",
+             "--augment", "none", "--epochs", "1", "--quiet"]
+    with pytest.raises(SystemExit):
+        train.main([*flags, "--help"])
+    assert re.search(r"settings of the model .*mlp_fashion_mnist.py:OBJECTIVE.*--noise-std NOISE_STD\s+std of the "
+                     r"Gaussian noise", capsys.readouterr().out, re.S)
+    assert train.main([*flags, "--noise-std", "0.3", "--workdir", str(tmp_path / "run")]) == 0
+    manifest_path = tmp_path / "run" / "manifest.json"
+    recorded = json.loads(manifest_path.read_text())
+    assert recorded["config"]["noise_std"] == 0.3 and recorded["config"]["dropout_rate"] == 0.5
+    capsys.readouterr()
+    assert verify.main([str(tmp_path / "run"), "--objective", f"{MLP}:OBJECTIVE", "--quiet"]) == 0
+    assert "MATCH" in capsys.readouterr().out
+    recorded["config"]["noise_std"] = 0.1
+    manifest_path.write_text(json.dumps(recorded))
+    assert verify.main([str(tmp_path / "run"), "--objective", f"{MLP}:OBJECTIVE", "--quiet"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2"):
+        train.main([*flags, "--latents", "4"])  # the VAE's, not this objective's
+    assert "unrecognized arguments: --latents 4" in capsys.readouterr().err
+
+
+def test_a_config_with_another_objectives_settings_is_refused(tmp_path):
+    from jaxseed import loop
+    from jaxseed.config import Config
+    from jaxseed.models import cnn
+
+    config = Config(model="vae", data="synthetic", train_limit=64, batch_size=32, settings=cnn.CNNSettings())
+    with pytest.raises(UserError, match="^the settings of objective vae are a VAESettings, not a CNNSettings$"):
+        loop.train_and_evaluate(config, {}, str(tmp_path / "run"), progress=False)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("dict", "settings must be a frozen dataclass subclassing jaxseed.config.Settings, got <class 'dict'>"),
+    ("Clash", "its setting epochs is also one of Config's; rename it"),
+])
+def test_settings_an_objective_cannot_own_are_refused(tmp_path, settings, message):
+    clash = """
+    import dataclasses
+    from jaxseed.config import Settings, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class Clash(Settings):
+        epochs: int = setting(1, "a field Config has")
+
+    OBJECTIVE = Objective(settings=""" + settings + ", "
+    text = TEMPLATE.format(STREAMS="()", PROBABILITIES="None", LOSS="losses.mean()",
+                           SUMS='{"loss": losses.sum(), "count": batch.y.shape[0]}')
+    path = write(tmp_path, text.replace("\n    OBJECTIVE = Objective(", clash))
+    with pytest.raises(UserError, match=re.escape(message)):
+        objective.resolve(f"{path}:OBJECTIVE")

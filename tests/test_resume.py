@@ -148,8 +148,8 @@ def test_resume_needs_a_run(tmp_path, capsys):
 def test_vae_resume_equals_uninterrupted(tmp_path):
     from jaxseed.config import Config
 
-    config = Config(model="vae", data="synthetic", train_limit=256, batch_size=64, epochs=2, steps_per_call=2,
-                    importance_samples=4)
+    config = Config(model="vae", data="synthetic", train_limit=256, batch_size=64, epochs=2,
+                    steps_per_call=2).replace(importance_samples=4)
     reference = loop.train_and_evaluate(config, SEEDS, str(tmp_path / "reference"), progress=False)
     with pytest.raises(loop.StoppedAtStep):
         loop.train_and_evaluate(config, SEEDS, str(tmp_path / "resumed"), progress=False,

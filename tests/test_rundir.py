@@ -367,6 +367,21 @@ def test_data_dir_round_trips_through_a_manifest_relative_to_the_run(tmp_path):
     assert given.data_dir == str(tmp_path / "mnist")
 
 
+def test_a_manifest_holds_the_models_own_settings_and_older_ones_every_models(tmp_path):
+    """A VAE's latents come back from its record; a record from before the models owned their
+    settings (every config held dropout_rate, latents, binarize, importance_samples) still reads,
+    as its own model's; a field nobody owns is refused."""
+    from jaxseed.config import Config
+
+    config = Config(model="vae").replace(latents=7, epochs=3)
+    assert manifest.config_from_record(manifest.config_record(config, str(tmp_path)), str(tmp_path)) == config
+    older = {**Config().to_dict(), "dropout_rate": 0.25, "latents": 20, "binarize": "dynamic",
+             "importance_samples": 100}
+    assert manifest.config_from_record(older, str(tmp_path)) == Config().replace(dropout_rate=0.25)
+    with pytest.raises(UserError, match="holds a config with fields jaxseed does not know"):
+        manifest.config_from_record({**Config().to_dict(), "noise_std": 0.1}, str(tmp_path))
+
+
 def test_the_compilation_cache_is_private(tmp_path, monkeypatch, capsys):
     from jaxseed import machine
 

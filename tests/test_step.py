@@ -12,10 +12,10 @@ import pytest
 from jaxseed import data, objective, step, streams
 from jaxseed.config import Config
 from jaxseed.models import cnn
-from jaxseed.objective import Batch, DataSpec
+from jaxseed.objective import Batch, image_spec
 
 SEEDS = {name: 42 for name in streams.STREAMS}
-SPEC = DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10)  # the synthetic set's
+SPEC = image_spec((28, 28, 1), 10)  # the synthetic set's
 
 
 def one_replica(tree):

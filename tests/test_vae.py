@@ -105,15 +105,14 @@ def test_negative_elbo_parts():
     expected_rec = -jnp.sum(flat * jnp.log(p) + (1 - flat) * jnp.log1p(-p), -1)
     np.testing.assert_allclose(reconstruction, expected_rec, rtol=1e-4)
     batch = Batch({"x": (x * 255).astype(jnp.uint8)}, jnp.arange(16))
-    config = Config(model="vae", latents=4, binarize="threshold")
+    config = Config(model="vae").replace(latents=4, binarize="threshold")
     nll = vae.importance_nll(model, batch, config, samples=64)
     elbo = vae.eval_metrics(model, batch, config)[0]["loss"]
     assert jnp.all(jnp.isfinite(nll)) and float(nll.mean()) <= float(elbo.mean())
 
 
 def test_elbo_improves_on_real_mnist(tmp_path):
-    config = Config(model="vae", data_dir=MNIST_SLICE_DIR, epochs=3, batch_size=64,
-                    importance_samples=16)
+    config = Config(model="vae", data_dir=MNIST_SLICE_DIR, epochs=3, batch_size=64).replace(importance_samples=16)
     info = run(config, SEEDS, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [row["test_loss"] for row in rows]

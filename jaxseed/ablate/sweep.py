@@ -98,11 +98,11 @@ ARITHMETIC = ("portable", "cpu_threads", "deterministic", "loop", "steps_per_cal
 ENVIRONMENT = ("strategy", "backend", "versions", "xla_flags")
 
 
-def _question(header: dict) -> dict:
-    """A study's configuration, less paths and ARITHMETIC (a field recorded before it existed: its default)."""
+def _question(header: dict, names: list[str]) -> dict:
+    """A study's configuration of the fields ``names`` (a field recorded before it existed: its default)."""
     config = header.get("config") if isinstance(header.get("config"), dict) else {}
     defaults = Config().to_dict()
-    return {name: config.get(name, defaults[name]) for name in defaults if name not in (*PATHS, *ARITHMETIC)}
+    return {name: config.get(name, defaults.get(name)) for name in names}
 
 
 def _first(pairs) -> str | None:
@@ -116,8 +116,9 @@ def _flag(name: str) -> str:
 def plan_difference(recorded: dict, header: dict, drawn: tuple[str, ...]) -> str | None:
     """The first difference between a recorded study's question (configuration less paths and
     ARITHMETIC, plan of groups) and this one's, said as "WHAT: A there, B here"; None if the same."""
-    here = _question(header)
-    return _first([*((_flag(name), value, here[name]) for name, value in _question(recorded).items()),
+    names = [name for name in header["config"] if name not in (*PATHS, *ARITHMETIC)]  # this objective's settings too
+    here = _question(header, names)
+    return _first([*((_flag(name), value, here[name]) for name, value in _question(recorded, names).items()),
                    ("the plan of groups and seeds", _on(recorded.get("groups_planned"), drawn),
                     _on(header["groups_planned"], drawn)),
                    ("the order of groups", recorded.get("group_order", header["group_order"]), header["group_order"])])

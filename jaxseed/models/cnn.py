@@ -9,13 +9,15 @@ not kept, so the split-out state holds parameters alone.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from jaxseed import augment
-from jaxseed.config import Config
+from jaxseed.config import Config, Settings, setting
 from jaxseed.objective import Batch, DataSpec, Objective, to_unit
 
 
@@ -56,6 +58,13 @@ def _max_pool_backward(residuals, grad):
 
 
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSettings(Settings):
+    """The CNN's own settings (each a flag: --dropout-rate)."""
+
+    dropout_rate: float = setting(0.5, "CNN: dropout rate of the dense layer", minimum=0.0, below=1.0)
 
 
 class CNN(nnx.Module):
@@ -99,7 +108,7 @@ def build(config: Config, spec: DataSpec, key: jax.Array) -> CNN:
     height, width, _ = spec.shape()
     if height % 4 or width % 4:
         raise ValueError(f"the CNN's two 2x2 pools need a height and width divisible by 4, got {height}x{width}")
-    return CNN(init_key=key, dropout_rate=config.dropout_rate, image_shape=spec.shape(),
+    return CNN(init_key=key, dropout_rate=config.settings.dropout_rate, image_shape=spec.shape(),
                num_classes=spec.num_classes)
 
 
@@ -126,8 +135,9 @@ OBJECTIVE = Objective(
     train_loss=train_loss,
     eval_metrics=eval_metrics,
     streams=("dropout", "augment"),
-    drawn=lambda config: tuple(name for name, off in (("dropout", config.dropout_rate == 0),
+    drawn=lambda config: tuple(name for name, off in (("dropout", config.settings.dropout_rate == 0),
                                                       ("augment", config.augment == "none")) if not off),
     classifier=True,
     panels=(("loss", ("train_loss", "test_loss")), ("accuracy", ("train_accuracy", "test_accuracy"))),
+    settings=CNNSettings,
 )

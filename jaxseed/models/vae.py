@@ -7,6 +7,7 @@ reparameterisation noise). Evaluation draws come from the fixed evaluation key.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -18,9 +19,20 @@ from flax import nnx
 
 from jaxseed import data, manifest
 from jaxseed import portable as portable_ops
-from jaxseed.config import Config
+from jaxseed.config import Config, Settings, setting
 from jaxseed.objective import (EVAL_BINARIZE, EVAL_IMPORTANCE, EVAL_LATENT, EVAL_SAMPLES, Batch, Objective,
                                eval_keys, to_unit)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAESettings(Settings):
+    """The VAE's own settings (each a flag: --latents, --binarize, --importance-samples)."""
+
+    latents: int = setting(20, "VAE: dimensions of the Gaussian latent", minimum=1, maximum=4096)
+    binarize: str = setting("dynamic", "VAE inputs: each pixel ~ Bernoulli(grey level) from the 'augment' stream, "
+                                       "or a fixed threshold at 0.5", choices=("dynamic", "threshold"))
+    importance_samples: int = setting(100, "VAE: samples per test image for the final log-likelihood", minimum=1,
+                                      maximum=100_000)
 
 
 class VAE(nnx.Module):
@@ -60,9 +72,9 @@ class VAE(nnx.Module):
 
 def binarize(images: jax.Array, keys: jax.Array, config: Config) -> jax.Array:
     """uint8 images -> float {0, 1}: pixel ~ Bernoulli(grey level), one key per example,
-    or a fixed threshold at 0.5 when ``config.binarize == "threshold"``."""
+    or a fixed threshold at 0.5 when ``config.settings.binarize == "threshold"``."""
     grey = to_unit(images)
-    if config.binarize == "threshold":
+    if config.settings.binarize == "threshold":
         return (grey > 0.5).astype(jnp.float32)
     return jax.vmap(lambda key, p: jax.random.bernoulli(key, p).astype(jnp.float32))(keys, grey)
 
@@ -138,7 +150,7 @@ def importance_nll(model: VAE, batch: Batch, config: Config, samples: int) -> ja
 def _importance_chunk(config: Config, graphdef: nnx.GraphDef):
     """(params, images, index) -> ``importance_nll`` of a chunk of test images."""
     return jax.jit(lambda params, images, index: importance_nll(
-        nnx.merge(graphdef, params), Batch({"x": images}, index), config, config.importance_samples))
+        nnx.merge(graphdef, params), Batch({"x": images}, index), config, config.settings.importance_samples))
 
 
 def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
@@ -155,7 +167,7 @@ def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
     for start in range(0, num_test, batch_size):
         stop = min(start + batch_size, num_test)
         nll.append(chunk_nll(params, images[start:stop], jnp.arange(start, stop)))
-    noise = latent_noise(eval_keys(EVAL_SAMPLES, jnp.arange(64)), config.latents)
+    noise = latent_noise(eval_keys(EVAL_SAMPLES, jnp.arange(64)), config.settings.latents)
     samples = jax.nn.sigmoid(model.decode(noise))
     columns = min(8, num_test)
     rows = min(32, num_test) // columns  # 4 rows of 8 test images above their reconstructions, where there are 32
@@ -165,22 +177,23 @@ def final_evaluation(config: Config, graphdef: nnx.GraphDef, params: nnx.State,
     shape = model.image_shape
     pairs = jnp.stack([originals.reshape(rows, columns, *shape), reconstructions.reshape(rows, columns, *shape)], 1)
     test_inputs = binarize(images, eval_keys(EVAL_BINARIZE, jnp.arange(num_test)), config)
-    test_noise = latent_noise(eval_keys(EVAL_LATENT, jnp.arange(num_test)), config.latents)
+    test_noise = latent_noise(eval_keys(EVAL_LATENT, jnp.arange(num_test)), config.settings.latents)
     return ({"test_nll_importance": float(jnp.concatenate(nll).mean()),
-             "importance_samples": config.importance_samples,
+             "importance_samples": config.settings.importance_samples,
              "evaluation_fingerprint": manifest.arrays_hash([np.packbits(np.asarray(test_inputs, bool)), test_noise])},
             {"samples.png": (samples, 8), "reconstructions.png": (pairs.reshape(2 * count, *shape), columns)})
 
 
 OBJECTIVE = Objective(
     name="vae",
-    build=lambda config, spec, key: VAE(init_key=key, latents=config.latents, image_shape=spec.shape(),
+    build=lambda config, spec, key: VAE(init_key=key, latents=config.settings.latents, image_shape=spec.shape(),
                                         portable=config.portable),
     train_loss=train_loss,
     eval_metrics=eval_metrics,
     streams=("augment", "latent"),
-    drawn=lambda config: ("augment", "latent") if config.binarize == "dynamic" else ("latent",),
+    drawn=lambda config: ("augment", "latent") if config.settings.binarize == "dynamic" else ("latent",),
     panels=(("negative ELBO (nats)", ("train_loss", "test_loss")),
             ("parts (nats)", ("train_reconstruction", "test_reconstruction", "train_kl", "test_kl"))),
     final_evaluation=final_evaluation,
+    settings=VAESettings,
 )

@@ -41,7 +41,7 @@ def export(folder: str, batch_size: int) -> None:
     from flax import nnx  # the models' modules only here: emulated, `run` imports neither Flax nor Optax
 
     from jaxseed import objective, step
-    from jaxseed.objective import Batch, DataSpec
+    from jaxseed.objective import Batch, image_spec
 
     def write(name, function, inputs, save_inputs=True):
         exported = jax.export.export(jax.jit(function))(*inputs)
@@ -60,7 +60,7 @@ def export(folder: str, batch_size: int) -> None:
         names = sorted(roots)
         key_data = jnp.stack([jax.random.key_data(roots[stream]) for stream in names])  # an input, not a constant
         tx = step.make_optimizer(config, 2 * batch_size)
-        graphdef, state = step.init_state(found, config, DataSpec((("x", (28, 28, 1), "uint8"), ("y", (), "int32")), 10), roots, tx)
+        graphdef, state = step.init_state(found, config, image_spec((28, 28, 1), 10), roots, tx)
         leaves, treedef = jax.tree.flatten(state)
         train = functools.partial(step.train_step, objective=found, graphdef=graphdef, tx=tx, config=config)
 
