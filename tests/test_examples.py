@@ -2,7 +2,8 @@
 
 examples/mlp_fashion_mnist.py on the Fashion-MNIST .npz the tests carry; examples/resnet_cifar10.py on
 files in CIFAR-10's binary format written here (no package ships CIFAR-10); your own loops on jaxseed's
-streams (plain JAX, Equinox, Linen) and a Grain pipeline.
+streams (plain JAX, Equinox, Linen) and a Grain pipeline. The examples that are not image classifiers:
+test_not_images.py.
 """
 
 import dataclasses
