@@ -253,7 +253,7 @@ def objective_speeds(args) -> None:
         jax.block_until_ready(metrics)
 
     plain()  # warm-up: compile
-    run, images, compile_seconds, plan = jaxseed_loop(config, dataset, keys, args.steps)
+    run, examples, compile_seconds, plan = jaxseed_loop(config, dataset, keys, args.steps)
     flags = ["--objective", args.objective, "--data", args.data, "--augment", args.augment,
              *(["--data-dir", args.data_dir] if args.data_dir else [])]
     times = {"plain": [], "jaxseed": []}
@@ -263,12 +263,12 @@ def objective_speeds(args) -> None:
         times["jaxseed"].append(seconds(run))
         cli_speeds.append(cli_speed(flags, config, args.steps, dataset.num_train))
     plain_speed = args.steps * batch / statistics.median(times["plain"])
-    speed = images / statistics.median(times["jaxseed"])
-    print(f"plain loop (its step jitted alone, numpy batches): {plain_speed:8.0f} images/s")
-    print(f"jaxseed {plan[0]} x{plan[1]} (data on device):          {speed:8.0f} images/s, compile "
+    speed = examples / statistics.median(times["jaxseed"])
+    print(f"plain loop (its step jitted alone, numpy batches): {plain_speed:8.0f} examples/s")
+    print(f"jaxseed {plan[0]} x{plan[1]} (data on device):          {speed:8.0f} examples/s, compile "
           f"{compile_seconds:.1f}s, ratio {speed / plain_speed:.2f}x")
     speed = statistics.median(cli_speeds)
-    print(f"jaxseed CLI (metrics.jsonl, epoch {CLI_EPOCHS} of {CLI_EPOCHS}):            {speed:8.0f} images/s, "
+    print(f"jaxseed CLI (metrics.jsonl, epoch {CLI_EPOCHS} of {CLI_EPOCHS}):            {speed:8.0f} examples/s, "
           f"ratio {speed / plain_speed:.2f}x")
 
 

@@ -49,7 +49,8 @@ LOOPS = ("auto", "unroll", "scan")
 
 def setting(default, help: str, *, choices: tuple[str, ...] | None = None, minimum: float | None = None,
             maximum: float | None = None, above: float | None = None, below: float | None = None):
-    """A Config field with its help text and what values are valid."""
+    """A field of Config or of an objective's Settings, with its help text (shown by --help) and what values are
+    valid: ``choices``, inclusive ``minimum``, ``maximum``, strict ``above``, ``below``."""
     # Runs as config.py is imported, before a mutation tester can switch a mutant of it on: not mutated.
     # pragma: no mutate start
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above,
