@@ -79,7 +79,7 @@ def fields(settings) -> dict[str, tuple[dataclasses.Field, type, bool]]:
 class Settings:
     """Typed settings, each field made by ``setting``, checked when built: its type, choices and bounds.
 
-    An objective's own settings subclass it, as frozen dataclasses (``jaxseed.models.cnn.Settings``).
+    An objective's own settings subclass it, as frozen dataclasses (``jaxseed.models.cnn.CNNSettings``).
     """
 
     def __post_init__(self):

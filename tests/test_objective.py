@@ -212,3 +212,11 @@ def test_settings_an_objective_cannot_own_are_refused(tmp_path, settings, messag
     path = write(tmp_path, text.replace("\n    OBJECTIVE = Objective(", clash))
     with pytest.raises(UserError, match=re.escape(message)):
         objective.resolve(f"{path}:OBJECTIVE")
+
+
+def test_a_classifier_on_data_without_class_labels_is_one_line(capsys):
+    """The MLP classifier on the diabetes features, whose y is a float score: refused before training."""
+    diabetes = os.path.join(os.path.dirname(MLP), "..", "tests", "data", "diabetes.npz")
+    assert train.main(["--objective", f"{MLP}:OBJECTIVE", "--data", f"npz:{diabetes}", "--quiet"]) == 2
+    assert re.search(r"objective .*mlp_fashion_mnist.py:OBJECTIVE is a classifier, but the data has no class labels",
+                     capsys.readouterr().err)

@@ -562,3 +562,72 @@ def test_files_that_are_not_what_jaxseed_writes_in_words(tmp_path):
     with pytest.raises(UserError) as unhashed:
         rundir.read_manifest(str(tmp_path), finished=True)
     assert str(unhashed.value) == f"{tmp_path}/manifest.json: field 'param_hash' is missing or not of the expected type"
+
+
+def test_appended_lines_accumulate_in_a_file_readable_by_all(tmp_path):
+    """append_lines makes the file (rw-r--r-- under umask 022) and appends: every call's rows stay,
+    one JSON object per line."""
+    previous = os.umask(0o022)
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    try:
+        folder.append_lines("metrics.jsonl", [{"epoch": 1}])
+        folder.append_lines("metrics.jsonl", [{"epoch": 2}, {"epoch": 3}])
+    finally:
+        os.umask(previous)
+        folder.release()
+    path = tmp_path / "run" / "metrics.jsonl"
+    assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n'
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_an_append_through_a_planted_link_names_the_file(tmp_path):
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    try:
+        os.symlink(tmp_path / "elsewhere", tmp_path / "run" / "metrics.jsonl")
+        with pytest.raises(UserError, match=f"^cannot write {re.escape(str(tmp_path / 'run' / 'metrics.jsonl'))}: "
+                                            "it is a symbolic link, which jaxseed never follows$"):
+            folder.append_lines("metrics.jsonl", [{"epoch": 1}])
+    finally:
+        folder.release()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_an_os_error_without_its_own_words_is_said_as_python_says_it():
+    assert str(rundir._os_error("f.json", OSError("the disk went away"))) == "cannot write f.json: the disk went away"
+
+
+def test_an_object_array_is_never_pickled_into_a_run(tmp_path):
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    try:
+        with pytest.raises(ValueError, match="allow_pickle=False"):
+            folder.save_array("outputs.npy", np.array([{"a": 1}], object))
+    finally:
+        folder.release()
+    left = os.listdir(tmp_path / "run") if (tmp_path / "run").exists() else []  # a folder left empty is removed
+    assert not [name for name in left if "outputs" in name]
+
+
+def test_kept_lines_drop_a_last_line_cut_short_by_a_kill(tmp_path):
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    try:
+        (tmp_path / "run" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+        assert folder.kept_lines("metrics.jsonl", lambda row: True, {"epoch": int}) == [{"epoch": 1}, {"epoch": 2}]
+    finally:
+        folder.release()
+
+
+def test_an_array_followed_by_much_more_is_refused_without_reading_it(tmp_path):
+    """The body is read by its header's size: bytes past it are refused, not read (64 MiB here)."""
+    import tracemalloc
+
+    np.save(tmp_path / "losses.npy", np.zeros(4, np.float32))
+    with open(tmp_path / "losses.npy", "ab") as f:
+        f.write(bytes(64 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="losses.npy: its size does not match its header"):
+            rundir.load_array(str(tmp_path), "losses.npy", np.float32, (4,))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
