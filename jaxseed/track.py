@@ -101,6 +101,16 @@ def _code(data: dict) -> str:
     return "    " + json.dumps(data, indent=1, default=str).replace("\n", "\n    ")  # markdown code block
 
 
+def log_finished(log: Log, run_name: str, tags: dict, settings: dict, seeds: dict, metrics: dict,
+                 record: dict) -> None:
+    """A finished run of a study of your own function, whose epochs jaxseed does not see: its
+    settings, stream seeds, final metrics (logged once, at step 0) and ``record``."""
+    for tracker in open_trackers(log, run_name, tags):
+        tracker.start(settings, seeds)
+        tracker.epoch({"epoch": 0, **metrics})
+        tracker.finish(record)
+
+
 def open_trackers(log: Log, run_name: str, tags: dict) -> list:
     """A tracker of each kind ``log`` names for the run ``run_name``; one line if one cannot start."""
     trackers = []

@@ -76,3 +76,26 @@ def test_a_tracker_not_installed_is_one_line_before_anything_is_written(tmp_path
     assert exit.value.code == 2 and "\n" not in err
     assert 'error: argument --log: tensorboard needs tensorboardX: pip install -e ".[track]"' in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_study_of_your_function_logs_each_run_by_its_group(tmp_path, mlflow_store):
+    """jaxseed.study --log mlflow: each finished run's seeds and metrics, read back with MLflow's client,
+    tagged with the stream its group varies; the study itself is whole."""
+    from jaxseed.study import __main__ as study_cli
+
+    (tmp_path / "mine.py").write_text(
+        "import jax\n"
+        "def run(seeds):\n"
+        "    return {'score': float(jax.random.uniform(seeds.key('init')))}\n")
+    assert study_cli.main([f"{tmp_path / 'mine.py'}:run", "--streams", "init", "--seeds", "2", "--quiet",
+                           "--workdir", str(tmp_path / "study"), "--log", "mlflow"]) == 0
+    runs = mlflow_store.search_runs([mlflow_store.get_experiment_by_name("jaxseed").experiment_id])
+    found = sorted((run.data.tags["jaxseed.group"], run.info.run_name, run.data.params["seed.init"],
+                    run.data.metrics["score"]) for run in runs)
+    records = rundir.read_json(str(tmp_path / "study"), "ablation.json")
+    assert [(group, name) for group, name, _, _ in found] == [
+        (group, f"study/{group}-{k:03d}") for group in ("all", "init", "none") for k in range(2)]
+    assert [seed for group, _, seed, _ in found if group == "none"] == ["0", "0"]
+    assert len({seed for group, _, seed, _ in found if group == "init"}) == 2
+    assert all(0 <= score < 1 for *_, score in found) and records["runs_finished"] == 6

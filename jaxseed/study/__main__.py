@@ -29,6 +29,7 @@ def parser():
                             "takes every stream's seed base + 1 + k; the report gives the paired difference, P(B > A) "
                             "and the seeds each design needs")
     cli.add_study_flags(found)
+    cli.add_log_flags(found)
     return found
 
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             options = {"detect": args.detect, "correlation": args.correlation}
         with engine.open_study(planned, existing=args.report) as folder:
             try:
-                markdown = engine.run(planned, folder, args.shard, args.report, args.records, args.quiet, **options)
+                markdown = engine.run(planned, folder, args.shard, args.report, args.records, args.quiet,
+                                      log=cli.log_from_args(args), **options)
             except KeyboardInterrupt:
                 raise entry.Interrupted(cli.study_interrupted(args.workdir, planned.workdir)) from None
         cli.study_outcome(markdown, planned.workdir, "ablation.md, ablation.csv, ablation.json, "

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 from tqdm import tqdm
 
-from jaxseed import machine, manifest, rundir, streams
+from jaxseed import machine, manifest, rundir, streams, track
 from jaxseed.errors import UserError, one_line
 from jaxseed.study import plan, records, report
 from jaxseed.study.result import Result, checked, same_kind
@@ -236,11 +236,12 @@ def restore(path: str, study: Study, folder: rundir.RunFolder) -> list[str]:
 
 def run(study: Study, folder: rundir.RunFolder, shard: tuple[int, int] = (0, 1), report_only: bool = False,
         records_file: str | None = None, quiet: bool = False, render: Callable = report.render,
-        **options) -> str | None:
+        log: track.Log | None = None, **options) -> str | None:
     """Restore the runs ``records_file`` holds, train every missing run of ``shard`` (none with
     ``report_only``), write records.npz and the report of every run finished so far (by any shard);
     the report's markdown, or None while no group has two runs. ``render``: the report
-    (``report.render`` of a study, ``report.render_comparison`` of a comparison); ``options``: its own."""
+    (``report.render`` of a study, ``report.render_comparison`` of a comparison); ``options``: its own.
+    ``log``: trackers each run is logged to as it finishes, tagged with its study and group."""
     if records_file:
         restored = restore(records_file, study, folder)
         if not quiet:
@@ -263,6 +264,12 @@ def run(study: Study, folder: rundir.RunFolder, shard: tuple[int, int] = (0, 1),
         name = plan.run_name(group, k)
         records.write(folder, _run_entry(name), records.Records({}, [name], [study.groups[group][k]], [result]))
         results[group, k] = result
+        if log:  # after the run is stored: a tracker that fails loses nothing
+            study_name = os.path.basename(os.path.abspath(study.workdir))
+            settings = {key: study.header[key] for key in ("function", "source_sha256", "streams", "base_seed")}
+            track.log_finished(log, f"{study_name}/{name}", {"study": study_name, "group": group}, settings,
+                               study.groups[group][k], result.metrics,
+                               {**settings, "run": name, "metrics": result.metrics, "fingerprint": result.fingerprint})
 
     def store() -> None:
         """records.npz of every run finished so far, by any shard, in the plan's order."""
@@ -302,7 +309,7 @@ def run(study: Study, folder: rundir.RunFolder, shard: tuple[int, int] = (0, 1),
 def study(train: Callable[[streams.Seeds], Any], streams: tuple[str, ...] = ("init", "shuffle"), seeds: int = 5,
           workdir: str | None = None, *, base_seed: int = 0, shard: tuple[int, int] = (0, 1),
           records: str | None = None, report_only: bool = False, quiet: bool = True,
-          detect: float | None = None, correlation: float | None = None, labels=None) -> str | None:
+          detect: float | None = None, correlation: float | None = None, labels=None, log: str = "") -> str | None:
     """Study how much each random source moves what ``train`` returns.
 
     Groups of ``seeds`` runs: one per stream of ``streams`` (only that stream's seed varies), ``all``
@@ -325,14 +332,17 @@ def study(train: Callable[[streams.Seeds], Any], streams: tuple[str, ...] = ("in
       detect: a difference in the first metric's mean: the report gives the seeds needed to detect it.
       correlation: r of two configurations' results on the same seeds: the paired design too.
       labels: a classifier's test labels int[N], where runs return ``probabilities``.
+      log: experiment trackers each run is logged to as it finishes, tagged with its study and group
+        ("tensorboard", "mlflow", or both, comma-separated).
     """
     planned = plan_study(train, tuple(streams), seeds, base_seed, workdir)
     index, count = shard
     if not 0 <= index < count:
         raise UserError(f"shard (i, n) needs 0 <= i < n, got {shard}")
     with open_study(planned, existing=report_only) as folder:
-        return run(planned, folder, (index, count), report_only, records, quiet, detect=detect,
-                   correlation=correlation, labels=labels)
+        return run(planned, folder, (index, count), report_only, records, quiet,
+                   log=track.Log(track.parse(log)) if log else None, detect=detect, correlation=correlation,
+                   labels=labels)
 
 
 def compare(train_a: Callable[[streams.Seeds], Any], train_b: Callable[[streams.Seeds], Any], seeds: int = 10,
