@@ -631,3 +631,74 @@ def test_an_array_followed_by_much_more_is_refused_without_reading_it(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def _not_a_folder(target) -> str:
+    return f"^{re.escape(str(target))} is not a folder jaxseed made \\(a link or a file\\); remove it or choose another --workdir$"
+
+
+def test_a_sub_folder_is_made_part_by_part_and_a_link_on_the_way_refused(tmp_path):
+    """folder("a/b") makes a, then a/b; a link at a (to a folder elsewhere) or a file there is refused
+    in words, and nothing is made through the link."""
+    (tmp_path / "elsewhere").mkdir()
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    try:
+        made = folder.folder(os.path.join("a", "b"))
+        assert made == str(tmp_path / "run" / "a" / "b") and os.path.isdir(made)
+        os.symlink(tmp_path / "elsewhere", tmp_path / "run" / "c")
+        with pytest.raises(UserError, match=_not_a_folder(tmp_path / "run" / "c")):
+            folder.folder(os.path.join("c", "d"))
+        (tmp_path / "run" / "e").write_text("a file")
+        with pytest.raises(UserError, match=_not_a_folder(tmp_path / "run" / "e")):
+            folder.folder("e")
+    finally:
+        folder.release()
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_a_process_that_does_not_write_makes_no_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"), writer=False)
+    try:
+        assert folder.folder("checkpoints") == str(tmp_path / "run" / "checkpoints")
+    finally:
+        folder.release()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("planted", ["folder", "link"])
+def test_a_folder_made_by_another_shard_a_moment_ago_is_checked_again(tmp_path, monkeypatch, planted):
+    """Between the check and mkdir another process made the name: its folder is taken, a link refused."""
+    (tmp_path / "elsewhere").mkdir()
+    real_mkdir = os.mkdir
+
+    def raced(target, *args):
+        (real_mkdir(target) if planted == "folder" else os.symlink(tmp_path / "elsewhere", target))
+        raise FileExistsError(target)
+
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    monkeypatch.setattr(rundir.os, "mkdir", raced)
+    try:
+        if planted == "folder":
+            assert folder.folder("runs") == str(tmp_path / "run" / "runs")
+        else:
+            with pytest.raises(UserError, match=_not_a_folder(tmp_path / "run" / "runs")):
+                folder.folder("runs")
+    finally:
+        monkeypatch.undo()
+        folder.release()
+
+
+def test_a_folder_that_cannot_be_made_says_why(tmp_path, monkeypatch):
+    def refused(target, *args):
+        raise PermissionError(errno.EACCES, "Permission denied", target)
+
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    monkeypatch.setattr(rundir.os, "mkdir", refused)
+    try:
+        with pytest.raises(UserError, match=f"^cannot write {re.escape(str(tmp_path / 'run' / 'runs'))}: "
+                                            "Permission denied$"):
+            folder.folder("runs")
+    finally:
+        monkeypatch.undo()
+        folder.release()
