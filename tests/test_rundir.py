@@ -634,7 +634,8 @@ def test_an_array_followed_by_much_more_is_refused_without_reading_it(tmp_path):
 
 
 def _not_a_folder(target) -> str:
-    return f"^{re.escape(str(target))} is not a folder jaxseed made \\(a link or a file\\); remove it or choose another --workdir$"
+    return (f"^{re.escape(str(target))} is not a folder jaxseed made \\(a link or a file\\); remove it or choose "
+            "another --workdir$")
 
 
 def test_a_sub_folder_is_made_part_by_part_and_a_link_on_the_way_refused(tmp_path):
