@@ -703,3 +703,37 @@ def test_a_folder_that_cannot_be_made_says_why(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         folder.release()
+
+
+def test_json_is_written_indented_with_sorted_keys_and_created_once(tmp_path):
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    try:
+        folder.write_json("a.json", {"b": 1, "a": [1, 2]})
+        assert (tmp_path / "run" / "a.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+        assert folder.create_json("c.json", {"first": True}) is True
+        assert folder.create_json("c.json", {"second": True}) is False  # of several creators, one writes it
+    finally:
+        folder.release()
+    assert json.loads((tmp_path / "run" / "c.json").read_text()) == {"first": True}
+
+
+def test_a_file_is_read_whole_up_to_its_cap_and_refused_past_it_unread(tmp_path):
+    """Bytes up to the cap are read as they are; one more is refused in MB, and what lies past the
+    cap is never read (32 MiB here)."""
+    import tracemalloc
+
+    limit, path = 1 << 20, tmp_path / "f.json"
+    path.write_bytes(b"\xff" * limit)
+    assert rundir._open_for_reading(str(path), limit) == b"\xff" * limit
+    path.write_bytes(b"x" * (3 << 20) + b"x")
+    with pytest.raises(UserError, match=f"^cannot read {re.escape(str(path))}: larger than 3 MB$"):
+        rundir._open_for_reading(str(path), 3 << 20)
+    path.write_bytes(bytes(limit + (32 << 20)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match="larger than 1 MB"):
+            rundir._open_for_reading(str(path), limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
