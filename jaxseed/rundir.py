@@ -131,7 +131,8 @@ class RunFolder:
         others = [kind for kind, names in OUTPUTS.items() if kind != self.kind and any(
             os.path.lexists(self.file(name)) for name in names if name not in OUTPUTS[self.kind])]
         if recorded not in (None, self.kind) or others:
-            raise UserError(f"workdir {self.path} holds a jaxseed {recorded or others[0]}, not a {self.kind}")
+            found = others[0] if others else recorded  # a run's folder holding a study's files names the study
+            raise UserError(f"workdir {self.path} holds a jaxseed {found}, not a {self.kind}")
         holds = any(os.path.lexists(self.file(name)) for name in OUTPUTS[self.kind])
         if holds and not (resume or overwrite):
             raise UserError(f"workdir {self.path} already holds a {self.kind}; pass --overwrite to start afresh, "

@@ -737,3 +737,47 @@ def test_a_file_is_read_whole_up_to_its_cap_and_refused_past_it_unread(tmp_path)
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def test_a_folder_of_another_kind_is_refused_in_words(tmp_path):
+    """A folder a study claimed (its marker says so), or a run's folder that holds a study's files, is no run's."""
+    claimed = tmp_path / "claimed"
+    study = rundir.RunFolder.claim(str(claimed), "study", resume=True)
+    (claimed / "notes.txt").write_text("a user's file: the claim leaves its marker")
+    study.release()
+    with pytest.raises(UserError, match=f"^workdir {re.escape(str(claimed))} holds a jaxseed study, not a run$"):
+        rundir.RunFolder.claim(str(claimed), "run", resume=True)
+    mixed = tmp_path / "mixed"
+    run = rundir.RunFolder.claim(str(mixed), "run")
+    (mixed / "sweep.json").write_text("{}")  # a study's file in a run's folder
+    run.release()
+    with pytest.raises(UserError, match=f"^workdir {re.escape(str(mixed))} holds a jaxseed study, not a run$"):
+        rundir.RunFolder.claim(str(mixed), "run", resume=True)
+
+
+def test_a_file_is_written_beside_itself_then_renamed_with_the_umasks_mode(tmp_path):
+    """The temporary file lies in the target's folder, named after it (so a rename is atomic and
+    remove_outputs knows it), and the file gets the mode the umask gives any new file."""
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    seen = []
+    try:
+        folder.save_picture("curves.png", lambda f: seen.extend(os.listdir(tmp_path / "run")))
+    finally:
+        folder.release()
+    assert [name for name in seen if name.startswith(".curves.png.tmp.")]
+    assert os.stat(tmp_path / "run" / "curves.png").st_mode & 0o777 == 0o666 & ~rundir._UMASK
+
+
+def test_a_temporary_file_that_cannot_be_made_says_why(tmp_path, monkeypatch):
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", refused)
+    try:
+        with pytest.raises(UserError, match=f"^cannot write {re.escape(str(tmp_path / 'run' / 'a.json'))}: "
+                                            "Permission denied$"):
+            folder.write_json("a.json", {})
+    finally:
+        monkeypatch.undo()
+        folder.release()
