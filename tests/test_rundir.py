@@ -781,3 +781,32 @@ def test_a_temporary_file_that_cannot_be_made_says_why(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         folder.release()
+
+
+def test_a_claim_that_wrote_nothing_leaves_nothing_and_releases_once(tmp_path):
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"))
+    holder = json.loads((tmp_path / "run" / rundir.MARKER).read_text())
+    assert holder["kind"] == "run"
+    assert re.fullmatch(r"process \d+ on \S+ since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", holder["holder"])
+    folder.release()
+    folder.release()  # a second release does nothing
+    assert not (tmp_path / "run").exists()
+    gone = rundir.RunFolder.claim(str(tmp_path / "gone"))
+    shutil.rmtree(tmp_path / "gone")  # the folder removed under a claim: releasing it still works
+    gone.release()
+
+
+@pytest.mark.parametrize("text, holder, kind", [
+    ("", None, None),
+    ("[1]", None, None),
+    ("not JSON", "another process", None),
+    ('{"kind": "study", "holder": "process 7"}', "process 7", "study"),
+])
+def test_a_markers_record_is_read_as_input(tmp_path, text, holder, kind):
+    path = tmp_path / rundir.MARKER
+    path.write_text(text)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert rundir._read_holder(fd) == holder and rundir._read_holder(fd, "kind") == kind
+    finally:
+        os.close(fd)
