@@ -810,3 +810,32 @@ def test_a_markers_record_is_read_as_input(tmp_path, text, holder, kind):
         assert rundir._read_holder(fd) == holder and rundir._read_holder(fd, "kind") == kind
     finally:
         os.close(fd)
+
+
+def test_claims_refused_in_words(tmp_path, monkeypatch):
+    """A file where the folder should be; a folder of the user's (its first three names, then ...); a run
+    there already without --resume or --overwrite; a folder that cannot be listed."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=f"^workdir {re.escape(str(tmp_path / 'file'))} exists and is not a folder$"):
+        rundir.RunFolder.claim(str(tmp_path / "file"))
+    users = tmp_path / "users"
+    users.mkdir()
+    for name in ("d", "c", "b", "a"):
+        (users / name).write_text("x")
+    with pytest.raises(UserError, match=f"^workdir {re.escape(str(users))} holds files jaxseed did not write "
+                                        "\\(a, b, c, ...\\); choose a new or empty folder$"):
+        rundir.RunFolder.claim(str(users))
+    run = rundir.RunFolder.claim(str(tmp_path / "run"))
+    run.write_json("manifest.json", {})
+    run.release()
+    with pytest.raises(UserError, match="already holds a run; pass --overwrite to start afresh, --resume to "
+                                        "continue it, or choose another --workdir$"):
+        rundir.RunFolder.claim(str(tmp_path / "run"))
+    assert rundir.RunFolder.claim(str(tmp_path / "run"), "study", writer=False).kind == "study"
+
+    def unlisted(path):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(rundir.os, "listdir", unlisted)
+    with pytest.raises(UserError, match=f"^cannot read {re.escape(str(tmp_path / 'run'))}: Permission denied$"):
+        rundir.RunFolder.claim(str(tmp_path / "run"), resume=True)
