@@ -132,14 +132,15 @@ def config_from_record(record: Any, workdir: str, data_dir: str | None = None, d
     if not isinstance(record, dict) or not isinstance(record.get("model", "cnn"), str):
         raise UserError(f"the manifest in {workdir} holds no config jaxseed can read")
     recorded_model = record.get("model", "cnn")
-    if recorded_model not in objective.built_in():
+    built_in = recorded_model in objective.built_in()
+    if not built_in:
         if not model:
             raise UserError(f"the run in {workdir} was trained with the objective {recorded_model!r}; jaxseed imports "
                             "no code a run folder names: pass --objective with where that objective is")
         if userimport.recorded_name(model) != recorded_model:
             raise UserError(f"the run in {workdir} was trained with the objective {recorded_model!r}, "
                             f"not {userimport.recorded_name(model)!r}")
-    config = Config(model=model if recorded_model not in objective.built_in() else recorded_model)
+    config = Config(model=recorded_model if built_in else model)
     own = set(config.to_dict())
     # Before objectives owned their settings, every config held the built-in models' all: those of
     # another model never changed a run.
