@@ -1,18 +1,28 @@
-"""Where the CNN training step's time goes, part by part, in one run.
+"""Where the CNN training step's time goes, part by part and op by op, in one run.
 
     python benchmarks/profile_step.py [--calls 50] [--rounds 3]
 
-Each part is its own jitted function on a batch of 128 random images, timed as
+First, each part is its own jitted function on a batch of 128 random images, timed as
 the median over rounds of ``calls`` back-to-back calls, and printed as ms per call
 and as a share of the whole step (parts overlap and XLA fuses across them
 inside the step, so the shares need not add up to 100%). Flax's ``nnx.max_pool``,
 whose gradient is select-and-scatter, is timed beside jaxseed's max-pool.
+
+Then the whole step, compiled once, runs ``calls`` times under ``jax.profiler.trace``:
+every op XLA CPU executed (its thunks, named as in the compiled HLO) with its wall
+time per step, and the time no op ran (dispatch, waiting). Where two ops run at
+once on the pool's threads, each gets half of that time, so the rows add up to the
+step's wall time exactly.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import re
 import statistics
+import tempfile
 import time
 
 import jax
@@ -98,21 +108,132 @@ def parts(config: Config, batch_size: int) -> dict[str, tuple]:
     return table
 
 
+def op_profile(fn, args: tuple, calls: int) -> tuple[float, dict[str, float]]:
+    """(wall ms per call, {op: ms per call}) of ``calls`` traced calls of jitted ``fn(*args)``,
+    the ops' shares summing to the wall time ("no op running" is the rest)."""
+    jax.block_until_ready(fn(*args))  # compile outside the trace
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder):
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            wall = time.perf_counter_ns() - start
+        trace = jax.profiler.ProfileData.from_file(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0])
+    segments = []  # (start, end, op): each thread's innermost op (a while or call thunk holds others)
+    for plane in trace.planes:
+        for line in plane.lines:
+            ops = sorted(((event.start_ns, event.start_ns + event.duration_ns, event.name) for event in line.events
+                          if any(name == "hlo_op" for name, _ in event.stats)), key=lambda op: (op[0], -op[1]))
+            segments += innermost(ops)
+    share = collections.Counter()
+    # A sweep over the trace: each stretch between two edges goes, in equal parts, to the ops running in it.
+    events = sorted([(start, 1, op) for start, end, op in segments] + [(end, -1, op) for start, end, op in segments])
+    running, at = collections.Counter(), 0
+    for time_ns, change, op in events:
+        if running and time_ns > at:
+            for name in running:
+                share[name] += (time_ns - at) / len(running)
+        at = time_ns
+        running[op] += change
+        if not running[op]:
+            del running[op]
+    per_call = {op: ns / calls / 1e6 for op, ns in share.items()}
+    per_call["no op running (dispatch, waiting)"] = wall / calls / 1e6 - sum(per_call.values())
+    return wall / calls / 1e6, per_call
+
+
+def innermost(ops: list[tuple]) -> list[tuple]:
+    """One thread's ops (start, end, name), sorted by start, as non-overlapping pieces of whichever is innermost."""
+    pieces, stack = [], []  # stack: (end, name) of the ops that contain the current time
+
+    def close_until(time_ns):
+        nonlocal at
+        while stack and stack[-1][0] <= time_ns:
+            end, name = stack.pop()
+            pieces.append((at, end, name))
+            at = end
+        if stack and time_ns > at:
+            pieces.append((at, time_ns, stack[-1][1]))
+        at = max(at, time_ns)
+
+    at = 0
+    for start, end, name in ops:
+        close_until(start)
+        stack.append((end, name))
+    close_until(float("inf"))
+    return [piece for piece in pieces if piece[1] > piece[0]]
+
+
+def describe_ops(compiled_hlo: str, params) -> dict[str, str]:
+    """op name -> what it computes: the convolutions, dots and reductions inside it and the
+    shape it makes, with the parameter whose shape that is (a gradient) where one is."""
+    computations, instructions, current = {}, {}, None
+    for line in compiled_hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            current = computations.setdefault(header.group(1), [])
+            continue
+        op = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*)$", line)
+        if op and current is not None:
+            shape = re.sub(r"\{[^}]*\}", "", op.group(2))
+            calls = re.findall(r"(?:calls|body|to_apply|condition)=%?([\w.\-]+)", op.group(4))
+            current.append((op.group(1), op.group(3), calls))
+            instructions[op.group(1)] = (shape, op.group(3), calls)
+    heavy = ("convolution", "dot", "reduce-window", "select-and-scatter", "reduce", "scatter", "gather", "transpose", "sort")
+
+    def kinds(names, seen=()):
+        found = []
+        for name in names:
+            if name in seen:
+                continue
+            for _, opcode, calls in computations.get(name, []):
+                if opcode in heavy and opcode not in found:
+                    found.append(opcode)
+                found += [kind for kind in kinds(calls, (*seen, name)) if kind not in found]
+        return found
+
+    by_shape = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        by_shape.setdefault(f"f32{list(leaf.shape)}".replace(" ", ""), jax.tree_util.keystr(path))
+    described = {}
+    for name, (shape, opcode, calls) in instructions.items():
+        inside = kinds(calls) or [opcode]
+        param = by_shape.get(shape)
+        described[name] = f"{', '.join(inside)} → {shape}" + (f" (the shape of {param})" if param else "")
+    return described
+
+
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50, help="calls per timed round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--min-ms", type=float, default=0.3, help="ops taking less per step share one row")
     args = parser.parse_args(argv)
     config = Config()
     machine.require_flags(config)  # the thread pool and XLA flags of every run, before JAX starts
     print(f"backend {jax.default_backend()}, batch {config.batch_size}, median of {args.rounds} rounds "
           f"of {args.calls} calls")
-    times = {name: milliseconds(fn, fn_args, args.calls, args.rounds)
-             for name, (fn, fn_args) in parts(config, config.batch_size).items()}
+    table = parts(config, config.batch_size)
+    times = {name: milliseconds(fn, fn_args, args.calls, args.rounds) for name, (fn, fn_args) in table.items()}
     whole = times["whole step, no augmentation"]
     print("| part | ms per call | share of the step without augmentation |\n|---|---|---|")
     for name, ms in times.items():
         print(f"| {name} | {ms:.2f} | {ms / whole:.0%} |")
+    print(f"\nthe step without augmentation is {whole / times['forward pass (loss)']:.1f}× its forward pass")
+    for name in ("whole step, no augmentation", "whole step, with augmentation (default)"):
+        fn, fn_args = table[name]
+        wall, ops = op_profile(fn, fn_args, args.calls)
+        described = describe_ops(fn.lower(*fn_args).compile().as_text(), fn_args[0].params)
+        print(f"\n{name}, op by op under jax.profiler.trace: {wall:.2f} ms per step (the rows add up to it; "
+              f"ops under {args.min_ms} ms are summed in the last row)\n| op | what it computes | ms per step | share |\n|---|---|---|---|")
+        small = 0.0
+        for op, ms in sorted(ops.items(), key=lambda item: -item[1]):
+            if ms < args.min_ms:
+                small += ms
+                continue
+            print(f"| {op} | {described.get(op, '')} | {ms:.2f} | {ms / wall:.0%} |")
+        print(f"| the other ops | | {small:.2f} | {small / wall:.0%} |")
 
 
 if __name__ == "__main__":

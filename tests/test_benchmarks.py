@@ -1,6 +1,7 @@
 """Benchmarks cannot rot: a tiny mode of each benchmark script runs here."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -71,9 +72,18 @@ def test_step_profile_runs():
     result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--calls", "1", "--rounds", "1"],
                             capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms per call" not in line]
+    parts, *steps = result.stdout.split("op by op")
+    rows = [line for line in parts.splitlines() if line.startswith("| ") and "ms per call" not in line]
     assert len(rows) == 16
     assert sum("max-pool gradient" in row for row in rows) == 4  # jaxseed's and Flax's, both layers
+    assert len(steps) == 2  # the step without and with augmentation, each op by op
+    for table in steps:
+        wall = float(re.search(r"([0-9.]+) ms per step", table).group(1))
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()
+                if line.startswith("| ") and "ms per step" not in line]
+        assert any("convolution" in row[1] for row in rows)  # the ops are named for what they compute
+        assert any(row[0] == "no op running (dispatch, waiting)" for row in rows)
+        assert sum(float(row[2]) for row in rows) == pytest.approx(wall, abs=0.01 * len(rows))  # every ms accounted
 
 
 def test_library_benchmark_runs():
