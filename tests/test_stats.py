@@ -244,6 +244,66 @@ def test_paired_comparison_on_fake_numbers():
         found["unpaired"]["mean_ci"][1] - found["unpaired"]["mean_ci"][0])  # pairing removes the shared part
 
 
+def fewest_seeds(half_width, sd, dof_per_seed, limit=10_000):
+    """seeds_for_width by counting up from n = 2: the first n whose t interval is narrow enough."""
+    for n in range(2, limit):
+        if scipy_stats.t.ppf(0.975, (n - 1) * dof_per_seed) * sd / math.sqrt(n) <= half_width:
+            return n
+    return math.inf
+
+
+@pytest.mark.parametrize("half_width, sd, dof_per_seed", [(1.0, 1.0, 1.0), (0.3, 1.0, 1.0), (0.3, 1.0, 1.7),
+                                                          (0.05, 0.2, 2.0), (2.0, 1.0, 1.0), (0.5, 3.0, 1.2)])
+def test_seeds_for_width_is_the_fewest_seeds_that_reach_the_width(half_width, sd, dof_per_seed):
+    assert stats.seeds_for_width(half_width, sd, dof_per_seed) == fewest_seeds(half_width, sd, dof_per_seed)
+
+
+def test_seeds_for_width_gives_up_beyond_its_cap():
+    assert stats.seeds_for_width(1e-4, 1.0, 1.0) == math.inf  # ~1.5e9 seeds
+    n = stats.seeds_for_width(0.003, 1.0, 1.0)  # ~427,000: the bound, without counting up to it
+
+    def half_width(n):
+        return scipy_stats.t.ppf(0.975, n - 1) / math.sqrt(n)
+
+    assert half_width(n) <= 0.003 < half_width(n - 1)
+
+
+def test_paired_comparison_against_a_hand_computation():
+    """Every number of both designs from its formula: t and chi-square quantiles, Welch's degrees of freedom,
+    the seeds each design needs counted up one by one, the correlation."""
+    a = np.array([0.61, 0.70, 0.52, 0.66, 0.58])
+    b = np.array([0.66, 0.71, 0.60, 0.69, 0.57])
+    found = stats.paired_comparison(a, b)
+    d, k = b - a, 5
+    var_a, var_b = np.var(a, ddof=1), np.var(b, ddof=1)
+    welch = (var_a + var_b) ** 2 / (var_a ** 2 + var_b ** 2)
+    for design, sd, dof_per_seed in (("paired", np.std(d, ddof=1), 1.0), ("unpaired", np.sqrt(var_a + var_b), welch)):
+        got, dof = found[design], (k - 1) * dof_per_seed
+        t = scipy_stats.t.ppf(0.975, dof)
+        assert got["mean"] == pytest.approx(d.mean()) and got["sd"] == pytest.approx(sd)
+        assert got["dof"] == pytest.approx(dof)
+        assert got["mean_ci"] == (pytest.approx(d.mean() - t * sd / np.sqrt(k)),
+                                  pytest.approx(d.mean() + t * sd / np.sqrt(k)))
+        assert got["sd_ci"] == (pytest.approx(sd * np.sqrt(dof / scipy_stats.chi2.ppf(0.975, dof))),
+                                pytest.approx(sd * np.sqrt(dof / scipy_stats.chi2.ppf(0.025, dof))))
+        assert got["seeds_to_exclude_zero"] == fewest_seeds(abs(d.mean()), sd, dof_per_seed)
+    assert 1 < welch < 2 and found["paired"]["improvement"][0] == pytest.approx(4 / 5)  # B > A on 4 of 5 seeds
+    paired_half = scipy_stats.t.ppf(0.975, k - 1) * np.std(d, ddof=1) / np.sqrt(k)
+    assert found["unpaired_seeds_to_match"] == fewest_seeds(paired_half, np.sqrt(var_a + var_b), welch)
+    assert found["correlation"] == pytest.approx(np.corrcoef(a, b)[0, 1])
+
+
+def test_paired_comparison_of_constant_or_equal_runs():
+    """No spread in A or B: no correlation and one degree of freedom per seed; no difference: no n excludes zero."""
+    found = stats.paired_comparison([1.0, 1.0, 1.0], [1.0, 2.0, 4.0])
+    assert math.isnan(found["correlation"]) and found["unpaired"]["dof"] == pytest.approx(2 * 1.0)
+    found = stats.paired_comparison([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])
+    assert found["paired"]["seeds_to_exclude_zero"] == math.inf == found["unpaired"]["seeds_to_exclude_zero"]
+    assert found["paired"]["mean"] == 0.0 and found["correlation"] == pytest.approx(1.0)
+    found = stats.paired_comparison([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    assert found["unpaired"]["dof"] == pytest.approx(2.0) and math.isnan(found["correlation"])
+
+
 def test_loss_instability_against_a_hand_computation():
     losses = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 5.0]])  # K = 2 runs, N = 3 examples
     spread = stats.loss_instability(losses)
