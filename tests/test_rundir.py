@@ -812,6 +812,33 @@ def test_a_markers_record_is_read_as_input(tmp_path, text, holder, kind):
         os.close(fd)
 
 
+def test_a_process_that_does_not_write_creates_nothing(tmp_path):
+    """A multi-process run's other processes: create_json says it wrote nothing (the writer's header is the one
+    checked), and no file appears."""
+    folder = rundir.RunFolder.claim(str(tmp_path / "run"), writer=False)
+    assert folder.create_json("c.json", {"first": True}) is False
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_markers_record_is_one_fixed_length_json_line_and_a_failed_write_is_named(tmp_path, monkeypatch):
+    path = tmp_path / rundir.MARKER
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        monkeypatch.setattr(rundir.socket, "gethostname", lambda: "h" * 500)  # a holder longer than the record keeps
+        rundir._write_holder(fd, "study")
+        text = path.read_text()
+        assert len(text) == rundir._HOLDER_BYTES and text.startswith('{"kind": "study", "holder": "process ')
+        assert len(json.loads(text)["holder"]) == 400 and rundir._read_holder(fd, "kind") == "study"
+    finally:
+        os.close(fd)
+    read_only = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(UserError, match=f"^cannot write the workdir's {re.escape(rundir.MARKER)}: Bad file descriptor$"):
+            rundir._write_holder(read_only, "run")
+    finally:
+        os.close(read_only)
+
+
 def test_claims_refused_in_words(tmp_path, monkeypatch):
     """A file where the folder should be; a folder of the user's (its first three names, then ...); a run
     there already without --resume or --overwrite; a folder that cannot be listed."""

@@ -253,9 +253,15 @@ def fewest_seeds(half_width, sd, dof_per_seed, limit=10_000):
 
 
 @pytest.mark.parametrize("half_width, sd, dof_per_seed", [(1.0, 1.0, 1.0), (0.3, 1.0, 1.0), (0.3, 1.0, 1.7),
-                                                          (0.05, 0.2, 2.0), (2.0, 1.0, 1.0), (0.5, 3.0, 1.2)])
+                                                          (0.05, 0.2, 2.0), (2.0, 1.0, 1.0), (0.5, 3.0, 1.2),
+                                                          (10.0, 1.0, 1.0)])  # two seeds, the fewest with a spread
 def test_seeds_for_width_is_the_fewest_seeds_that_reach_the_width(half_width, sd, dof_per_seed):
     assert stats.seeds_for_width(half_width, sd, dof_per_seed) == fewest_seeds(half_width, sd, dof_per_seed)
+
+
+def test_a_width_reached_exactly_needs_no_more_seeds():
+    width = scipy_stats.t.ppf(0.975, 6) * 0.7 / math.sqrt(7)  # the t interval of 7 seeds, to the last bit
+    assert stats.seeds_for_width(width, 0.7, 1.0) == 7
 
 
 def test_seeds_for_width_gives_up_beyond_its_cap():
@@ -268,11 +274,14 @@ def test_seeds_for_width_gives_up_beyond_its_cap():
     assert half_width(n) <= 0.003 < half_width(n - 1)
 
 
-def test_paired_comparison_against_a_hand_computation():
+@pytest.mark.parametrize("swap", [False, True])  # the wider spread in A, then in B
+def test_paired_comparison_against_a_hand_computation(swap):
     """Every number of both designs from its formula: t and chi-square quantiles, Welch's degrees of freedom,
     the seeds each design needs counted up one by one, the correlation."""
     a = np.array([0.61, 0.70, 0.52, 0.66, 0.58])
     b = np.array([0.66, 0.71, 0.60, 0.69, 0.57])
+    if swap:
+        a, b = b, a
     found = stats.paired_comparison(a, b)
     d, k = b - a, 5
     var_a, var_b = np.var(a, ddof=1), np.var(b, ddof=1)
@@ -287,14 +296,19 @@ def test_paired_comparison_against_a_hand_computation():
         assert got["sd_ci"] == (pytest.approx(sd * np.sqrt(dof / scipy_stats.chi2.ppf(0.975, dof))),
                                 pytest.approx(sd * np.sqrt(dof / scipy_stats.chi2.ppf(0.025, dof))))
         assert got["seeds_to_exclude_zero"] == fewest_seeds(abs(d.mean()), sd, dof_per_seed)
-    assert 1 < welch < 2 and found["paired"]["improvement"][0] == pytest.approx(4 / 5)  # B > A on 4 of 5 seeds
+    assert 1 < welch < 2 and found["paired"]["improvement"][0] == pytest.approx(1 / 5 if swap else 4 / 5)
     paired_half = scipy_stats.t.ppf(0.975, k - 1) * np.std(d, ddof=1) / np.sqrt(k)
     assert found["unpaired_seeds_to_match"] == fewest_seeds(paired_half, np.sqrt(var_a + var_b), welch)
     assert found["correlation"] == pytest.approx(np.corrcoef(a, b)[0, 1])
 
 
 def test_paired_comparison_of_constant_or_equal_runs():
-    """No spread in A or B: no correlation and one degree of freedom per seed; no difference: no n excludes zero."""
+    """No spread in A or B: no correlation (and no warning of a division by zero) and one degree of freedom per
+    seed; no difference: no n excludes zero."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for a, b in (([1.0, 2.0, 4.0], [3.0, 3.0, 3.0]), ([3.0, 3.0, 3.0], [1.0, 2.0, 4.0])):
+            assert math.isnan(stats.paired_comparison(a, b)["correlation"])
     found = stats.paired_comparison([1.0, 1.0, 1.0], [1.0, 2.0, 4.0])
     assert math.isnan(found["correlation"]) and found["unpaired"]["dof"] == pytest.approx(2 * 1.0)
     found = stats.paired_comparison([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])
