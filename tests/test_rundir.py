@@ -61,7 +61,9 @@ def first_temporary_name_is(monkeypatch, name):
 
 def test_a_second_claim_is_refused_naming_the_holder(tmp_path):
     with rundir.RunFolder.claim(str(tmp_path / "w")):
-        with pytest.raises(UserError, match=rf"in use by process {os.getpid()} on "):
+        with pytest.raises(UserError, match=f"^workdir {re.escape(str(tmp_path / 'w'))} is in use by process "
+                                            f"{os.getpid()} on .+ since .+; wait for it to finish or choose another "
+                                            "--workdir$"):
             rundir.RunFolder.claim(str(tmp_path / "w"), resume=True)
     with rundir.RunFolder.claim(str(tmp_path / "w"), resume=True):  # released: claimable again
         pass
@@ -839,6 +841,60 @@ def test_the_markers_record_is_one_fixed_length_json_line_and_a_failed_write_is_
         os.close(read_only)
 
 
+def test_a_studys_shards_share_its_claim_and_a_run_is_refused(tmp_path):
+    """Shards of one study claim its folder together (a shared lock); a run's claim there is exclusive."""
+    first = rundir.RunFolder.claim(str(tmp_path / "study"), "study")
+    second = rundir.RunFolder.claim(str(tmp_path / "study"), "study", resume=True)
+    with pytest.raises(UserError, match="is in use by process"):
+        rundir.RunFolder.claim(str(tmp_path / "study"), "run", resume=True)
+    second.release()
+    first.release()
+    with rundir.RunFolder.claim(str(tmp_path / "run")):
+        with pytest.raises(UserError, match="is in use by process"):
+            rundir.RunFolder.claim(str(tmp_path / "run"), "study", resume=True)
+
+
+def test_a_claim_leaves_only_what_it_made(tmp_path):
+    """Released with nothing written: a folder the claim made is gone, a folder the user made stays, empty;
+    the marker a claim makes is the user's umask's 0644."""
+    folder = rundir.RunFolder.claim(str(tmp_path / "fresh"))
+    assert (tmp_path / "fresh" / rundir.MARKER).stat().st_mode & 0o777 == 0o644 & ~rundir._UMASK
+    folder.release()
+    assert not (tmp_path / "fresh").exists()
+    (tmp_path / "mine").mkdir()
+    rundir.RunFolder.claim(str(tmp_path / "mine")).release()
+    assert (tmp_path / "mine").is_dir() and not os.listdir(tmp_path / "mine")
+
+
+def test_a_claim_that_cannot_make_its_folder_or_marker_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=f"^cannot create workdir {re.escape(str(tmp_path / 'file' / 'run'))}: "
+                                        "Not a directory$"):
+        rundir.RunFolder.claim(str(tmp_path / "file" / "run"))
+    marker = tmp_path / "run" / rundir.MARKER
+    real_open = os.open
+
+    def refused(path, *args, **kwargs):
+        if path == str(marker):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir.os, "open", refused)
+        with pytest.raises(UserError, match=f"^cannot write {re.escape(str(marker))}: Permission denied$"):
+            rundir.RunFolder.claim(str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # the folder it had made is removed again
+    # A link planted as the marker between the check and the open (a race): opened without following it.
+    (tmp_path / "raced").mkdir()
+    (tmp_path / "elsewhere").write_text("")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "raced" / rundir.MARKER)
+    monkeypatch.setattr(rundir.os.path, "islink", lambda path: False)
+    with pytest.raises(UserError, match=f"^cannot write {re.escape(str(tmp_path / 'raced' / rundir.MARKER))}: it is a "
+                                        "symbolic link, which jaxseed never follows$"):
+        rundir.RunFolder.claim(str(tmp_path / "raced"), resume=True)
+    assert (tmp_path / "elsewhere").read_text() == ""
+
+
 def test_claims_refused_in_words(tmp_path, monkeypatch):
     """A file where the folder should be; a folder of the user's (its first three names, then ...); a run
     there already without --resume or --overwrite; a folder that cannot be listed."""
@@ -851,6 +907,10 @@ def test_claims_refused_in_words(tmp_path, monkeypatch):
         (users / name).write_text("x")
     with pytest.raises(UserError, match=f"^workdir {re.escape(str(users))} holds files jaxseed did not write "
                                         "\\(a, b, c, ...\\); choose a new or empty folder$"):
+        rundir.RunFolder.claim(str(users))
+    (users / "d").unlink()  # three: all named
+    with pytest.raises(UserError, match=f"^workdir {re.escape(str(users))} holds files jaxseed did not write "
+                                        "\\(a, b, c\\); choose a new or empty folder$"):
         rundir.RunFolder.claim(str(users))
     run = rundir.RunFolder.claim(str(tmp_path / "run"))
     run.write_json("manifest.json", {})
