@@ -165,8 +165,20 @@ def test_missing_dir_and_files(tmp_path):
 def test_train_limit(mnist_copy):
     dataset = data.load("mnist", str(mnist_copy), train_limit=100)
     assert dataset.num_train == 100 and dataset.test["x"].shape[0] == 500
-    with pytest.raises(UserError, match=r"--train-limit must be in \[1, 2000\]"):
-        data.load("mnist", str(mnist_copy), train_limit=2001)
+    assert data.load("mnist", str(mnist_copy), train_limit=1).num_train == 1
+    assert data.load("mnist", str(mnist_copy), train_limit=2000).num_train == 2000
+    for limit in (0, 2001):
+        with pytest.raises(UserError, match=rf"^--train-limit must be in \[1, 2000\], got {limit}$"):
+            data.load("mnist", str(mnist_copy), train_limit=limit)
+
+
+def test_without_a_data_dir_the_download_cache_is_read(mnist_copy, tmp_path, monkeypatch):
+    fetched = []
+    write_cifar10(tmp_path / "cifar", "files")
+    folders = {"mnist": str(mnist_copy), "cifar10": str(tmp_path / "cifar")}
+    monkeypatch.setattr(data.download, "fetch", lambda name: fetched.append(name) or folders[name])
+    assert data.load("mnist").num_train == 2000 and data.load("cifar10").num_train == 200
+    assert fetched == ["mnist", "cifar10"]
 
 
 def test_unknown_name_and_data_dir_combinations(mnist_copy):
