@@ -334,6 +334,9 @@ def _archive_members(raw, **changes):
 @pytest.mark.parametrize("change, message", [
     (lambda raw: {"test_batch.bin": None},
      " has no cifar-10-batches-bin/test_batch.bin (expected CIFAR-10's binary version)"),
+    (lambda raw: {"data_batch_5.bin": None, "test_batch.bin": None}, " has no cifar-10-batches-bin/data_batch_5.bin, "
+                                                                     "cifar-10-batches-bin/test_batch.bin (expected "
+                                                                     "CIFAR-10's binary version)"),
     (lambda raw: {"data_batch_3.bin": _symlink("cifar-10-batches-bin/data_batch_3.bin", "/etc/passwd")},
      ": cifar-10-batches-bin/data_batch_3.bin is not a regular file (a link?)"),
     (lambda raw: {"data_batch_2.bin": raw["data_batch_2.bin"][:-5]},
@@ -343,7 +346,7 @@ def _archive_members(raw, **changes):
                                             "of 3073-byte CIFAR-10 records (truncated, or not CIFAR-10's binary version?)"),
     (lambda raw: {"data_batch_5.bin": b"\x0a" + raw["data_batch_5.bin"][1:]},
      ": cifar-10-batches-bin/data_batch_5.bin: labels go up to 10, expected 0..9"),
-], ids=["missing", "link", "partial-record", "empty", "label"])
+], ids=["missing", "missing-two", "link", "partial-record", "empty", "label"])
 def test_corrupt_cifar10_archive_is_a_clear_error(tmp_path, change, message):
     raw, _ = write_cifar10(tmp_path / "source", "files")
     tar_gz(tmp_path / "cifar-10-binary.tar.gz", _archive_members(raw, **change(raw)))
