@@ -176,3 +176,35 @@ def test_messages_name_the_field_what_it_may_be_and_every_choice():
     assert npz_path("npz:data/x.npz") == "data/x.npz" and npz_path("mnist") is None and npz_path(3) is None
     assert "npz:x.npz" in DATASETS and "mnist" in DATASETS and "x.npz" not in DATASETS
     assert Config(data="npz:x.npz").data == "npz:x.npz"
+
+
+def test_replace_keeps_the_models_settings_unless_the_model_changes():
+    tuned = Config().replace(dropout_rate=0.25)
+    assert tuned.replace(batch_size=64).settings.dropout_rate == 0.25
+    assert tuned.replace(model="cnn").settings.dropout_rate == 0.25
+    given = Config().replace(model="vae", settings=vae.VAESettings(latents=4))  # a new model with settings given
+    assert given.settings == vae.VAESettings(latents=4)
+    with pytest.raises(UserError, match="^dropout_rate is not a setting of jaxseed's Config or of the model vae \\(its "
+                                        "own: latents, binarize, importance_samples\\)$"):
+        given.replace(dropout_rate=0.1)
+
+
+def test_a_model_without_settings_says_so(tmp_path):
+    from test_objective import objective_file
+
+    model = objective_file(tmp_path) + ":OBJECTIVE"
+    with pytest.raises(UserError, match="^dropout_rate is not a setting of jaxseed's Config or of the model .*mine.py:"
+                                        "OBJECTIVE \\(its own: none\\)$"):
+        Config(model=model).replace(dropout_rate=0.1)
+
+
+def test_a_setting_of_another_type_is_refused_in_words():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Odd(settings.Settings):
+        sizes: list = settings.setting(None, "a list")
+
+    with pytest.raises(UserError, match="^setting sizes must be an int, float, str or bool \\(or Optional of one\\), "
+                                        "not <class 'list'>$"):
+        Odd()
