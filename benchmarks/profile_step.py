@@ -109,9 +109,9 @@ def parts(config: Config, batch_size: int) -> dict[str, tuple]:
 
 
 def op_profile(fn, args: tuple, calls: int) -> tuple[float, dict[str, float]]:
-    """(wall ms per call, {op: ms per call}) of ``calls`` traced calls of jitted ``fn(*args)``,
+    """(wall ms per call, {op: ms per call}) of ``calls`` traced calls of compiled ``fn(*args)``,
     the ops' shares summing to the wall time ("no op running" is the rest)."""
-    jax.block_until_ready(fn(*args))  # compile outside the trace
+    jax.block_until_ready(fn(*args))  # warm, outside the trace
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder):
             start = time.perf_counter_ns()
@@ -178,7 +178,7 @@ def describe_ops(compiled_hlo: str, params) -> dict[str, str]:
         if op and current is not None:
             shape = re.sub(r"\{[^}]*\}", "", op.group(2))
             calls = re.findall(r"(?:calls|body|to_apply|condition)=%?([\w.\-]+)", op.group(4))
-            current.append((op.group(1), op.group(3), calls))
+            current.append((op.group(3), calls))
             instructions[op.group(1)] = (shape, op.group(3), calls)
     heavy = ("convolution", "dot", "reduce-window", "select-and-scatter", "reduce", "scatter", "gather", "transpose", "sort")
 
@@ -187,7 +187,7 @@ def describe_ops(compiled_hlo: str, params) -> dict[str, str]:
         for name in names:
             if name in seen:
                 continue
-            for _, opcode, calls in computations.get(name, []):
+            for opcode, calls in computations.get(name, []):
                 if opcode in heavy and opcode not in found:
                     found.append(opcode)
                 found += [kind for kind in kinds(calls, (*seen, name)) if kind not in found]
@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None):
     print(f"\nthe step without augmentation is {whole / times['forward pass (loss)']:.1f}× its forward pass")
     for name in ("whole step, no augmentation", "whole step, with augmentation (default)"):
         fn, fn_args = table[name]
-        wall, ops = op_profile(fn, fn_args, args.calls)
-        described = describe_ops(fn.lower(*fn_args).compile().as_text(), fn_args[0].params)
+        compiled = fn.lower(*fn_args).compile()  # one executable: the ops traced are the ops described
+        wall, ops = op_profile(compiled, fn_args, args.calls)
+        described = describe_ops(compiled.as_text(), fn_args[0].params)
         print(f"\n{name}, op by op under jax.profiler.trace: {wall:.2f} ms per step (the rows add up to it; "
               f"ops under {args.min_ms} ms are summed in the last row)\n| op | what it computes | ms per step | share |\n|---|---|---|---|")
         small = 0.0
