@@ -7,10 +7,11 @@ process, in interleaved rounds, under:
 - jaxlib's defaults: the pool follows the usable cores (``--cpu-threads 0``) and every YNNPACK
   fusion is on (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-invalid`` removes a type that
   is not in jaxlib's default list, so the list stays as jaxlib has it): runs before issue 29;
-- jaxseed's YNNPACK setting (no reduce fusions), the pool following the cores (``--cpu-threads 0``);
-- the same with each pool of ``--threads`` (the default ``--cpu-threads`` among them);
-- every YNNPACK fusion off (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=``), default pool:
-  faster for the CNN, but --portable's bits then differed on an emulated Haswell.
+- ``--portable``'s YNNPACK setting (no reduce fusions; every run's from issue 29 to issue 33), the
+  pool following the cores (``--cpu-threads 0``);
+- jaxseed's YNNPACK setting (dot fusions only), the pool following the cores, then each pool of
+  ``--threads`` (the default ``--cpu-threads`` among them);
+- every YNNPACK fusion off (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=``), default pool.
 Each figure is the median over the rounds of epoch 2's images/s (``throughput.cli_speed``), with
 its ratio to jaxlib's defaults; the usable cores and the CPU are printed with them.
 """
@@ -26,6 +27,7 @@ from jaxseed import machine
 from jaxseed.config import Config
 
 YNN_DEFAULT = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-invalid"}
+NO_YNN_REDUCE = {"XLA_FLAGS": machine.PORTABLE_YNN_FUSIONS}
 NO_YNN = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
 
 
@@ -38,9 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data_flags = ["--data-dir", args.data_dir] if args.data_dir else ["--data", "synthetic"]
     modes = {"jaxlib's defaults (pool = cores, every YNNPACK fusion)": (["--cpu-threads", "0"], YNN_DEFAULT),
-             "no YNNPACK reduce fusions, pool = cores": (["--cpu-threads", "0"], {}),
-             **{f"no YNNPACK reduce fusions, --cpu-threads {n}": (["--cpu-threads", str(n)], {})
-                for n in args.threads},
+             "no YNNPACK reduce fusions (--portable's), pool = cores": (["--cpu-threads", "0"], NO_YNN_REDUCE),
+             "YNNPACK dot fusions only, pool = cores": (["--cpu-threads", "0"], {}),
+             **{f"YNNPACK dot fusions only, --cpu-threads {n}": (["--cpu-threads", str(n)], {}) for n in args.threads},
              "no YNNPACK fusion at all, default --cpu-threads": ([], NO_YNN)}
     config = Config()
     num_train = 60_000 if args.data_dir else 10_000

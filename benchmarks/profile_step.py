@@ -11,8 +11,10 @@ whose gradient is select-and-scatter, is timed beside jaxseed's max-pool.
 Then the whole step, compiled once, runs ``calls`` times under ``jax.profiler.trace``:
 every op XLA CPU executed (its thunks, named as in the compiled HLO) with its wall
 time per step, and the time no op ran (dispatch, waiting). Where two ops run at
-once on the pool's threads, each gets half of that time, so the rows add up to the
-step's wall time exactly.
+once on the pool's threads, each gets half of that time; an op that completes after
+its thunk returns (XLA's own convolutions run so, on the pool) gets the time until
+its completion in which no other op runs. So the rows add up to the step's wall
+time exactly.
 """
 
 from __future__ import annotations
@@ -120,24 +122,37 @@ def op_profile(fn, args: tuple, calls: int) -> tuple[float, dict[str, float]]:
             jax.block_until_ready(out)
             wall = time.perf_counter_ns() - start
         trace = jax.profiler.ProfileData.from_file(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0])
-    segments = []  # (start, end, op): each thread's innermost op (a while or call thunk holds others)
+    segments, pending = [], []  # (start, end, op); pending: ops whose work runs on after their thunk returns
+    ends = {}  # an asynchronous op's completion: its "end: NAME" event, whose consumer id is the op's producer id
+    for plane in trace.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name.startswith("end: "):
+                    ends[dict(event.stats).get("_c")] = event.start_ns
     for plane in trace.planes:
         for line in plane.lines:
             ops = sorted(((event.start_ns, event.start_ns + event.duration_ns, event.name) for event in line.events
                           if any(name == "hlo_op" for name, _ in event.stats)), key=lambda op: (op[0], -op[1]))
             segments += innermost(ops)
+            pending += [(event.start_ns, ends[dict(event.stats).get("_p")], event.name) for event in line.events
+                        if any(name == "hlo_op" for name, _ in event.stats)
+                        and ends.get(dict(event.stats).get("_p"), 0) > event.start_ns + event.duration_ns]
     share = collections.Counter()
-    # A sweep over the trace: each stretch between two edges goes, in equal parts, to the ops running in it.
-    events = sorted([(start, 1, op) for start, end, op in segments] + [(end, -1, op) for start, end, op in segments])
-    running, at = collections.Counter(), 0
-    for time_ns, change, op in events:
-        if running and time_ns > at:
-            for name in running:
-                share[name] += (time_ns - at) / len(running)
+    # A sweep over the trace: each stretch between two edges goes, in equal parts, to the ops running in it,
+    # else to the asynchronous ops started and not yet complete (Eigen's convolutions: XLA's thunk returns
+    # at once, and the pool's threads do the work unseen by the trace), else to no op.
+    edges = sorted([(start, 1, op, kind) for kind, spans in enumerate((segments, pending)) for start, end, op in spans]
+                   + [(end, -1, op, kind) for kind, spans in enumerate((segments, pending)) for start, end, op in spans])
+    running, at = (collections.Counter(), collections.Counter()), 0
+    for time_ns, change, op, kind in edges:
+        owners = running[0] or running[1]
+        if owners and time_ns > at:
+            for name in owners:
+                share[name] += (time_ns - at) / len(owners)
         at = time_ns
-        running[op] += change
-        if not running[op]:
-            del running[op]
+        running[kind][op] += change
+        if not running[kind][op]:
+            del running[kind][op]
     per_call = {op: ns / calls / 1e6 for op, ns in share.items()}
     per_call["no op running (dispatch, waiting)"] = wall / calls / 1e6 - sum(per_call.values())
     return wall / calls / 1e6, per_call

@@ -11,8 +11,9 @@ XLA calls consistent across CPUs (``--xla_cpu_enable_platform_dependent_math=fal
 On GPU, ``deterministic`` asks XLA for kernels that round the same way on every run.
 
 Every run, whatever it asks, also fixes two things of XLA CPU's: its thread pool (``cpu_threads``;
-the kernels split their sums by it, so it would otherwise follow the cores), and that no reduction
-goes to YNNPACK (its reduce fusions race on two or more threads in jaxlib 0.10.2).
+the kernels split their sums by it, so it would otherwise follow the cores), and which fusions go to
+YNNPACK: never a reduction (they race on two or more threads in jaxlib 0.10.2); dots only, or with
+``portable`` elementwise fusions too (``YNN_FUSIONS``).
 """
 
 from __future__ import annotations
@@ -39,13 +40,16 @@ PORTABLE_FLAGS = ("--xla_cpu_max_isa=AVX", "--xla_cpu_enable_platform_dependent_
 # --xla_gpu_exclude_nondeterministic_ops would be stricter, but could not compile Flax's
 # max-pool gradient (select-and-scatter); the CNN no longer uses it, untried on a GPU since.
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
-# YNNPACK's reduce fusions (on by default in jaxlib 0.10.2) gave wrong sums, different from call to call,
-# on 2 threads: jnp.sum(jnp.broadcast_to(jnp.ones((1024, 1)), (2, 1024, 1024))) jitted returned up to 3%
-# too much (a race in its partial reductions: XNNPACK PR #11243). Without them XLA compiles those
-# reductions itself. Only those: with every YNNPACK fusion off the CNN trained faster here, but its
-# --portable step gave other bits on an emulated Haswell (XLA's own code for the dots and convolutions
-# then differs by CPU); the dot fusions kept them. A user's XLA_FLAGS naming fusion types keeps its own.
-NO_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+# YNNPACK fusions. Its reduce fusions (on by default in jaxlib 0.10.2) gave wrong sums, different from call
+# to call, on 2 threads: jnp.sum(jnp.broadcast_to(jnp.ones((1024, 1)), (2, 1024, 1024))) jitted returned up to
+# 3% too much (a race in its partial reductions: XNNPACK PR #11243), so no run has them. Its elementwise
+# fusions take the convolutions along (with their bias and ReLU): the CNN's step took 120 ms there against
+# 63 ms with XLA's own convolutions (AMD EPYC Zen 3, benchmarks/profile_step.py), so a run keeps only the dot
+# fusions. --portable keeps the elementwise ones: with XLA's own convolutions its CNN step gave other bits on
+# an emulated Haswell (their code differs by CPU), in YNNPACK the same. A user's XLA_FLAGS naming fusion
+# types keeps its own.
+YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type=dot"
+PORTABLE_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
 # XLA CPU sizes its intra-op pool as PJRT_NPROC, else NPROC, else the cores the process may run on
 # (xla/pjrt/utils.cc DefaultThreadPoolSize), and at least the number of CPU devices; Eigen's
 # contractions and YNNPACK split their sums by it, so a pool that follows the cores gave other
@@ -106,10 +110,16 @@ def _require_flag(flag: str, option: str) -> None:
 
 def require_flags(config) -> None:
     """Before JAX starts: XLA CPU's thread pool (``cpu_threads``) and the XLA flags every run takes
-    (no YNNPACK reduce fusions) or the config asks for (``portable``, ``deterministic``)."""
+    (which fusions go to YNNPACK) or the config asks for (``portable``, ``deterministic``)."""
     _require_pool(config.cpu_threads)
-    if "--xla_cpu_experimental_ynn_fusion_type" not in xla_flags():
-        _require_flag(NO_YNN_FUSIONS, "jaxseed's default XLA flags")
+    named = [flag for flag in xla_flags().split() if flag.startswith(YNN_FUSIONS.split("=")[0] + "=")]
+    if config.portable and named == [YNN_FUSIONS]:  # a run's without --portable before, in this process
+        if not xla_bridge.backends_are_initialized():
+            os.environ["XLA_FLAGS"] = " ".join(flag for flag in xla_flags().split() if flag != YNN_FUSIONS)
+        named = []
+    if not named:  # else a user's choice, or --portable's kept for a later run of this process
+        _require_flag(PORTABLE_YNN_FUSIONS if config.portable else YNN_FUSIONS,
+                      "--portable" if config.portable else "jaxseed's default XLA flags")
     if config.portable:
         for flag in PORTABLE_FLAGS:
             _require_flag(flag, "--portable")

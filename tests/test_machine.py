@@ -42,8 +42,36 @@ def test_one_core_and_every_core_give_one_param_hash(tmp_path, flags):
 def test_the_pool_and_flags_are_recorded_and_a_stray_nproc_named(tmp_path):
     recorded, stderr = train(tmp_path / "run", "--cpu-threads", "3", env={"NPROC": "5", "PJRT_NPROC": "7"})
     assert recorded["config"]["cpu_threads"] == 3 and recorded["thread_pool"] == 3
-    assert machine.NO_YNN_FUSIONS in recorded["xla_flags"].split()
+    assert machine.YNN_FUSIONS in recorded["xla_flags"].split()
     assert "jaxseed: NPROC=5 in the environment is ignored: --cpu-threads 3 sets XLA CPU's thread pool" in stderr
+
+
+def test_the_ynnpack_fusions_follow_portable_and_a_users_choice_is_kept(monkeypatch):
+    """Before JAX starts (as it seems here): dot fusions alone, --portable's for a portable run,
+    also after a run without it in the same process; a user's fusion types untouched."""
+    monkeypatch.setattr(machine.xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setenv(machine.POOL_VARIABLE, str(Config().cpu_threads))
+
+    def flags(start, config):
+        monkeypatch.setenv("XLA_FLAGS", start)
+        machine.require_flags(config)
+        return [flag for flag in machine.xla_flags().split() if "ynn" in flag]
+
+    assert flags("", Config()) == [machine.YNN_FUSIONS]
+    assert flags("", Config(portable=True)) == [machine.PORTABLE_YNN_FUSIONS]
+    assert flags(machine.YNN_FUSIONS, Config(portable=True)) == [machine.PORTABLE_YNN_FUSIONS]
+    assert flags(machine.PORTABLE_YNN_FUSIONS, Config()) == [machine.PORTABLE_YNN_FUSIONS]
+    users = "--xla_cpu_experimental_ynn_fusion_type="
+    assert flags(users, Config()) == flags(users, Config(portable=True)) == [users]
+
+
+def test_portable_after_a_run_without_it_is_refused_in_one_line(monkeypatch):
+    import jax
+
+    jax.numpy.zeros(1).block_until_ready()
+    monkeypatch.setenv("XLA_FLAGS", machine.YNN_FUSIONS)  # in force: the fusions of a run without --portable
+    with pytest.raises(UserError, match="--portable must be set before JAX starts"):
+        machine.require_flags(Config(portable=True))
 
 
 def test_cpu_threads_0_leaves_the_pool_to_the_cores(tmp_path):
@@ -75,7 +103,7 @@ RACE_CHECK = """
 import jax, jax.numpy as jnp
 from jaxseed import machine
 from jaxseed.config import Config
-machine.require_flags(Config())
+machine.require_flags(Config(portable={portable}))
 checks = {
     "broadcast sum (the race)": (lambda x: jnp.sum(jnp.broadcast_to(x, (2, 1024, 1024))), (1024, 1), 2 ** 21),
     "conv bias gradient": (lambda x: jnp.sum(x, axis=(0, 1, 2))[0], (128, 28, 28, 32), 128 * 28 * 28),
@@ -91,9 +119,10 @@ for name, (f, shape, exact) in checks.items():
 """
 
 
-def test_sums_are_exact_on_every_call_under_jaxseeds_start_up():
+@pytest.mark.parametrize("portable", [False, True], ids=["default", "portable"])
+def test_sums_are_exact_on_every_call_under_jaxseeds_start_up(portable):
     """jaxlib 0.10.2's YNNPACK fusions returned up to 3% too much, from call to call, on 2 threads."""
-    result = subprocess.run([sys.executable, "-c", RACE_CHECK], cwd=PROJECT_ROOT, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", RACE_CHECK.replace("{portable}", str(portable))], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=300, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()

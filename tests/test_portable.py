@@ -33,7 +33,7 @@ def test_portable_after_jax_started_is_refused_in_one_line(monkeypatch):
     import jax
 
     jax.numpy.zeros(1).block_until_ready()  # the backend is up: XLA has read its flags
-    monkeypatch.setenv("XLA_FLAGS", machine.NO_YNN_FUSIONS)  # the default flags in place: only --portable's lack
+    monkeypatch.setenv("XLA_FLAGS", machine.PORTABLE_YNN_FUSIONS)  # only --portable's other flags lack
     with pytest.raises(UserError, match="--portable must be set before JAX starts"):
         machine.require_flags(Config(portable=True))
 
