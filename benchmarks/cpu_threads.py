@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         for model, mode in speeds:
             flags, env = modes[mode]
             # The VAE's final evaluation draws 100 latent samples per image by default: not timed here.
-            speeds[model, mode].append(cli_speed([*data_flags, "--model", model, "--importance-samples", "1", *flags],
+            settings = ["--importance-samples", "1"] if model == "vae" else []
+            speeds[model, mode].append(cli_speed([*data_flags, "--model", model, *settings, *flags],
                                                  config, args.steps, num_train, env))
     cpu = machine.cpu()
     print(f"CPU: {cpu['model']}, {cpu['cores']} usable cores; median of {args.rounds} interleaved rounds, "

@@ -290,8 +290,10 @@ def main(argv: list[str] | None = None):
     dataset = data.load("mnist", args.data_dir) if args.data_dir else data.load("synthetic")
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
     config = Config()
+    cpu = machine.cpu()
     print(f"backend {jax.default_backend()}, devices {jax.devices()}, batch {config.batch_size}, "
-          f"{args.steps} steps x {args.rounds} rounds, {dataset.num_train} training images")
+          f"{args.steps} steps x {args.rounds} rounds, {dataset.num_train} training images; CPU {cpu['model']} "
+          f"({' '.join(cpu['vector_extensions'])}), {cpu['cores']} usable cores, XLA_FLAGS {machine.xla_flags()}")
     data_flags = ["--data-dir", args.data_dir] if args.data_dir else ["--data", "synthetic"]
     with tempfile.TemporaryDirectory(prefix="jaxseed-xla-") as cache:
         cold, _ = startup(data_flags, cache)  # compiles, and fills the cache

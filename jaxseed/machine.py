@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 
 import jax
@@ -48,8 +49,12 @@ DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 # fusions. --portable keeps the elementwise ones: with XLA's own convolutions its CNN step gave other bits on
 # an emulated Haswell (their code differs by CPU), in YNNPACK the same. A user's XLA_FLAGS naming fusion
 # types keeps its own.
-YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type=dot"
-PORTABLE_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+YNN_FUSION_TYPE = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSIONS = f"{YNN_FUSION_TYPE}=dot"
+PORTABLE_YNN_FUSIONS = f"{YNN_FUSION_TYPE}=-reduce"
+# The values XLA accepts: fusion types named alone, or each with a sign; a bad one aborts the process.
+_FUSION_TYPES = re.compile(rf"{YNN_FUSION_TYPE}=((dot|eltwise|reduce)(,(dot|eltwise|reduce))*"
+                           rf"|[+-](dot|eltwise|reduce)(,[+-](dot|eltwise|reduce))*)?")
 # XLA CPU sizes its intra-op pool as PJRT_NPROC, else NPROC, else the cores the process may run on
 # (xla/pjrt/utils.cc DefaultThreadPoolSize), and at least the number of CPU devices; Eigen's
 # contractions and YNNPACK split their sums by it, so a pool that follows the cores gave other
@@ -112,8 +117,8 @@ def require_flags(config) -> None:
     """Before JAX starts: XLA CPU's thread pool (``cpu_threads``) and the XLA flags every run takes
     (which fusions go to YNNPACK) or the config asks for (``portable``, ``deterministic``)."""
     _require_pool(config.cpu_threads)
-    named = [flag for flag in xla_flags().split() if flag.startswith(YNN_FUSIONS.split("=")[0] + "=")]
-    if config.portable and named == [YNN_FUSIONS]:  # a run's without --portable before, in this process
+    named = _ynn_fusions(xla_flags())
+    if config.portable and named == [YNN_FUSIONS]:  # set for a run without it (in this process or its parent)
         if not xla_bridge.backends_are_initialized():
             os.environ["XLA_FLAGS"] = " ".join(flag for flag in xla_flags().split() if flag != YNN_FUSIONS)
         named = []
@@ -125,6 +130,21 @@ def require_flags(config) -> None:
             _require_flag(flag, "--portable")
     if config.deterministic:
         _require_flag(DETERMINISTIC_FLAG, "--deterministic")
+
+
+def _ynn_fusions(flags: str) -> list[str]:
+    return [flag for flag in flags.split() if flag.startswith(YNN_FUSION_TYPE + "=")]
+
+
+def keep_recorded_fusions(recorded_flags) -> str | None:
+    """Before JAX starts, for a rerun: the YNNPACK fusions a run recorded in its manifest's ``xla_flags``
+    (input: used only where it is one flag of a value XLA accepts), set unless XLA_FLAGS names its own;
+    returns the flag set. They decide the bits: runs before issue 33 had ``PORTABLE_YNN_FUSIONS``."""
+    recorded = _ynn_fusions(recorded_flags if isinstance(recorded_flags, str) else "")
+    if len(recorded) != 1 or not _FUSION_TYPES.fullmatch(recorded[0]) or _ynn_fusions(xla_flags()):
+        return None
+    _require_flag(recorded[0], "a rerun's recorded XLA flags")
+    return recorded[0]
 
 
 def _require_pool(threads: int) -> None:

@@ -66,12 +66,16 @@ def expectation(manifest: dict) -> str:
 
 
 def _cause(recorded: dict, rerun: dict) -> str | None:
-    """The likely cause of other bits from the same draws: the thread pool, the CPU or the versions."""
+    """The likely cause of other bits from the same draws: the thread pool, XLA's flags, the CPU or the versions."""
     pools = recorded.get("thread_pool"), rerun.get("thread_pool")
     if pools[0] != pools[1]:
         return (f"likely cause: another XLA CPU thread pool ({pools[0] or 'not recorded'} threads recorded, "
                 f"{pools[1]} here; its kernels split their sums by thread): a run of --cpu-threads N on as many "
                 "CPU devices as the recorded one gets N threads on any number of cores")
+    flags = recorded.get("xla_flags"), rerun.get("xla_flags")
+    if flags[0] != flags[1]:
+        return (f"likely cause: other XLA flags ({flags[0]!r} recorded, {flags[1]!r} here): set XLA_FLAGS to the "
+                "recorded ones before the rerun")
     cpus = recorded.get("cpu"), rerun.get("cpu")
     if isinstance(cpus[0], dict) and isinstance(cpus[1], dict) and not machine.same_cpu(*cpus):
         if portable(recorded):
@@ -114,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         given = {"--data-dir": args.data_dir, "--data": args.data, "--objective": args.objective}
         named = [item for flag, value in given.items() if value is not None for item in (flag, value)]
         config, objective, seeds = cli.resolve_resume(cli.train_parser().parse_args(named), args.workdir)
+        # The YNNPACK fusions it was trained with: they decide the bits, and the default changed (issue 33).
+        fusions = machine.keep_recorded_fusions(recorded.get("xla_flags"))
+        if fusions and fusions != (machine.PORTABLE_YNN_FUSIONS if config.portable else machine.YNN_FUSIONS):
+            print(f"rerun with the recorded run's {fusions} (this version's default for it: "
+                  f"{machine.PORTABLE_YNN_FUSIONS if config.portable else machine.YNN_FUSIONS})")
         # Its own programs, compiled here: no persistent cache, which could hand back the original run's.
         entry.start_jax(config, compilation_cache=False)
         with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as scratch:

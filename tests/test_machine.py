@@ -65,6 +65,39 @@ def test_the_ynnpack_fusions_follow_portable_and_a_users_choice_is_kept(monkeypa
     assert flags(users, Config()) == flags(users, Config(portable=True)) == [users]
 
 
+def test_a_rerun_keeps_the_recorded_fusions_where_xla_accepts_them(monkeypatch):
+    """A manifest is input: one fusion flag of a value XLA accepts is taken (a bad one would abort the
+    process), and never over XLA_FLAGS' own."""
+    monkeypatch.setattr(machine.xla_bridge, "backends_are_initialized", lambda: False)
+    old = "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=-reduce"
+    for recorded, kept in [(old, machine.PORTABLE_YNN_FUSIONS), ("--xla_cpu_experimental_ynn_fusion_type=", None),
+                           ("--xla_cpu_experimental_ynn_fusion_type=dot,eltwise", None),
+                           ("--xla_cpu_experimental_ynn_fusion_type=-dot,+eltwise", None),
+                           ("--xla_cpu_experimental_ynn_fusion_type=dot,-reduce", False),
+                           ("--xla_cpu_experimental_ynn_fusion_type=bogus", False), (None, False), ("", False),
+                           (f"{machine.YNN_FUSIONS} {machine.PORTABLE_YNN_FUSIONS}", False)]:
+        monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX")
+        got = machine.keep_recorded_fusions(recorded)
+        if kept is False:
+            assert got is None and machine.xla_flags() == "--xla_cpu_max_isa=AVX", recorded
+        else:
+            assert got == (kept or recorded) and machine.xla_flags() == f"--xla_cpu_max_isa=AVX {got}", recorded
+    monkeypatch.setenv("XLA_FLAGS", machine.YNN_FUSIONS)  # the user's (or a parent's) own
+    assert machine.keep_recorded_fusions(old) is None and machine.xla_flags() == machine.YNN_FUSIONS
+
+
+def test_a_run_recorded_under_other_fusions_verifies_under_them(tmp_path):
+    """Every run before issue 33 had YNNPACK's elementwise fusions: verify reruns it under them, and matches."""
+    fast = "--xla_backend_optimization_level=1"  # conftest's, for both
+    recorded, _ = train(tmp_path / "run", env={"XLA_FLAGS": f"{fast} {machine.PORTABLE_YNN_FUSIONS}"})
+    assert recorded["xla_flags"].split() == [fast, machine.PORTABLE_YNN_FUSIONS]
+    result = subprocess.run([sys.executable, "-m", "jaxseed.verify", str(tmp_path / "run"), "--quiet"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "XLA_FLAGS": fast})
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert f"rerun with the recorded run's {machine.PORTABLE_YNN_FUSIONS}" in result.stdout
+    assert f"MATCH param_hash {recorded['param_hash']}" in result.stdout
+
+
 def test_portable_after_a_run_without_it_is_refused_in_one_line(monkeypatch):
     import jax
 

@@ -53,3 +53,14 @@ def test_verify_names_another_thread_pool_or_versions():
     assert any(line.startswith("likely cause: another CPU, although the run was --portable") for line in other)
     versions = verify.compare({**base, "cpu": cpu}, {**base, "cpu": cpu, "versions": {"jax": "0.2"}}, *metrics)
     assert any(line.startswith("likely cause: other package versions") for line in versions)
+
+
+def test_verify_names_other_xla_flags():
+    base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "thread_pool": 2,
+            "fingerprints": {"init": "a"}, "cpu": {"model": "A"}}
+    lines = verify.compare({**base, "xla_flags": "--xla_cpu_experimental_ynn_fusion_type=-reduce"},
+                           {**base, "xla_flags": "--xla_cpu_experimental_ynn_fusion_type=dot"},
+                           [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}])
+    assert ("likely cause: other XLA flags ('--xla_cpu_experimental_ynn_fusion_type=-reduce' recorded, "
+            "'--xla_cpu_experimental_ynn_fusion_type=dot' here): set XLA_FLAGS to the recorded ones before the "
+            "rerun") in lines
