@@ -26,9 +26,9 @@ from throughput import cli_speed
 from jaxseed import machine
 from jaxseed.config import Config
 
-YNN_DEFAULT = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-invalid"}
+YNN_DEFAULT = {"XLA_FLAGS": f"{machine.YNN_FUSION_TYPE}=-invalid"}
 NO_YNN_REDUCE = {"XLA_FLAGS": machine.PORTABLE_YNN_FUSIONS}
-NO_YNN = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
+NO_YNN = {"XLA_FLAGS": f"{machine.YNN_FUSION_TYPE}="}
 
 
 def main(argv: list[str] | None = None) -> None:

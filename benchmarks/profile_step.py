@@ -122,27 +122,28 @@ def op_profile(fn, args: tuple, calls: int) -> tuple[float, dict[str, float]]:
             jax.block_until_ready(out)
             wall = time.perf_counter_ns() - start
         trace = jax.profiler.ProfileData.from_file(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0])
-    segments, pending = [], []  # (start, end, op); pending: ops whose work runs on after their thunk returns
-    ends = {}  # an asynchronous op's completion: its "end: NAME" event, whose consumer id is the op's producer id
+    ends, lines = {}, []  # an asynchronous op's completion: an "end: NAME" event, consumer id = the op's producer id
     for plane in trace.planes:
         for line in plane.lines:
+            ops = []  # (start, end, op, producer id)
             for event in line.events:
+                stats = dict(event.stats)
                 if event.name.startswith("end: "):
-                    ends[dict(event.stats).get("_c")] = event.start_ns
-    for plane in trace.planes:
-        for line in plane.lines:
-            ops = sorted(((event.start_ns, event.start_ns + event.duration_ns, event.name) for event in line.events
-                          if any(name == "hlo_op" for name, _ in event.stats)), key=lambda op: (op[0], -op[1]))
-            segments += innermost(ops)
-            pending += [(event.start_ns, ends[dict(event.stats).get("_p")], event.name) for event in line.events
-                        if any(name == "hlo_op" for name, _ in event.stats)
-                        and ends.get(dict(event.stats).get("_p"), 0) > event.start_ns + event.duration_ns]
+                    ends[stats.get("_c")] = event.start_ns
+                elif "hlo_op" in stats:
+                    ops.append((event.start_ns, event.start_ns + event.duration_ns, event.name, stats.get("_p")))
+            lines.append(ops)
+    segments, pending = [], []  # (start, end, op); pending: ops whose work runs on after their thunk returns
+    for ops in lines:
+        # each thread's innermost op (a while or call thunk holds others)
+        segments += innermost(sorted((op[:3] for op in ops), key=lambda op: (op[0], -op[1])))
+        pending += [(start, ends[producer], name) for start, end, name, producer in ops if ends.get(producer, 0) > end]
     share = collections.Counter()
     # A sweep over the trace: each stretch between two edges goes, in equal parts, to the ops running in it,
     # else to the asynchronous ops started and not yet complete (Eigen's convolutions: XLA's thunk returns
     # at once, and the pool's threads do the work unseen by the trace), else to no op.
-    edges = sorted([(start, 1, op, kind) for kind, spans in enumerate((segments, pending)) for start, end, op in spans]
-                   + [(end, -1, op, kind) for kind, spans in enumerate((segments, pending)) for start, end, op in spans])
+    edges = sorted(edge for kind, spans in enumerate((segments, pending)) for start, end, op in spans
+                   for edge in ((start, 1, op, kind), (end, -1, op, kind)))
     running, at = (collections.Counter(), collections.Counter()), 0
     for time_ns, change, op, kind in edges:
         owners = running[0] or running[1]

@@ -123,13 +123,17 @@ def require_flags(config) -> None:
             os.environ["XLA_FLAGS"] = " ".join(flag for flag in xla_flags().split() if flag != YNN_FUSIONS)
         named = []
     if not named:  # else a user's choice, or --portable's kept for a later run of this process
-        _require_flag(PORTABLE_YNN_FUSIONS if config.portable else YNN_FUSIONS,
-                      "--portable" if config.portable else "jaxseed's default XLA flags")
+        _require_flag(ynn_fusions(config.portable), "--portable" if config.portable else "jaxseed's default XLA flags")
     if config.portable:
         for flag in PORTABLE_FLAGS:
             _require_flag(flag, "--portable")
     if config.deterministic:
         _require_flag(DETERMINISTIC_FLAG, "--deterministic")
+
+
+def ynn_fusions(portable: bool) -> str:
+    """The YNNPACK fusion flag a run takes unless XLA_FLAGS names its own."""
+    return PORTABLE_YNN_FUSIONS if portable else YNN_FUSIONS
 
 
 def _ynn_fusions(flags: str) -> list[str]:

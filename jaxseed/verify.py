@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         config, objective, seeds = cli.resolve_resume(cli.train_parser().parse_args(named), args.workdir)
         # The YNNPACK fusions it was trained with: they decide the bits, and the default changed (issue 33).
         fusions = machine.keep_recorded_fusions(recorded.get("xla_flags"))
-        if fusions and fusions != (machine.PORTABLE_YNN_FUSIONS if config.portable else machine.YNN_FUSIONS):
+        if fusions and fusions != machine.ynn_fusions(config.portable):
             print(f"rerun with the recorded run's {fusions} (this version's default for it: "
-                  f"{machine.PORTABLE_YNN_FUSIONS if config.portable else machine.YNN_FUSIONS})")
+                  f"{machine.ynn_fusions(config.portable)})")
         # Its own programs, compiled here: no persistent cache, which could hand back the original run's.
         entry.start_jax(config, compilation_cache=False)
         with tempfile.TemporaryDirectory(prefix="jaxseed-verify-") as scratch:
