@@ -13,7 +13,9 @@ from itertools import combinations
 from typing import NamedTuple
 
 import numpy as np
-from scipy import optimize, stats
+
+# scipy is imported by the functions that use it: importing it takes ~0.8 s, a quarter of a training
+# run's start-up, and a run imports this module (through the study engine) but never calls it.
 
 LEVEL = 0.95  # of every interval, and 1 - the size of every two-sided test
 POWER = 0.8  # of the tests that size a comparison
@@ -52,6 +54,7 @@ def mean_interval(mean, standard_error, dof, level: float = LEVEL):
     Returns:
       (low, high).
     """
+    from scipy import stats
     half = stats.t.ppf((1 + level) / 2, dof) * standard_error
     return mean - half, mean + half
 
@@ -74,6 +77,7 @@ def std_interval(std, dof, level: float = LEVEL):
     Returns:
       (low, high).
     """
+    from scipy import stats
     return (std * np.sqrt(dof / stats.chi2.ppf((1 + level) / 2, dof)),
             std * np.sqrt(dof / stats.chi2.ppf((1 - level) / 2, dof)))
 
@@ -245,6 +249,7 @@ def _dof(n: int, correlation: float | None) -> int:
 
 
 def _power(noncentrality: float, dof: float, level: float) -> float:
+    from scipy import stats
     critical = stats.t.ppf((1 + level) / 2, dof)
     # P(T < -c) as P(-T > c), -T ~ t'(-lambda): scipy's nct.cdf returns nan far in that tail.
     return float(stats.nct.sf(critical, dof, noncentrality) + stats.nct.sf(critical, dof, -noncentrality))
@@ -300,6 +305,7 @@ def seeds_needed(difference: float, std: float, correlation: float | None = None
       power: the probability of detecting Delta.
       max_seeds: the largest n considered.
     """
+    from scipy import stats
     if difference <= 0:
         raise ValueError(f"the difference to detect must be > 0, got {difference}")
     spread = _difference_spread(std, correlation)
@@ -335,6 +341,7 @@ def detectable_difference(std: float, n: int, correlation: float | None = None, 
       level: 1 - the test's size.
       power: the probability of detecting Delta, above 1 - level (the power at Delta = 0).
     """
+    from scipy import optimize
     spread = _difference_spread(std, correlation)
     if spread == 0:
         return 0.0
@@ -375,6 +382,7 @@ def probability_of_improvement(a, b, level: float = LEVEL) -> tuple[float, float
     Returns:
       (P(A > B), low, high).
     """
+    from scipy import stats
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     k = len(a)
     wins, ties = int(np.sum(a > b)), int(np.sum(a == b))
@@ -394,6 +402,7 @@ def seeds_for_width(half_width: float, sd: float, dof_per_seed: float, level: fl
     (s_A^2 + s_B^2)^2 / (s_A^4 + s_B^4) in [1, 2] unpaired). The left side falls
     with n, so bisect. math.inf if more than MAX_SEEDS would be needed.
     """
+    from scipy import stats
     def fits(n):
         return stats.t.ppf((1 + level) / 2, (n - 1) * dof_per_seed) * sd / math.sqrt(n) <= half_width
 

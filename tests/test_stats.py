@@ -377,3 +377,12 @@ def test_detectable_difference_has_the_power_asked(correlation, power):
     for n in (2, 5, 30):
         delta = stats.detectable_difference(1.0, n, correlation, power=power)
         assert stats.t_test_power(delta, 1.0, n, correlation) == pytest.approx(power, abs=1e-9)
+
+
+def test_a_training_run_does_not_import_scipy():
+    """scipy takes ~0.8 s to import: the CLI's start-up leaves it to the statistics that use it."""
+    import subprocess
+    import sys
+
+    check = "import sys, jaxseed.train; sys.exit('scipy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
