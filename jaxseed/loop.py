@@ -163,7 +163,6 @@ def setup(objective: Objective, config: Config, seeds: list[dict[str, int]], wri
           checkpoint_dir: str | None, dataset: data.Dataset | None,
           progress: bool) -> tuple[Run, TrainState, list[str]]:
     """(the run, its initial state [R] on the mesh, each replica's initial parameter hash)."""
-    machine.require_flags(config)
     host_data = load_data(config) if dataset is None else dataset
     num_train = host_data.num_train
     kept = config.num_kept(num_train) or num_train
@@ -348,6 +347,7 @@ def train(config: Config, seeds: list[dict[str, int]], workdirs: list[str], chec
     log to as well (``track``). Returns each replica's manifest.
     """
     objective = objective or objectives.resolve(config.model)
+    machine.require_flags(config)  # before JAX starts: claiming the folders asks JAX for this process's index
     writer = RunWriter.claim(workdirs, resume, overwrite, log)
     try:
         run, state, init_hashes = setup(objective, config, seeds, writer, checkpoint_dir, dataset, progress)

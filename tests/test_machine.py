@@ -107,6 +107,21 @@ def test_portable_after_a_run_without_it_is_refused_in_one_line(monkeypatch):
         machine.require_flags(Config(portable=True))
 
 
+@pytest.mark.slow  # a process of its own
+def test_the_loop_sets_the_flags_in_a_fresh_process(tmp_path):
+    """loop.train_and_evaluate (the experiments' and benchmarks' entry) from a script that set nothing:
+    the loop sets the pool and flags before anything it does starts JAX (claiming the run folder asks
+    JAX for the process index)."""
+    script = ("import sys; from jaxseed import loop, machine, streams; from jaxseed.config import Config; "
+              "info = loop.train_and_evaluate(Config(data='synthetic', train_limit=128, batch_size=64, epochs=1), "
+              f"streams.resolve_seeds(0), {str(tmp_path / 'run')!r}, progress=False); "
+              "sys.exit(machine.YNN_FUSIONS not in info['xla_flags'])")
+    flags = " ".join(flag for flag in os.environ["XLA_FLAGS"].split() if "ynn_fusion" not in flag)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                            env={**os.environ, "XLA_FLAGS": flags}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_cpu_threads_0_leaves_the_pool_to_the_cores(tmp_path):
     recorded, _ = train(tmp_path / "run", "--cpu-threads", "0", pin="0")
     assert recorded["thread_pool"] == 1
