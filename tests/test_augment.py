@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from jaxseed import augment, streams
@@ -49,8 +50,10 @@ def test_parameters_within_bounds_and_keyed_per_example():
     np.testing.assert_array_equal(subset.angle, drawn.angle[jnp.array([5, 900])])
 
 
-def test_matches_scipy_ndimage_as_an_oracle():
-    """Bilinear rotation and shift agree with scipy.ndimage.affine_transform (an independent resampler).
+@pytest.mark.parametrize("by_matmuls", [False, True])  # four taps, and --portable's tent-weight matmuls
+def test_matches_scipy_ndimage_as_an_oracle(by_matmuls):
+    """Bilinear rotation and shift agree with scipy.ndimage.affine_transform (an independent resampler),
+    pixels moved outside the image (or in from outside) included.
 
     ndimage maps each output pixel o to the input at matrix @ o + offset; ours reads
     s = R^-1 (o - centre - shift) + centre, so matrix = R^-1, offset = centre - R^-1 (centre + shift).
@@ -58,9 +61,9 @@ def test_matches_scipy_ndimage_as_an_oracle():
     """
     image = np.asarray(jax.random.uniform(jax.random.key(5), (28, 28)), np.float64)
     centre = np.array([13.5, 13.5])
-    for shift_y, shift_x, angle in [(1.3, -0.7, 0.15), (-2.0, 0.4, -0.17), (0.0, 0.0, 0.1)]:
+    for shift_y, shift_x, angle in [(1.3, -0.7, 0.15), (-2.0, 0.4, -0.17), (0.0, 0.0, 0.1), (20.5, -26.2, 0.3)]:
         ours = np.asarray(augment.apply_affine(jnp.asarray(image, jnp.float32)[None, ..., None],
-                                               params(shift_y, shift_x, angle)))[0, ..., 0]
+                                               params(shift_y, shift_x, angle), by_matmuls))[0, ..., 0]
         cos, sin = np.cos(angle), np.sin(angle)
         inverse = np.array([[cos, sin], [-sin, cos]])
         offset = centre - inverse @ (centre + np.array([shift_y, shift_x]))
@@ -124,6 +127,8 @@ def test_apply_follows_the_config():
         images, augment.sample_crop_flip(keys, 3), 3))
     np.testing.assert_array_equal(augment.apply(Config(augment="none"), images, keys), images)
     assert not np.array_equal(augment.apply(affine, images, keys), images)
+    np.testing.assert_array_equal(augment.apply(affine.replace(portable=True), images, keys), augment.apply_affine(
+        images, augment.sample_affine(keys, affine.max_translation, affine.max_rotation), by_matmuls=True))
 
 
 def test_affine_moves_every_channel_alike():

@@ -60,6 +60,47 @@ def _max_pool_backward(residuals, grad):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+def _convolve(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The convolution ``nnx.Conv`` computes with its defaults (stride 1, SAME padding), bias apart."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def _block(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    return nnx.relu(max_pool_2x2(_convolve(x, kernel) + bias))
+
+
+def _block_forward(x, kernel, bias):
+    y = _convolve(x, kernel) + bias
+    pooled = max_pool_2x2(y)
+    return nnx.relu(pooled), (x, kernel, y, pooled)
+
+
+def _block_backward(residuals, grad):
+    x, kernel, y, pooled = residuals
+    grad = jnp.where(pooled > 0, grad, 0)  # ReLU's gradient (0 at 0, as jax.nn.relu's)
+    (grad_y,) = _max_pool_backward((y, pooled), grad)
+    _, convolve_vjp = jax.vjp(_convolve, x, kernel)
+    return (*convolve_vjp(grad_y), grad.sum((0, 1, 2)))
+
+
+_block.defvjp(_block_forward, _block_backward)
+
+
+def conv_relu_pool(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``max_pool_2x2(relu(conv(x)))`` for a 3x3 ``nnx.Conv`` with its default stride and padding,
+    with the bias gradient summed over the pooled gradient.
+
+    The same values bit for bit (ReLU is monotone, so it commutes with the max; here it follows the
+    pool, on a quarter of the values), and the same input and kernel gradients bit for bit (each
+    window's gradient reaches one position, that of its first maximum, and passes there where the
+    maximum is > 0). The bias gradient is the same sum over a quarter of the terms (the other
+    positions' are zeros), in another order: XLA CPU summed autodiff's over every position in
+    blocked reduce-windows, 10 of the step's 59 ms here (``benchmarks/profile_step.py``).
+    """
+    return _block(x, conv.kernel[...], conv.bias[...])
+
+
 @dataclasses.dataclass(frozen=True)
 class CNNSettings(Settings):
     """The CNN's own settings (each a flag: --dropout-rate)."""
@@ -77,7 +118,7 @@ class CNN(nnx.Module):
     """
 
     def __init__(self, *, init_key: jax.Array, dropout_rate: float = 0.5, image_shape=(28, 28, 1),
-                 num_classes: int = 10):
+                 num_classes: int = 10, portable: bool = False):
         height, width, channels = image_shape
         rngs = nnx.Rngs(params=init_key)
         self.conv1 = nnx.Conv(channels, 32, (3, 3), rngs=rngs)
@@ -85,14 +126,18 @@ class CNN(nnx.Module):
         self.dense = nnx.Linear((height // 4) * (width // 4) * 64, 256, rngs=rngs)
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(256, num_classes, rngs=rngs)
+        self.portable = portable
 
     def __call__(self, images: jax.Array, *, train: bool, dropout_keys: jax.Array | None = None) -> jax.Array:
         """Logits. In training, ``dropout_keys`` key[B] (one per example, from the ``dropout``
         stream) are required: example b's mask is drawn from dropout_keys[b] alone."""
         if train and dropout_keys is None:
             raise ValueError("CNN in training mode needs dropout_keys (keys of the 'dropout' stream)")
-        x = max_pool_2x2(nnx.relu(self.conv1(images)))
-        x = max_pool_2x2(nnx.relu(self.conv2(x)))
+        x = images
+        for conv in (self.conv1, self.conv2):
+            # --portable keeps autodiff's bias gradients: its bits are those of its reference hash, checked
+            # on emulated CPUs, and of the full-size study's records (8.7 h to rerun here)
+            x = max_pool_2x2(nnx.relu(conv(x))) if self.portable else conv_relu_pool(conv, x)
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
         if train:
             x = self.drop(x, dropout_keys)
@@ -109,7 +154,7 @@ def build(config: Config, spec: DataSpec, key: jax.Array) -> CNN:
     if height % 4 or width % 4:
         raise ValueError(f"the CNN's two 2x2 pools need a height and width divisible by 4, got {height}x{width}")
     return CNN(init_key=key, dropout_rate=config.settings.dropout_rate, image_shape=spec.shape(),
-               num_classes=spec.num_classes)
+               num_classes=spec.num_classes, portable=config.portable)
 
 
 def train_loss(model: CNN, batch: Batch, config: Config, keys):
