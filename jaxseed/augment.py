@@ -47,15 +47,14 @@ def sample_affine(keys: jax.Array, max_translation: float, max_rotation_degrees:
 
 def _source(shape, params: AffineParams) -> jax.Array:
     """Where each output pixel o of an image of ``shape`` [H, W, ...] reads the input:
-    s = R^-1 (o - centre - shift) + centre, float[H*W, 2] (row, column)."""
+    s = R^-1 (o - centre - shift) + centre, float[H*W, 2] (row, column), elementwise (a [H*W, 2]
+    by [2, 2] matmul per image took 1.9 ms of a 128-image batch's 2.8 here, this 0.16)."""
     height, width = shape[:2]
-    centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
     rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
-    output = jnp.stack([rows.ravel(), cols.ravel()], -1).astype(jnp.float32)  # [H*W, 2]
+    centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
+    dy, dx = rows.ravel() - centre_y - params.shift_y, cols.ravel() - centre_x - params.shift_x
     cos, sin = jnp.cos(params.angle), jnp.sin(params.angle)
-    inverse_rotation = jnp.array([[cos, sin], [-sin, cos]])
-    return jnp.matmul(output - centre - jnp.stack([params.shift_y, params.shift_x]), inverse_rotation.T,
-                      precision=_EXACT) + centre
+    return jnp.stack([cos * dy + sin * dx + centre_y, cos * dx - sin * dy + centre_x], -1)
 
 
 def _transform(image: jax.Array, params: AffineParams) -> jax.Array:
@@ -67,8 +66,8 @@ def _transform(image: jax.Array, params: AffineParams) -> jax.Array:
         out = (1 - fx) ((1 - fy) in[y0, x0] + fy in[y0+1, x0]) + fx ((1 - fy) in[y0, x0+1] + fy in[y0+1, x0+1])
 
     Four gathers of H*W pixels from the image padded with a ring of zeros (a pixel outside reads
-    the ring): 1.5 ms per 128-image batch on XLA CPU here, where ``_transform_by_matmuls`` took
-    5.3 ms and dm_pix.affine_transform's general gathers 14; equal values to 1.2e-7.
+    the ring): 0.6 ms per 128-image batch on XLA CPU here, where ``_transform_by_matmuls`` took
+    5.1 ms and dm_pix.affine_transform's general gathers 14; equal values to 3e-6.
     """
     height, width, channels = image.shape
     source = _source(image.shape, params)
@@ -94,7 +93,13 @@ def _transform_by_matmuls(image: jax.Array, params: AffineParams) -> jax.Array:
     as two small matmuls.
     """
     height, width = image.shape[:2]
-    source = _source(image.shape, params)
+    centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
+    rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
+    output = jnp.stack([rows.ravel(), cols.ravel()], -1).astype(jnp.float32)  # [H*W, 2]
+    cos, sin = jnp.cos(params.angle), jnp.sin(params.angle)
+    inverse_rotation = jnp.array([[cos, sin], [-sin, cos]])
+    source = jnp.matmul(output - centre - jnp.stack([params.shift_y, params.shift_x]), inverse_rotation.T,
+                        precision=_EXACT) + centre  # s, as _source computes it
     weight_y = jax.nn.relu(1 - jnp.abs(source[:, :1] - jnp.arange(height)))  # [H*W, H]
     weight_x = jax.nn.relu(1 - jnp.abs(source[:, 1:] - jnp.arange(width)))  # [H*W, W]
     # Channel by channel: each the very computation of a one-channel image (MNIST's bits stay).
