@@ -2,7 +2,7 @@
 # Claim: each random source moves the result by a different amount. Runs the per-stream
 # ablation of the CNN on MNIST and on Fashion-MNIST (with the `sample` group: each run trains on
 # 80% of the first 10,000 images) and of the VAE on MNIST, and copies the reports here.
-#   bash experiments/ablation/run.sh [cnn|fashion|vae|cnn-full ...]   (from the project root; ~24 min per
+#   bash experiments/ablation/run.sh [cnn|fashion|vae|cnn-full ...]   (from the project root; ~15 min per
 #                                   CNN study, ~15 min for the VAE, ~4 h for cnn-full on 2 CPU cores;
 #                                   seconds where the committed records.npz hold every run)
 # Resumable: rerunning completes only the runs missing from runs/ablation-*, and a study's records.npz
