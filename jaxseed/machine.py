@@ -117,7 +117,7 @@ def require_flags(config) -> None:
     """Before JAX starts: XLA CPU's thread pool (``cpu_threads``) and the XLA flags every run takes
     (which fusions go to YNNPACK) or the config asks for (``portable``, ``deterministic``)."""
     _require_pool(config.cpu_threads)
-    named = _ynn_fusions(xla_flags())
+    named = _fusion_flags(xla_flags())
     if config.portable and named == [YNN_FUSIONS]:  # set for a run without it (in this process or its parent)
         if not xla_bridge.backends_are_initialized():
             os.environ["XLA_FLAGS"] = " ".join(flag for flag in xla_flags().split() if flag != YNN_FUSIONS)
@@ -136,7 +136,8 @@ def ynn_fusions(portable: bool) -> str:
     return PORTABLE_YNN_FUSIONS if portable else YNN_FUSIONS
 
 
-def _ynn_fusions(flags: str) -> list[str]:
+def _fusion_flags(flags: str) -> list[str]:
+    """The YNNPACK fusion flags named in ``flags`` (an XLA_FLAGS string)."""
     return [flag for flag in flags.split() if flag.startswith(YNN_FUSION_TYPE + "=")]
 
 
@@ -144,8 +145,8 @@ def keep_recorded_fusions(recorded_flags) -> str | None:
     """Before JAX starts, for a rerun: the YNNPACK fusions a run recorded in its manifest's ``xla_flags``
     (input: used only where it is one flag of a value XLA accepts), set unless XLA_FLAGS names its own;
     returns the flag set. They decide the bits: runs before issue 33 had ``PORTABLE_YNN_FUSIONS``."""
-    recorded = _ynn_fusions(recorded_flags if isinstance(recorded_flags, str) else "")
-    if len(recorded) != 1 or not _FUSION_TYPES.fullmatch(recorded[0]) or _ynn_fusions(xla_flags()):
+    recorded = _fusion_flags(recorded_flags if isinstance(recorded_flags, str) else "")
+    if len(recorded) != 1 or not _FUSION_TYPES.fullmatch(recorded[0]) or _fusion_flags(xla_flags()):
         return None
     _require_flag(recorded[0], "a rerun's recorded XLA flags")
     return recorded[0]

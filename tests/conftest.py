@@ -19,6 +19,13 @@ os.environ["JAXSEED_COMPILATION_CACHE"] = ""
 # files, errors) holds at any level. The commands they start inherit it; the portability check, which
 # is about the compiled code, runs without it (tests/test_portable.py).
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
+
+
+def fresh_shell_xla_flags() -> str:
+    """XLA_FLAGS as a shell that never ran jaxseed has them: the suite's without jaxseed's fusion flag."""
+    return " ".join(flag for flag in os.environ["XLA_FLAGS"].split() if not flag.startswith(machine.YNN_FUSION_TYPE))
+
+
 # Before any test starts JAX, as the CLI does: the default thread pool and XLA flags of every run, so
 # that runs trained in this process compute what the commands the tests start compute.
 machine.require_flags(Config())

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, fresh_shell_xla_flags
 
 pytestmark = pytest.mark.slow  # the benchmarks' tiny modes
 
@@ -44,9 +44,8 @@ def test_sweep_benchmark_runs(tmp_path):
 def test_device_check_runs():
     # XLA_FLAGS without jaxseed's own, as in a fresh shell on the device machine: the sweep, which trains
     # in the script's process, must set them before JAX starts
-    flags = " ".join(flag for flag in os.environ["XLA_FLAGS"].split() if "ynn_fusion" not in flag)
     result = subprocess.run([sys.executable, "benchmarks/device_check.py", "--tiny"], capture_output=True, text=True,
-                            cwd=PROJECT_ROOT, timeout=600, env={**os.environ, "XLA_FLAGS": flags})
+                            cwd=PROJECT_ROOT, timeout=600, env={**os.environ, "XLA_FLAGS": fresh_shell_xla_flags()})
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 7  # header and six checks

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, fresh_shell_xla_flags
 from jaxseed import machine
 from jaxseed.config import Config
 from jaxseed.errors import UserError
@@ -116,9 +116,8 @@ def test_the_loop_sets_the_flags_in_a_fresh_process(tmp_path):
               "info = loop.train_and_evaluate(Config(data='synthetic', train_limit=128, batch_size=64, epochs=1), "
               f"streams.resolve_seeds(0), {str(tmp_path / 'run')!r}, progress=False); "
               "sys.exit(machine.YNN_FUSIONS not in info['xla_flags'])")
-    flags = " ".join(flag for flag in os.environ["XLA_FLAGS"].split() if "ynn_fusion" not in flag)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT,
-                            env={**os.environ, "XLA_FLAGS": flags}, timeout=600)
+                            env={**os.environ, "XLA_FLAGS": fresh_shell_xla_flags()}, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

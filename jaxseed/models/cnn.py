@@ -67,7 +67,7 @@ def _convolve(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def _block(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    return nnx.relu(max_pool_2x2(_convolve(x, kernel) + bias))
+    return _block_forward(x, kernel, bias)[0]
 
 
 def _block_forward(x, kernel, bias):
@@ -80,7 +80,7 @@ def _block_backward(residuals, grad):
     x, kernel, y, pooled = residuals
     grad = jnp.where(pooled > 0, grad, 0)  # ReLU's gradient (0 at 0, as jax.nn.relu's)
     (grad_y,) = _max_pool_backward((y, pooled), grad)
-    _, convolve_vjp = jax.vjp(_convolve, x, kernel)
+    _, convolve_vjp = jax.vjp(_convolve, x, kernel)  # its forward is dead code to XLA: the gradients need x, kernel
     return (*convolve_vjp(grad_y), grad.sum((0, 1, 2)))
 
 
