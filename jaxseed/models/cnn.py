@@ -10,6 +10,7 @@ not kept, so the split-out state holds parameters alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,43 +22,50 @@ from jaxseed.config import Config, Settings, setting
 from jaxseed.objective import Batch, DataSpec, Objective, to_unit
 
 
+def _pool(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """2x2 max-pool with stride 2 of x float[B, H, W, C] (H, W even) -> float[B, H/2, W/2, C],
+    and in each window the place (int8, 0-3 in row-major order) of its first maximum.
+
+    The max is a reduce of a reshape, which XLA computes once. An elementwise max of the four
+    corners (the same bits) was recomputed by XLA inside the transpose it makes of conv2's input
+    for conv2's kernel gradient, reading conv1's output a whole image apart per element: 3.7 ms
+    of a 36 ms training step on CPU, against 0.9 ms for the transpose of the reduced max
+    (``benchmarks/README.md``).
+    """
+    b, h, w, c = x.shape
+    pooled = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    corners = [x[:, i::2, j::2, :] for i in (0, 1) for j in (0, 1)]
+    place = functools.reduce(lambda later, k: jnp.where(corners[k] == pooled, jnp.int8(k), later), (2, 1, 0), jnp.int8(3))
+    return pooled, place
+
+
+def _unpool(place: jax.Array, grad: jax.Array) -> jax.Array:
+    """Each window's gradient grad float[B, H, W, C] to its place int8[B, H, W, C] (0-3; any other
+    value sends it nowhere) -> float[B, 2H, 2W, C]: what select-and-scatter does after a max-pool."""
+    b, h, w, c = grad.shape
+    corner = (2 * jnp.arange(2, dtype=jnp.int8)[:, None] + jnp.arange(2, dtype=jnp.int8))[:, None, :, None]
+    return jnp.where(place[:, :, None, :, None] == corner, grad[:, :, None, :, None], 0).reshape(b, 2 * h, 2 * w, c)
+
+
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pool with stride 2 of x float[B, H, W, C] (H, W even) -> float[B, H/2, W/2, C].
 
     Same values and gradient, bit for bit, as ``nnx.max_pool(x, (2, 2), strides=(2, 2))``,
     whose gradient XLA computes with select-and-scatter: on CPU the CNN's two pools took
-    77 ms per batch of 128 that way, 3 ms with the comparisons below
-    (``benchmarks/profile_step.py``).
+    77 ms per batch of 128 that way, 3 ms with the comparisons of ``_pool``
+    (``benchmarks/profile_step.py``). Each window's gradient goes to its first maximum in
+    row-major order, as select-and-scatter sends it (ties, e.g. of a ReLU's zeros, get nothing
+    else); JAX's own gradient of a max splits ties and so changes the bits.
     """
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return _pool(x)[0]
 
 
-def _max_pool_forward(x):
-    pooled = max_pool_2x2(x)
-    return pooled, (x, pooled)
+def _max_pool_backward(place, grad):
+    return (_unpool(place, grad),)
 
 
-def _max_pool_backward(residuals, grad):
-    """Each window's gradient goes to its first maximum in row-major order, as
-    select-and-scatter sends it (ties, e.g. of a ReLU's zeros, get nothing else)."""
-    x, pooled = residuals
-    b, h, w, c = x.shape
-    windows = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    taken = jnp.zeros(pooled.shape, bool)
-    rows = []
-    for i in range(2):
-        row = []
-        for j in range(2):
-            first = (windows[:, :, i, :, j, :] == pooled) & ~taken
-            taken = taken | first
-            row.append(jnp.where(first, grad, 0))
-        rows.append(jnp.stack(row, axis=3))
-    return (jnp.stack(rows, axis=2).reshape(b, h, w, c),)
-
-
-max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
+max_pool_2x2.defvjp(_pool, _max_pool_backward)  # the places are the residuals
 
 
 def _convolve(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -71,17 +79,15 @@ def _block(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def _block_forward(x, kernel, bias):
-    y = _convolve(x, kernel) + bias
-    pooled = max_pool_2x2(y)
-    return nnx.relu(pooled), (x, kernel, y, pooled)
+    pooled, place = _pool(_convolve(x, kernel) + bias)
+    # ReLU's gradient (0 at 0, as jax.nn.relu's) folded into the places: a window whose maximum is <= 0 sends none
+    return nnx.relu(pooled), (x, kernel, jnp.where(pooled > 0, place, -1))
 
 
 def _block_backward(residuals, grad):
-    x, kernel, y, pooled = residuals
-    grad = jnp.where(pooled > 0, grad, 0)  # ReLU's gradient (0 at 0, as jax.nn.relu's)
-    (grad_y,) = _max_pool_backward((y, pooled), grad)
+    x, kernel, place = residuals
     _, convolve_vjp = jax.vjp(_convolve, x, kernel)  # its forward is dead code to XLA: the gradients need x, kernel
-    return (*convolve_vjp(grad_y), grad.sum((0, 1, 2)))
+    return (*convolve_vjp(_unpool(place, grad)), jnp.where(place >= 0, grad, 0).sum((0, 1, 2)))
 
 
 _block.defvjp(_block_forward, _block_backward)
