@@ -6,7 +6,8 @@ First, each part is its own jitted function on a batch of 128 random images, tim
 the median over rounds of ``calls`` back-to-back calls, and printed as ms per call
 and as a share of the whole step (parts overlap and XLA fuses across them
 inside the step, so the shares need not add up to 100%). Flax's ``nnx.max_pool``,
-whose gradient is select-and-scatter, is timed beside jaxseed's max-pool.
+whose gradient is select-and-scatter, is timed beside jaxseed's max-pool. The step is also timed as the training loop runs it
+(``step.make_run_steps``: several steps unrolled in one jitted call), per step.
 
 Then the whole step, compiled once, runs ``calls`` times under ``jax.profiler.trace``:
 every op XLA CPU executed (its thunks, named as in the compiled HLO) with its wall
@@ -53,6 +54,32 @@ def milliseconds(fn, args: tuple, calls: int, rounds: int) -> float:
         jax.block_until_ready(out)
         times.append((time.perf_counter() - start) / calls * 1000)
     return statistics.median(times)
+
+
+def loop_milliseconds(config: Config, calls: int, rounds: int) -> tuple[float, int]:
+    """(median over rounds of the wall time per step, steps per call) of the training loop's own jitted
+    call (``step.make_run_steps`` with ``step.execution_plan``'s steps per call) on random images, the
+    state carried from call to call as the loop carries it (the call donates it)."""
+    random = np.random.default_rng(0)
+    keys = streams.root_keys({name: 0 for name in streams.STREAMS})
+    tx = step.make_optimizer(config, MNIST_TRAIN)
+    graphdef, state = step.init_state(cnn.OBJECTIVE, config, image_spec((28, 28, 1), 10), keys, tx)
+    loop, per_call = step.execution_plan(config, jax.default_backend(), MNIST_TRAIN // config.batch_size)
+    examples = per_call * config.batch_size
+    arrays = {"x": jnp.asarray(random.integers(0, 256, (examples, 28, 28, 1)), jnp.uint8),
+              "y": jnp.asarray(random.integers(0, 10, examples), jnp.int32)}
+    runner = step.make_run_steps(cnn.OBJECTIVE, config, graphdef, tx, 1, per_call, loop)
+    state, keys = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], (state, keys))
+    args = (arrays, jnp.arange(examples, dtype=jnp.int32)[None], keys, 0, 0)
+    state, metrics, _ = runner(state, *args)  # compile
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            state, metrics, _ = runner(state, *args)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start) / calls / per_call * 1000)
+    return statistics.median(times), per_call
 
 
 def convolve(x, kernel):
@@ -236,7 +263,12 @@ def main(argv: list[str] | None = None):
     print("| part | ms per call | share of the step without augmentation |\n|---|---|---|")
     for name, ms in times.items():
         print(f"| {name} | {ms:.2f} | {ms / whole:.0%} |")
-    print(f"\nthe step without augmentation is {whole / times['forward pass (loss)']:.1f}× its forward pass")
+    forward = times["forward pass (loss)"]
+    print(f"\nthe step without augmentation is {whole / forward:.1f}× its forward pass")
+    for augment in ("none", "affine"):
+        ms, per_call = loop_milliseconds(config.replace(augment=augment), max(1, args.calls // 10), args.rounds)
+        print(f"as the training loop runs it ({per_call} steps per jitted call), augment={augment}: {ms:.2f} ms "
+              f"per step, {ms / forward:.1f}× the forward pass above (timed alone, one per call)")
     for name in ("whole step, no augmentation", "whole step, with augmentation (default)"):
         fn, fn_args = table[name]
         compiled = fn.lower(*fn_args).compile()  # one executable: the ops traced are the ops described

@@ -80,6 +80,8 @@ def test_step_profile_runs():
     rows = [line for line in parts.splitlines() if line.startswith("| ") and "ms per call" not in line]
     assert len(rows) == 16
     assert sum("max-pool gradient" in row for row in rows) == 4  # jaxseed's and Flax's, both layers
+    in_loop = [line for line in parts.splitlines() if line.startswith("as the training loop runs it")]
+    assert [re.search(r"augment=(\w+): [0-9.]+ ms per step", line).group(1) for line in in_loop] == ["none", "affine"]
     assert len(steps) == 2  # the step without and with augmentation, each op by op
     for table in steps:
         wall = float(re.search(r"([0-9.]+) ms per step", table).group(1))

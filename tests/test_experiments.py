@@ -91,6 +91,23 @@ def test_portability_rows_that_should_agree_agree(tmp_path):
     assert not (tmp_path / "results.json").exists()  # --tiny keeps no runs
 
 
+def test_portability_runs_again_what_other_code_or_machines_kept(monkeypatch):
+    """A kept row counts only where its record is this checkout's and machine's: jaxseed's source,
+    XLA_FLAGS, and for a native run the CPU; rows from before the record have none."""
+    module = load("portability")
+    host = {"cpu_model": "AMD EPYC", "vector_extensions": ["avx2"]}
+    native = {"cpu": module.NATIVE, "provenance": module.provenance(module.NATIVE, host)}
+    emulated = {"cpu": "Haswell-v4", "provenance": module.provenance("Haswell-v4", host)}
+    assert module.current([native, emulated], host) == [native, emulated]
+    assert module.current([native, emulated], {**host, "vector_extensions": ["avx2", "avx512f"]}) == [emulated]
+    assert module.current([{"cpu": "Haswell-v4"}], host) == []
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=SSE4_2")
+    assert module.current([native, emulated], host) == []
+    monkeypatch.delenv("XLA_FLAGS")
+    edited = {**emulated, "provenance": {**emulated["provenance"], "jaxseed_source": "0" * 64}}
+    assert module.current([edited], host) == []
+
+
 def test_an_experiment_without_data_offline_fails_in_one_line(tmp_path):
     """No MNIST in the (empty) download cache, no --data-dir, and a mirror that is a missing local
     folder: nothing touches the network."""

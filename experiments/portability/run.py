@@ -5,8 +5,10 @@ models, with and without --portable, on this CPU and on CPUs emulated by qemu-us
     python experiments/portability/run.py [--cpus Haswell-v4,EPYC-Rome,Skylake-Client-v3,Broadwell-v4] [--jobs 2]
 
 Each run takes minutes under emulation (~50x slower), so every finished run is kept in
-results.json beside the README (delete a row to redo it); README.md is written from all
-of them. Without --portable only the first emulated CPU runs: it is enough to show that the
+results.json beside the README (delete a row to redo it), with what decides its bits: jaxseed's
+source, the versions of jax, jaxlib, flax and optax, XLA_FLAGS, and for a native run this CPU.
+A kept run whose record differs from this checkout and machine is run again, so README.md,
+written from all of them, never mixes code or machines. Without --portable only the first emulated CPU runs: it is enough to show that the
 bits move. Under qemu-user /proc/cpuinfo is still the host's, so the compilation cache is off.
 --tiny trains the CNN alone on fewer examples, natively unless --cpus names CPUs (an emulated
 run would take minutes even so; tests/test_portable.py checks the emulated bits), and keeps
@@ -14,6 +16,8 @@ no results.json.
 """
 
 import concurrent.futures
+import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -56,8 +60,32 @@ def choices(args) -> tuple[list[str], list[str]]:
     return [cpu for cpu in cpus.split(",") if cpu], (args.models or ("cnn" if args.tiny else "cnn,vae")).split(",")
 
 
-def run(command: list[str], cpu: str, model: str, portable: bool) -> dict:
-    """One reference run, natively or under ``qemu-x86_64 -cpu CPU``: what its manifest says."""
+def provenance(cpu: str, host: dict) -> dict:
+    """What decides a run's bits besides its flags: jaxseed's source (every file of the package), the
+    versions of the libraries that compute, XLA_FLAGS, and for a native run the CPU (``host``:
+    model and vector extensions; qemu emulates its CPU whatever the host)."""
+    package = os.path.join(ROOT, "jaxseed")
+    source = hashlib.sha256()
+    for folder, subfolders, files in sorted(os.walk(package)):
+        subfolders.sort()
+        for name in sorted(file for file in files if file.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as f:
+                source.update(f"{os.path.relpath(os.path.join(folder, name), package)}\0".encode() + f.read())
+    return {"jaxseed_source": source.hexdigest(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "versions": {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
+            **({"host": host} if cpu == NATIVE else {})}
+
+
+def host_cpu() -> dict:
+    """This machine's CPU as a native run's manifest names it (jaxseed.machine imports JAX, not started here)."""
+    from jaxseed import machine
+    found = machine.cpu()
+    return {"cpu_model": found["model"], "vector_extensions": found["vector_extensions"]}
+
+
+def run(command: list[str], cpu: str, model: str, portable: bool, host: dict) -> dict:
+    """One reference run, natively or under ``qemu-x86_64 -cpu CPU``: what its manifest says, and its provenance."""
+    recorded = provenance(cpu, host)  # before it starts: the source could change while it runs
     with scratch("portability") as workdir:
         line = [sys.executable, "-m", "jaxseed.train", *command, "--quiet", "--model", model,
                 *MODEL_OPTIONS.get(model, []), "--workdir", workdir, *(["--portable"] if portable else [])]
@@ -75,7 +103,8 @@ def run(command: list[str], cpu: str, model: str, portable: bool) -> dict:
             "train_loss": info["final"]["train_loss"], "test_loss": info["final"]["test_loss"],
             "wall_seconds": round(time.perf_counter() - start), "cpu_model": info["cpu"]["model"],
             "vector_extensions": info["cpu"]["vector_extensions"],
-            "versions": {name: info["versions"][name] for name in ("jax", "jaxlib")}}
+            "versions": {name: info["versions"][name] for name in ("jax", "jaxlib")},
+            "provenance": recorded}
 
 
 def planned(args, results: list[dict]) -> list[tuple[str, str, bool]]:
@@ -88,10 +117,10 @@ def planned(args, results: list[dict]) -> list[tuple[str, str, bool]]:
 
 
 def run_all(command: list[str], todo: list[tuple[str, str, bool]], results: list[dict], path: str | None,
-            jobs: int) -> None:
+            jobs: int, host: dict) -> None:
     """Run ``todo``, ``jobs`` at a time, adding each finished run to ``results`` (and the file ``path``)."""
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:  # threads: each run is a process
-        futures = [pool.submit(run, command, *planned_run) for planned_run in todo]
+        futures = [pool.submit(run, command, *planned_run, host) for planned_run in todo]
         try:
             for done in concurrent.futures.as_completed(futures):
                 results.append(done.result())
@@ -131,13 +160,23 @@ def without_portable(rows: list[dict]) -> str:
     return f"Without --portable, the param_hash against this CPU's: {'; '.join(others)}."
 
 
+def current(rows: list[dict], host: dict) -> list[dict]:
+    """The kept runs whose provenance is this checkout's and machine's (runs kept before it was recorded have none)."""
+    return [row for row in rows if row.get("provenance") == provenance(row["cpu"], host)]
+
+
 def measure(args) -> Result:
     """The runs not yet kept in --out's results.json, then the judgement of all of them."""
     path = None if args.tiny else os.path.join(args.out, "results.json")  # tiny runs take seconds: none kept
-    results = json.load(open(path)) if path and os.path.exists(path) else []
+    kept = json.load(open(path)) if path and os.path.exists(path) else []
+    host = host_cpu()
+    results = current(kept, host)
+    if len(results) < len(kept):
+        print(f"{len(kept) - len(results)} kept run(s) came from other code, library versions, XLA_FLAGS or CPU "
+              "than this checkout and machine: they run again", flush=True)
     os.makedirs(args.out, exist_ok=True)
     command = train_command(args)
-    run_all(command, planned(args, results), results, path, args.jobs)
+    run_all(command, planned(args, results), results, path, args.jobs, host)
     return Result(command, results, judge_rows(results))
 
 
