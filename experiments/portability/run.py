@@ -204,7 +204,9 @@ def report(result: Result, args) -> list[str]:
             without_portable(result.rows), "",
             f"Command: `python experiments/portability/run.py --jobs {args.jobs}{f' --cpus {args.cpus}' if args.cpus else ''}"
             f"{' --tiny' if args.tiny else ''}` "
-            "(finished runs are kept in results.json). Wall time: each run's, from the command to its end, with up "
+            "(finished runs are kept in results.json, each with what decides its bits: jaxseed's source, the "
+            "library versions, XLA_FLAGS and a native run's CPU; a kept run that differs from the checkout and "
+            "machine it is rerun on is run again). Wall time: each run's, from the command to its end, with up "
             f"to {args.jobs} running at once.", ""]
 
 
