@@ -6,8 +6,9 @@ First, each part is its own jitted function on a batch of 128 random images, tim
 the median over rounds of ``calls`` back-to-back calls, and printed as ms per call
 and as a share of the whole step (parts overlap and XLA fuses across them
 inside the step, so the shares need not add up to 100%). Flax's ``nnx.max_pool``,
-whose gradient is select-and-scatter, is timed beside jaxseed's max-pool. The step is also timed as the training loop runs it
-(``step.make_run_steps``: several steps unrolled in one jitted call), per step.
+whose gradient is select-and-scatter, is timed beside jaxseed's max-pool. The step is
+also timed as the training loop runs it (``step.make_run_steps``: several steps
+unrolled in one jitted call), per step.
 
 Then the whole step, compiled once, runs ``calls`` times under ``jax.profiler.trace``:
 every op XLA CPU executed (its thunks, named as in the compiled HLO) with its wall

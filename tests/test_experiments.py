@@ -4,6 +4,7 @@ the Colab notebook). Most run in this process, to share its compiled programs, a
 result; debugging runs as a command. A claim that fails is written as failed; without data,
 offline, an experiment fails in one line."""
 
+import ast
 import importlib.util
 import os
 import subprocess
@@ -106,6 +107,19 @@ def test_portability_runs_again_what_other_code_or_machines_kept(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS")
     edited = {**emulated, "provenance": {**emulated["provenance"], "jaxseed_source": "0" * 64}}
     assert module.current([edited], host) == []
+
+
+def test_portability_code_is_the_syntax_tree_without_docstrings():
+    """Editing a comment or a docstring leaves a module's code as it was; editing code does not."""
+    module = load("portability")
+
+    def code(text):
+        return ast.dump(module.code_only(ast.parse(text)))
+
+    source = 'def f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
+    assert code(source) == code('def f(x):\n    """Twice x, reworded."""\n    return 2 * x\n')
+    assert code(source) != code('def f(x):\n    """Twice x."""\n    return 3 * x\n')
+    assert code('def g():\n    """Only a docstring."""\n') == code("def g():\n    pass\n")
 
 
 def test_an_experiment_without_data_offline_fails_in_one_line(tmp_path):

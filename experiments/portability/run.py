@@ -6,15 +6,17 @@ models, with and without --portable, on this CPU and on CPUs emulated by qemu-us
 
 Each run takes minutes under emulation (~50x slower), so every finished run is kept in
 results.json beside the README (delete a row to redo it), with what decides its bits: jaxseed's
-source, the versions of jax, jaxlib, flax and optax, XLA_FLAGS, and for a native run this CPU.
+code, the versions of jax, jaxlib, flax and optax, XLA_FLAGS, and for a native run this CPU.
 A kept run whose record differs from this checkout and machine is run again, so README.md,
-written from all of them, never mixes code or machines. Without --portable only the first emulated CPU runs: it is enough to show that the
-bits move. Under qemu-user /proc/cpuinfo is still the host's, so the compilation cache is off.
+written from all of them, never mixes code or machines. Without --portable only the first
+emulated CPU runs: it is enough to show that the bits move. Under qemu-user /proc/cpuinfo is
+still the host's, so the compilation cache is off.
 --tiny trains the CNN alone on fewer examples, natively unless --cpus names CPUs (an emulated
 run would take minutes even so; tests/test_portable.py checks the emulated bits), and keeps
 no results.json.
 """
 
+import ast
 import concurrent.futures
 import hashlib
 import importlib.metadata
@@ -61,19 +63,32 @@ def choices(args) -> tuple[list[str], list[str]]:
 
 
 def provenance(cpu: str, host: dict) -> dict:
-    """What decides a run's bits besides its flags: jaxseed's source (every file of the package), the
-    versions of the libraries that compute, XLA_FLAGS, and for a native run the CPU (``host``:
+    """What decides a run's bits besides its flags: jaxseed's code (the syntax tree of every module of
+    the package, without comments and docstrings: editing those reruns nothing), the versions of the
+    libraries that compute, XLA_FLAGS, and for a native run the CPU (``host``:
     model and vector extensions; qemu emulates its CPU whatever the host)."""
     package = os.path.join(ROOT, "jaxseed")
     source = hashlib.sha256()
     for folder, subfolders, files in sorted(os.walk(package)):
         subfolders.sort()
         for name in sorted(file for file in files if file.endswith(".py")):
-            with open(os.path.join(folder, name), "rb") as f:
-                source.update(f"{os.path.relpath(os.path.join(folder, name), package)}\0".encode() + f.read())
+            with open(os.path.join(folder, name)) as f:
+                tree = code_only(ast.parse(f.read()))
+            source.update(f"{os.path.relpath(os.path.join(folder, name), package)}\0{ast.dump(tree)}\0".encode())
     return {"jaxseed_source": source.hexdigest(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "versions": {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
             **({"host": host} if cpu == NATIVE else {})}
+
+
+def code_only(tree: ast.Module) -> ast.Module:
+    """``tree`` without its docstrings (a comment is not in a syntax tree)."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
 
 
 def host_cpu() -> dict:
@@ -204,7 +219,7 @@ def report(result: Result, args) -> list[str]:
             without_portable(result.rows), "",
             f"Command: `python experiments/portability/run.py --jobs {args.jobs}{f' --cpus {args.cpus}' if args.cpus else ''}"
             f"{' --tiny' if args.tiny else ''}` "
-            "(finished runs are kept in results.json, each with what decides its bits: jaxseed's source, the "
+            "(finished runs are kept in results.json, each with what decides its bits: jaxseed's code, the "
             "library versions, XLA_FLAGS and a native run's CPU; a kept run that differs from the checkout and "
             "machine it is rerun on is run again). Wall time: each run's, from the command to its end, with up "
             f"to {args.jobs} running at once.", ""]

@@ -35,7 +35,8 @@ def _pool(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     b, h, w, c = x.shape
     pooled = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
     corners = [x[:, i::2, j::2, :] for i in (0, 1) for j in (0, 1)]
-    place = functools.reduce(lambda later, k: jnp.where(corners[k] == pooled, jnp.int8(k), later), (2, 1, 0), jnp.int8(3))
+    place = functools.reduce(lambda later, k: jnp.where(corners[k] == pooled, jnp.int8(k), later),
+                             (2, 1, 0), jnp.int8(3))  # the first of the corners equal to the max
     return pooled, place
 
 
