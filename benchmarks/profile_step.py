@@ -7,7 +7,7 @@ the median over rounds of ``calls`` back-to-back calls, and printed as ms per ca
 and as a share of the whole step (parts overlap and XLA fuses across them
 inside the step, so the shares need not add up to 100%). Flax's ``nnx.max_pool``,
 whose gradient is select-and-scatter, is timed beside jaxseed's max-pool. The step is
-also timed as the training loop runs it (``step.make_run_steps``: several steps
+also timed as the training loop runs it (``throughput.jaxseed_loop``: several steps
 unrolled in one jitted call), per step.
 
 Then the whole step, compiled once, runs ``calls`` times under ``jax.profiler.trace``:
@@ -35,7 +35,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxseed import augment, machine, step, streams
+from throughput import jaxseed_loop, seconds
+
+from jaxseed import augment, data, machine, step, streams
 from jaxseed.config import Config
 from jaxseed.models import cnn
 from jaxseed.objective import Batch, image_spec, to_unit
@@ -57,30 +59,13 @@ def milliseconds(fn, args: tuple, calls: int, rounds: int) -> float:
     return statistics.median(times)
 
 
-def loop_milliseconds(config: Config, calls: int, rounds: int) -> tuple[float, int]:
-    """(median over rounds of the wall time per step, steps per call) of the training loop's own jitted
-    call (``step.make_run_steps`` with ``step.execution_plan``'s steps per call) on random images, the
-    state carried from call to call as the loop carries it (the call donates it)."""
-    random = np.random.default_rng(0)
+def loop_milliseconds(config: Config, steps: int, rounds: int) -> tuple[float, int]:
+    """(median over rounds of the wall time per step, steps per call) of ``steps`` steps of the training
+    loop's own jitted call, as ``throughput.jaxseed_loop`` builds and runs it, on the synthetic set."""
     keys = streams.root_keys({name: 0 for name in streams.STREAMS})
-    tx = step.make_optimizer(config, MNIST_TRAIN)
-    graphdef, state = step.init_state(cnn.OBJECTIVE, config, image_spec((28, 28, 1), 10), keys, tx)
-    loop, per_call = step.execution_plan(config, jax.default_backend(), MNIST_TRAIN // config.batch_size)
-    examples = per_call * config.batch_size
-    arrays = {"x": jnp.asarray(random.integers(0, 256, (examples, 28, 28, 1)), jnp.uint8),
-              "y": jnp.asarray(random.integers(0, 10, examples), jnp.int32)}
-    runner = step.make_run_steps(cnn.OBJECTIVE, config, graphdef, tx, 1, per_call, loop)
-    state, keys = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], (state, keys))
-    args = (arrays, jnp.arange(examples, dtype=jnp.int32)[None], keys, 0, 0)
-    state, metrics, _ = runner(state, *args)  # compile
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            state, metrics, _ = runner(state, *args)
-        jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - start) / calls / per_call * 1000)
-    return statistics.median(times), per_call
+    run, images, _, (_, per_call) = jaxseed_loop(config, data.load("synthetic"), keys, steps)
+    ms = statistics.median(seconds(run) for _ in range(rounds)) / (images / config.batch_size) * 1000
+    return ms, per_call
 
 
 def convolve(x, kernel):
@@ -267,7 +252,7 @@ def main(argv: list[str] | None = None):
     forward = times["forward pass (loss)"]
     print(f"\nthe step without augmentation is {whole / forward:.1f}× its forward pass")
     for augment in ("none", "affine"):
-        ms, per_call = loop_milliseconds(config.replace(augment=augment), max(1, args.calls // 10), args.rounds)
+        ms, per_call = loop_milliseconds(config.replace(augment=augment), max(10, args.calls), args.rounds)
         print(f"as the training loop runs it ({per_call} steps per jitted call), augment={augment}: {ms:.2f} ms "
               f"per step, {ms / forward:.1f}× the forward pass above (timed alone, one per call)")
     for name in ("whole step, no augmentation", "whole step, with augmentation (default)"):

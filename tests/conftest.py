@@ -23,7 +23,8 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_opti
 
 def fresh_shell_xla_flags() -> str:
     """XLA_FLAGS as a shell that never ran jaxseed has them: the suite's without jaxseed's fusion flag."""
-    return " ".join(flag for flag in os.environ["XLA_FLAGS"].split() if not flag.startswith(machine.YNN_FUSION_TYPE))
+    flags = os.environ["XLA_FLAGS"]
+    return " ".join(flag for flag in flags.split() if flag not in machine._fusion_flags(flags))
 
 
 # Before any test starts JAX, as the CLI does: the default thread pool and XLA flags of every run, so
