@@ -35,7 +35,9 @@ def test_one_epoch_alone(config, tmp_path):
 
 
 def test_evaluation_when_the_eval_batch_does_not_divide_the_test_set(tiny_config):
-    """512 test examples in chunks of 300 (the last padded) score what one chunk of 512 scores."""
+    """512 test examples in chunks of 300 (the last padded) score what one chunk of 512 scores: each
+    example's outputs bit for bit (the default chunk size is chosen for speed and memory alone), the
+    means up to the float32 sums of the chunks."""
     dataset = data.load("synthetic", train_limit=256)
     keys = streams.root_keys(SEEDS)
     tx = step.make_optimizer(tiny_config, 256)
@@ -49,7 +51,8 @@ def test_evaluation_when_the_eval_batch_does_not_divide_the_test_set(tiny_config
     for name, value in whole[0].items():
         np.testing.assert_allclose(chunked[0][name], value, rtol=1e-6)
     assert chunked[1]["probabilities"].shape == whole[1]["probabilities"].shape == (1, 512, 10)
-    np.testing.assert_allclose(chunked[1]["losses"], whole[1]["losses"], rtol=1e-6)
+    for name in ("losses", "probabilities"):
+        np.testing.assert_array_equal(chunked[1][name], whole[1][name])
     np.testing.assert_allclose(whole[1]["losses"].mean(), whole[0]["test_loss"], rtol=1e-5)
 
 

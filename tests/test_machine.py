@@ -121,6 +121,39 @@ def test_the_loop_sets_the_flags_in_a_fresh_process(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heaps")
+def test_a_process_jaxseed_sets_up_keeps_two_heaps_for_its_threads():
+    """Six threads allocating at once get glibc heaps of their own, up to 8 per core: after
+    require_flags they share machine.MALLOC_ARENAS (glibc's malloc_stats lists each heap)."""
+    script = """
+import ctypes, sys, threading
+if sys.argv[1] == "jaxseed":
+    from jaxseed import machine
+    from jaxseed.config import Config
+    machine.require_flags(Config())
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+together = threading.Barrier(6)
+def allocate():
+    libc.free(libc.malloc(1 << 16))
+    together.wait()  # every thread alive at once: none takes over a heap an ended one left
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc.malloc_stats()
+"""
+    heaps = {}
+    for setup in ("jaxseed", "none"):
+        result = subprocess.run([sys.executable, "-c", script, setup], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                                env={**os.environ, "XLA_FLAGS": fresh_shell_xla_flags()}, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        heaps[setup] = result.stderr.count("Arena ")
+    assert heaps["jaxseed"] == machine.MALLOC_ARENAS < heaps["none"]
+
+
 def test_cpu_threads_0_leaves_the_pool_to_the_cores(tmp_path):
     recorded, _ = train(tmp_path / "run", "--cpu-threads", "0", pin="0")
     assert recorded["thread_pool"] == 1
