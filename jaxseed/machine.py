@@ -135,22 +135,22 @@ def require_flags(config) -> None:
         _require_flag(DETERMINISTIC_FLAG, "--deterministic")
 
 
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
+
+
 def _limit_malloc_arenas() -> None:
     """At most ``MALLOC_ARENAS`` glibc heaps for the process's threads (elsewhere than glibc, nothing).
 
-    glibc gives a thread that allocates while the other heaps are busy a heap of its own, up to 8 per
-    core, and keeps what is freed in each. XLA compiles on several threads: a first, compiling 1-epoch
-    CNN run peaked at 1.09-1.15 GB resident, against 0.91-0.93 GB with two heaps (and a run whose programs
-    were cached at 0.86-0.87 against 0.80 GB), at the same speed (``benchmarks/README.md``). Memory
-    only: no number changes. Neither JAX nor Python offers this; ``mallopt`` is glibc's own call.
+    glibc gives each thread that allocates a heap of its own, up to 8 per core, and keeps what is
+    freed in each. XLA compiles on several threads: a first, compiling 1-epoch CNN run peaked at
+    1.09-1.15 GB resident, against 0.91-0.93 GB with two heaps (and a run whose programs were cached
+    at 0.86-0.87 against 0.80 GB), at the same speed (``benchmarks/README.md``). Memory only: no
+    number changes. Neither JAX nor Python offers this; ``mallopt`` is glibc's own call.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
     if mallopt is not None:
         mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-
-
-_M_ARENA_MAX = -8  # glibc's malloc.h
-MALLOC_ARENAS = 2
 
 
 def ynn_fusions(portable: bool) -> str:
