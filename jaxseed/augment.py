@@ -87,7 +87,7 @@ def _transform(image: jax.Array, params: AffineParams) -> jax.Array:
 
 def _transform_by_matmuls(image: jax.Array, params: AffineParams) -> jax.Array:
     """``_transform`` as --portable computes it: its bits are those of the reference hash it was
-    checked with on emulated CPUs, and of the full-size study's records (hours to rerun here).
+    checked with on emulated CPUs (``_transform`` would change them: benchmarks/README.md).
 
     out[o] = sum_{r,c} tent(s_y - r) * image[r, c] * tent(s_x - c), tent(d) = max(0, 1 - |d|),
     as two small matmuls.

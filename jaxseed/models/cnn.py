@@ -143,7 +143,7 @@ class CNN(nnx.Module):
         x = images
         for conv in (self.conv1, self.conv2):
             # --portable keeps autodiff's bias gradients: its bits are those of its reference hash, checked
-            # on emulated CPUs, and of the full-size study's records (hours to rerun here)
+            # on emulated CPUs (the faster form would change them: benchmarks/README.md)
             x = max_pool_2x2(nnx.relu(conv(x))) if self.portable else conv_relu_pool(conv, x)
         x = nnx.relu(self.dense(x.reshape(x.shape[0], -1)))
         if train:
