@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import NamedTuple
 
@@ -62,6 +63,11 @@ def choices(args) -> tuple[list[str], list[str]]:
     return [cpu for cpu in cpus.split(",") if cpu], (args.models or ("cnn" if args.tiny else "cnn,vae")).split(",")
 
 
+# One parse at a time: CPython 3.11.7's ast.parse, called from two of run()'s threads at once, failed here
+# with "SystemError: AST constructor recursion depth mismatch".
+_PARSING = threading.Lock()
+
+
 def provenance(cpu: str, host: dict) -> dict:
     """What decides a run's bits besides its flags: jaxseed's code (the syntax tree of every module of
     the package, without comments and docstrings: editing those reruns nothing), the versions of the
@@ -72,7 +78,7 @@ def provenance(cpu: str, host: dict) -> dict:
     for folder, subfolders, files in sorted(os.walk(package)):
         subfolders.sort()
         for name in sorted(file for file in files if file.endswith(".py")):
-            with open(os.path.join(folder, name)) as f:
+            with open(os.path.join(folder, name)) as f, _PARSING:
                 tree = code_only(ast.parse(f.read()))
             source.update(f"{os.path.relpath(os.path.join(folder, name), package)}\0{ast.dump(tree)}\0".encode())
     return {"jaxseed_source": source.hexdigest(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
