@@ -176,10 +176,12 @@ class Config(Settings):
     # XLA CPU's thread pool, fixed so that the bits do not follow the machine's cores (its kernels split
     # their sums by thread); see jaxseed.machine. 2, from benchmarks/cpu_threads.py on 2 cores: 8 threads
     # cost the VAE a quarter of its images/s there (the README's table). A process of D CPU devices
-    # has max(cpu_threads, D) threads (XLA's rule): it matches plain runs of that many.
+    # has max(cpu_threads, D) threads (XLA's rule): it matches plain runs of that many. --portable's
+    # bits were the same on pools of 1, 2 and 4 (tests/test_portable.py), the default's were not.
     cpu_threads: int = setting(2, "XLA CPU's thread pool: this many threads on any number of cores, so the bits do "
                                   "not depend on them (0: one per usable core, as XLA chooses; the bits then follow "
-                                  "the core count); set before JAX starts", minimum=0, maximum=4096)
+                                  "the core count; with --portable they follow neither); set before JAX starts",
+                               minimum=0, maximum=4096)
     # Checkpoints (orbax): at each epoch's end, and at the first call boundary past every
     # `checkpoint_every` steps when > 0.
     checkpoint_every: int = setting(0, "also checkpoint every N steps (0: at the end of each epoch only)", minimum=0)

@@ -60,7 +60,7 @@ def portable(manifest: dict) -> bool:
 
 def expectation(manifest: dict) -> str:
     if portable(manifest):
-        return ("--portable run: the same bits expected on any x86 CPU with AVX2 (same versions, flags and "
+        return ("--portable run: the same bits expected on any x86 CPU with AVX2 (same versions and flags, any "
                 "thread pool)")
     return "not a --portable run: the same bits expected only on a CPU like the one it ran on (same thread pool)"
 
@@ -68,7 +68,7 @@ def expectation(manifest: dict) -> str:
 def _cause(recorded: dict, rerun: dict) -> str | None:
     """The likely cause of other bits from the same draws: the thread pool, XLA's flags, the CPU or the versions."""
     pools = recorded.get("thread_pool"), rerun.get("thread_pool")
-    if pools[0] != pools[1]:
+    if pools[0] != pools[1] and not portable(recorded):  # --portable's bits do not depend on the pool
         return (f"likely cause: another XLA CPU thread pool ({pools[0] or 'not recorded'} threads recorded, "
                 f"{pools[1]} here; its kernels split their sums by thread): a run of --cpu-threads N on as many "
                 "CPU devices as the recorded one gets N threads on any number of cores")

@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxseed import ablate, data, loop, rundir, stats, streams
+from jaxseed import ablate, data, loop, machine, rundir, stats, streams
 from jaxseed.config import Config
 from jaxseed.errors import UserError
 from jaxseed.study import plan, report as study_report
@@ -206,6 +206,13 @@ def test_a_study_of_hours_says_so_before_it_starts(tmp_path, monkeypatch, capsys
              "--streams", "init", "--strategy", "sequential", "--quiet", "--workdir", str(tmp_path / "study")]
     ablate.main(sweep)
     runs = 2 * len(plan.plan_groups(0, 2, ("init",), streams.STREAMS))
-    assert (f"{ablate.PROG}: {runs} runs to train, expected to take up to ~{runs * 2 / 2.0:.1f} h here"
-            in capsys.readouterr().err)
+    error = capsys.readouterr().err
+    assert f"{ablate.PROG}: {runs} runs to train, expected to take up to ~{runs * 2 / 2.0:.1f} h here" in error
+    assert "--cpu-threads 1" not in error
+    # --portable's bits do not depend on the pool: one shard per core, of one thread each, is named
+    monkeypatch.setenv("XLA_FLAGS", " ".join([machine.PORTABLE_YNN_FUSIONS, *machine.PORTABLE_FLAGS]))
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+    ablate.main([*sweep[:-1], str(tmp_path / "portable"), "--portable"])
+    assert ("processes or hosts; on 2 cores, 2 shards of --cpu-threads 1 at once give the same bits sooner, and a "
+            "stopped study resumes") in capsys.readouterr().err
     assert ablate.expected_hours(Config(model="vae"), "sequential", "cpu", 10, 256) is None

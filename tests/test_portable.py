@@ -57,10 +57,10 @@ def test_the_portable_product_computes_the_plain_one_and_its_gradients():
         portable.dot_general(x, w, (((0,), (0,)), ((), ())))
 
 
-def bits(command, folder, emulate=None):
-    """The lines of ``tests/scripts/portable_bits.py COMMAND FOLDER``, natively or under
+def bits(command, folder, emulate=None, options=()):
+    """The lines of ``tests/scripts/portable_bits.py COMMAND FOLDER [OPTIONS]``, natively or under
     ``qemu-x86_64 -cpu emulate``."""
-    command = [sys.executable, os.path.join("tests", "scripts", "portable_bits.py"), command, str(folder)]
+    command = [sys.executable, os.path.join("tests", "scripts", "portable_bits.py"), command, str(folder), *options]
     if emulate:
         command = ["qemu-x86_64", "-cpu", emulate, *command]
     env = {**os.environ, "JAXSEED_COMPILATION_CACHE": ""}  # under qemu-user /proc/cpuinfo is the host's
@@ -80,3 +80,15 @@ def test_a_portable_step_and_evaluation_give_the_same_bits_on_an_emulated_haswel
     native = bits("export", tmp_path)
     assert len(native) == 3
     assert bits("run", tmp_path, emulate="Haswell-v4") == native
+
+
+def test_portable_bits_do_not_depend_on_the_thread_pool(tmp_path):
+    """The steps and evaluations above, at the default batch of 128, with 1, 2 (the export's) and 4
+    threads in XLA CPU's pool: the same bits, so a --portable study's shards may each take their own
+    --cpu-threads (docs/studies.md). Without --portable, Eigen's convolutions split their sums by
+    thread, and the CNN's bits follow the pool."""
+    batch = ["--batch-size", "128"]
+    native = bits("export", tmp_path, options=batch)
+    assert len(native) == 3
+    for threads in (1, 4):
+        assert bits("run", tmp_path, options=[*batch, "--cpu-threads", str(threads)]) == native, threads

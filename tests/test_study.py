@@ -85,6 +85,56 @@ def test_two_processes_complete_one_study_with_shards(tmp_path):
     assert "Determinism control" in report.stdout
 
 
+def test_a_portable_studys_shards_may_each_take_their_own_thread_pool(tmp_path, capsys):
+    """--portable's bits do not depend on XLA CPU's thread pool (tests/test_portable.py): shards of 1 and
+    3 threads finish one study with the bits and report of one process of 2. Without --portable, a shard
+    of another pool is refused."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def study(workdir, *options):
+        result = subprocess.run([sys.executable, "-m", "jaxseed.ablate", *SWEEP, "--portable", "--workdir",
+                                 str(workdir), *options], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    def hashes(workdir):
+        return {name: json.loads((workdir / "runs" / name / "manifest.json").read_text())["param_hash"]
+                for name in os.listdir(workdir / "runs")}
+
+    for shard, threads in (("0/2", "1"), ("1/2", "3")):
+        study(tmp_path / "shards", "--shard", shard, "--cpu-threads", threads)
+    study(tmp_path / "one")
+    assert len(hashes(tmp_path / "one")) == 6 and hashes(tmp_path / "shards") == hashes(tmp_path / "one")
+    assert (tmp_path / "shards" / "ablation.md").read_bytes() == (tmp_path / "one" / "ablation.md").read_bytes()
+    plain = tmp_path / "plain"
+    assert ablate.main([*SWEEP, "--workdir", str(plain), "--shard", "0/3"]) == 0
+    header = json.loads((plain / "sweep.json").read_text())
+    (plain / "sweep.json").write_text(json.dumps({**header, "config": {**header["config"], "cpu_threads": 1}}))
+    capsys.readouterr()
+    assert ablate.main([*SWEEP, "--workdir", str(plain), "--shard", "1/3"]) == 2
+    assert "holds a different sweep (--cpu-threads: 1 there, 2 here)" in capsys.readouterr().err
+
+
+def test_a_portable_study_continues_from_records_of_another_thread_pool(tmp_path, monkeypatch):
+    """Its records' runs are restored, not refused as computed otherwise (without --portable they are:
+    test_a_study_continues_elsewhere_from_its_records)."""
+    monkeypatch.setenv("XLA_FLAGS", " ".join([machine.PORTABLE_YNN_FUSIONS, *machine.PORTABLE_FLAGS]))
+    assert ablate.main([*SWEEP, "--portable", "--workdir", str(tmp_path / "first"), "--shard", "0/3"]) == 0
+    with np.load(tmp_path / "first" / "records.npz") as stored:
+        moved = dict(stored)
+    header = json.loads(str(moved["header"]))
+    moved["header"] = np.array(json.dumps({**header, "config": {**header["config"], "cpu_threads": 64}}))
+    moved["manifests"] = np.array([json.dumps({**run, "thread_pool": 64, "config": {**run["config"], "cpu_threads": 64}})
+                                   for run in map(json.loads, moved["manifests"].tolist())])
+    np.savez(tmp_path / "pool.npz", **moved)
+    trained = []
+    monkeypatch.setattr(ablate.runs, "run_group", lambda config, found, seeds, paths, *rest, **options: trained.extend(
+        os.path.basename(p) for p in paths))
+    assert ablate.main([*SWEEP, "--portable", "--workdir", str(tmp_path / "second"), "--shard", "0/3",
+                        "--records", str(tmp_path / "pool.npz")]) == 0
+    assert trained == [] and sorted(os.listdir(tmp_path / "second" / "runs")) == ["all-001", "init-000"]
+
+
 def test_a_shard_reports_what_has_finished(tmp_path, capsys):
     """One shard alone finishes its share; the report covers only groups with two finished runs."""
     workdir = tmp_path / "study"

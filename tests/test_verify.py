@@ -37,9 +37,10 @@ def test_verify_names_another_cpu_and_compares_within_tolerance():
 
 def test_verify_names_another_thread_pool_or_versions():
     """Same draws, other bits: another XLA CPU thread pool (its kernels split sums by thread) is named
-    before the CPU; another number of cores alone is no cause; other versions are named last."""
+    before the CPU, unless the run was --portable (whose bits do not depend on the pool); another number
+    of cores alone is no cause; other versions are named last."""
     base = {"backend": "cpu", "device_count": 1, "versions": {"jax": "0.1"}, "xla_flags": "", "thread_pool": 8,
-            "fingerprints": {"init": "a"}, "config": {"portable": True}}
+            "fingerprints": {"init": "a"}, "config": {"portable": False}}
     cpu = {"model": "A", "vector_extensions": ["avx2"], "cores": 2}
     metrics = [{"epoch": 1, "test_loss": 0.5}], [{"epoch": 1, "test_loss": 0.5}]
     lines = verify.compare({**base, "cpu": cpu}, {**base, "thread_pool": 16, "cpu": {**cpu, "cores": 16}}, *metrics)
@@ -49,6 +50,9 @@ def test_verify_names_another_thread_pool_or_versions():
             "number of cores") in lines
     cores = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "cores": 16}}, *metrics)
     assert not any(line.startswith("likely cause") for line in cores)
+    base["config"] = {"portable": True}
+    pool = verify.compare({**base, "cpu": cpu}, {**base, "thread_pool": 16, "cpu": cpu}, *metrics)
+    assert "thread_pool: recorded 8, here 16" in pool and not any(line.startswith("likely cause") for line in pool)
     other = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "model": "B", "cores": 16}}, *metrics)
     assert any(line.startswith("likely cause: another CPU, although the run was --portable") for line in other)
     versions = verify.compare({**base, "cpu": cpu}, {**base, "cpu": cpu, "versions": {"jax": "0.2"}}, *metrics)

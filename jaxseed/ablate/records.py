@@ -52,11 +52,11 @@ MAX_RECORDS_BYTES = 4 << 30
 
 
 def _machine_difference(recorded: list[dict], portable: bool) -> str | None:
-    """The first recorded run whose XLA CPU thread pool, or CPU (unless ``portable``), is not this process's."""
+    """The first recorded run whose XLA CPU thread pool or CPU (neither for ``portable``) is not this process's."""
     here, pool = machine.cpu(), machine.thread_pool()
     for run in recorded:
         cpu = run.get("cpu") if isinstance(run.get("cpu"), dict) else {"model": run.get("cpu")}
-        if run.get("thread_pool") != pool:
+        if not portable and run.get("thread_pool") != pool:
             return f"XLA CPU thread pool: {run.get('thread_pool')!r} there, {pool!r} here"
         if not portable and not machine.same_cpu(cpu, here):
             return f"CPU: {cpu.get('model')!r} there, {here['model']!r} here, and the study is not --portable"
@@ -112,7 +112,7 @@ def restore_records(path: str, sweep: Sweep, num_test: int, classes: int | None,
     if other_data:
         raise UserError(f"{path} holds runs trained on other data (data_hash {other_data[0][:16]}…, here "
                         f"{data_hash[:16]}…): name the study's data with --data-dir or --data")
-    # Runs computed otherwise (another CPU without --portable, another thread pool, other flags or versions)
+    # Runs computed otherwise (another CPU or thread pool without --portable, other flags or versions)
     # beside this machine's would make a group's spread part machine, and the determinism control fail
     # for a reason it does not name; a study whose every run is recorded only recomputes its report.
     differs = arithmetic_difference(header, sweep.header, environment=True) or _machine_difference(

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from jaxseed import data, loop, manifest, objective, rundir, track
+from jaxseed import data, loop, machine, manifest, objective, rundir, track
 from jaxseed.ablate.records import restore_records, write_records
 from jaxseed.ablate.strategy import STRATEGIES_FILE_NAME, expected_hours
 from jaxseed.ablate.sweep import PROG, Sweep, run_dir
@@ -124,9 +124,14 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     hours = expected_hours(config, sweep.strategy, sweep.header["backend"], runs,
                            config.num_kept(dataset.num_train) or dataset.num_train)
     if hours is not None and hours >= 1:  # said even when --quiet: a command of hours should not start unseen
+        # --portable's bits do not depend on the pool: shards of one thread per core finish sooner (docs/studies.md)
+        cores = machine.usable_cores()
+        per_core = (f"; on {cores} cores, {cores} shards of --cpu-threads 1 at once give the same bits sooner"
+                    if config.portable and sweep.header["backend"] == "cpu" and cores > 1 and config.cpu_threads != 1
+                    else "")
         print(f"{PROG}: {runs} runs to train, expected to take up to ~{hours:.1f} h here (scaled from "
-              f"{STRATEGIES_FILE_NAME}); --shard I/N splits them over processes or hosts, and a stopped study "
-              "resumes", file=sys.stderr)
+              f"{STRATEGIES_FILE_NAME}); --shard I/N splits them over processes or hosts{per_core}, and a stopped "
+              "study resumes", file=sys.stderr)
     start = time.perf_counter()
     total = sum(map(len, mine.values()))
     with tqdm(total=total, initial=total - runs, unit="run", desc=f"ablation ({sweep.strategy})",

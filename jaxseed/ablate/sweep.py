@@ -125,10 +125,12 @@ def plan_difference(recorded: dict, header: dict, drawn: tuple[str, ...]) -> str
 
 
 def arithmetic_difference(recorded: dict, header: dict, environment: bool) -> str | None:
-    """The first difference in how two studies compute: their ARITHMETIC settings, and with
+    """The first difference in how two studies compute: their ARITHMETIC settings (less ``cpu_threads``
+    for ``--portable``, whose bits do not depend on the pool: ``tests/test_portable.py``), and with
     ``environment`` the ENVIRONMENT they recorded."""
     config = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
-    return _first([*((_flag(name), config.get(name), header["config"][name]) for name in ARITHMETIC),
+    names = [name for name in ARITHMETIC if not (name == "cpu_threads" and header["config"]["portable"])]
+    return _first([*((_flag(name), config.get(name), header["config"][name]) for name in names),
                    *((name, recorded.get(name), header.get(name)) for name in ENVIRONMENT if environment)])
 
 def open_sweep(sweep: Sweep) -> rundir.RunFolder:

@@ -122,8 +122,9 @@ def main() -> None:
     parser.add_argument("command", choices=("export", "run"))
     parser.add_argument("folder")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cpu-threads", type=int, default=Config.cpu_threads, help="XLA CPU's thread pool")
     args = parser.parse_args()
-    machine.require_flags(Config(portable=True))  # as the CLI does, before JAX starts
+    machine.require_flags(Config(portable=True, cpu_threads=args.cpu_threads))  # as the CLI does, before JAX starts
     if args.command == "export":
         streams.pinned_generator(export)(args.folder, args.batch_size)
     print("\n".join(run(args.folder)))
