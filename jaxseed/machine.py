@@ -95,7 +95,8 @@ def same_cpu(a: dict, b: dict) -> bool:
 def usable_cores() -> int:
     """The cores this process may run on (its affinity, as ``taskset`` sets it). With ``--cpu-threads 0``
     XLA CPU's thread pool follows them, and so do the bits: a run pinned to 1 of 2 cores gave another
-    param_hash, --portable or not (AMD EPYC, AVX2); with a fixed pool, the same."""
+    param_hash, --portable or not, when YNNPACK's reductions were on (AMD EPYC, AVX2); with a fixed
+    pool, the same. Today's --portable's do not follow the pool (``pool_free``)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -161,6 +162,15 @@ def ynn_fusions(portable: bool) -> str:
 def _fusion_flags(flags: str) -> list[str]:
     """The YNNPACK fusion flags named in ``flags`` (an XLA_FLAGS string)."""
     return [flag for flag in flags.split() if flag.startswith(YNN_FUSION_TYPE + "=")]
+
+
+def pool_free(portable: bool, flags: str | None) -> bool:
+    """Whether a run of ``portable`` under XLA_FLAGS ``flags`` computes the same bits on any thread pool:
+    ``--portable`` with its own YNNPACK fusions. Measured, not derived: each built-in model's step and
+    evaluation gave the same bits with 1, 2 and 4 threads (``tests/test_portable.py``); a run without
+    ``--portable`` (XLA's own convolutions) gave other bits with 1 thread than with 2, and with YNNPACK's
+    reductions on so did ``--portable``."""
+    return portable and _fusion_flags(flags or "") == [PORTABLE_YNN_FUSIONS]
 
 
 def keep_recorded_fusions(recorded_flags) -> str | None:

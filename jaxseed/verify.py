@@ -8,8 +8,8 @@ and the first epoch whose metrics differ; where every stream drew the same, the 
 cause (the thread pool, the CPU, the package versions) and whether the final test
 metrics agree within ``METRIC_TOLERANCE``.
 It says first what equality to expect: a ``--portable`` run the same bits on any
-x86 CPU with AVX2, another run only on a CPU like the one it ran on; either with the
-same XLA CPU thread pool (``--cpu-threads``, recorded; any number of cores).
+x86 CPU with AVX2 and any XLA CPU thread pool, another run only on a CPU like the one
+it ran on with the same pool (``--cpu-threads``, recorded; any number of cores).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def portable(manifest: dict) -> bool:
 
 def expectation(manifest: dict) -> str:
     if portable(manifest):
-        return ("--portable run: the same bits expected on any x86 CPU with AVX2 (same versions and flags, any "
+        pool = "any" if machine.pool_free(True, manifest.get("xla_flags")) else "same"
+        return (f"--portable run: the same bits expected on any x86 CPU with AVX2 (same versions and flags, {pool} "
                 "thread pool)")
     return "not a --portable run: the same bits expected only on a CPU like the one it ran on (same thread pool)"
 
@@ -68,7 +69,7 @@ def expectation(manifest: dict) -> str:
 def _cause(recorded: dict, rerun: dict) -> str | None:
     """The likely cause of other bits from the same draws: the thread pool, XLA's flags, the CPU or the versions."""
     pools = recorded.get("thread_pool"), rerun.get("thread_pool")
-    if pools[0] != pools[1] and not portable(recorded):  # --portable's bits do not depend on the pool
+    if pools[0] != pools[1] and not machine.pool_free(portable(recorded), recorded.get("xla_flags")):
         return (f"likely cause: another XLA CPU thread pool ({pools[0] or 'not recorded'} threads recorded, "
                 f"{pools[1]} here; its kernels split their sums by thread): a run of --cpu-threads N on as many "
                 "CPU devices as the recorded one gets N threads on any number of cores")

@@ -213,6 +213,6 @@ def test_a_study_of_hours_says_so_before_it_starts(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("XLA_FLAGS", " ".join([machine.PORTABLE_YNN_FUSIONS, *machine.PORTABLE_FLAGS]))
     monkeypatch.setattr(machine, "usable_cores", lambda: 2)
     ablate.main([*sweep[:-1], str(tmp_path / "portable"), "--portable"])
-    assert ("processes or hosts; on 2 cores, 2 shards of --cpu-threads 1 at once give the same bits sooner, and a "
-            "stopped study resumes") in capsys.readouterr().err
+    assert ("processes or hosts; shards of --cpu-threads 1 at once, one per core, give the same bits sooner (on 2 "
+            "cores 1.4x: docs/studies.md), and a stopped study resumes") in capsys.readouterr().err
     assert ablate.expected_hours(Config(model="vae"), "sequential", "cpu", 10, 256) is None

@@ -97,14 +97,16 @@ def test_a_portable_studys_shards_may_each_take_their_own_thread_pool(tmp_path, 
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
 
-    def hashes(workdir):
-        return {name: json.loads((workdir / "runs" / name / "manifest.json").read_text())["param_hash"]
+    def recorded(workdir, field):
+        return {name: json.loads((workdir / "runs" / name / "manifest.json").read_text())[field]
                 for name in os.listdir(workdir / "runs")}
 
     for shard, threads in (("0/2", "1"), ("1/2", "3")):
         study(tmp_path / "shards", "--shard", shard, "--cpu-threads", threads)
     study(tmp_path / "one")
-    assert len(hashes(tmp_path / "one")) == 6 and hashes(tmp_path / "shards") == hashes(tmp_path / "one")
+    assert sorted(recorded(tmp_path / "shards", "thread_pool").values()) == [1, 1, 1, 3, 3, 3]  # the pools in force
+    assert len(recorded(tmp_path / "one", "param_hash")) == 6
+    assert recorded(tmp_path / "shards", "param_hash") == recorded(tmp_path / "one", "param_hash")
     assert (tmp_path / "shards" / "ablation.md").read_bytes() == (tmp_path / "one" / "ablation.md").read_bytes()
     plain = tmp_path / "plain"
     assert ablate.main([*SWEEP, "--workdir", str(plain), "--shard", "0/3"]) == 0
@@ -115,9 +117,10 @@ def test_a_portable_studys_shards_may_each_take_their_own_thread_pool(tmp_path, 
     assert "holds a different sweep (--cpu-threads: 1 there, 2 here)" in capsys.readouterr().err
 
 
-def test_a_portable_study_continues_from_records_of_another_thread_pool(tmp_path, monkeypatch):
+def test_a_portable_study_continues_from_records_of_another_thread_pool(tmp_path, monkeypatch, capsys):
     """Its records' runs are restored, not refused as computed otherwise (without --portable they are:
-    test_a_study_continues_elsewhere_from_its_records)."""
+    test_a_study_continues_elsewhere_from_its_records). A folder of a --portable study made before
+    the fixed pool, under YNNPACK's racy reductions, still is."""
     monkeypatch.setenv("XLA_FLAGS", " ".join([machine.PORTABLE_YNN_FUSIONS, *machine.PORTABLE_FLAGS]))
     assert ablate.main([*SWEEP, "--portable", "--workdir", str(tmp_path / "first"), "--shard", "0/3"]) == 0
     with np.load(tmp_path / "first" / "records.npz") as stored:
@@ -133,6 +136,12 @@ def test_a_portable_study_continues_from_records_of_another_thread_pool(tmp_path
     assert ablate.main([*SWEEP, "--portable", "--workdir", str(tmp_path / "second"), "--shard", "0/3",
                         "--records", str(tmp_path / "pool.npz")]) == 0
     assert trained == [] and sorted(os.listdir(tmp_path / "second" / "runs")) == ["all-001", "init-000"]
+    header = json.loads((tmp_path / "first" / "sweep.json").read_text())
+    old = {**header, "xla_flags": "", "config": {k: v for k, v in header["config"].items() if k != "cpu_threads"}}
+    (tmp_path / "first" / "sweep.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    assert ablate.main([*SWEEP, "--portable", "--workdir", str(tmp_path / "first"), "--shard", "1/3"]) == 2
+    assert "holds a different sweep (--cpu-threads: None there, 2 here)" in capsys.readouterr().err
 
 
 def test_a_shard_reports_what_has_finished(tmp_path, capsys):

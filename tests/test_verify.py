@@ -1,6 +1,6 @@
 """jaxseed.verify: what differs between a recorded run and its rerun, and the likely cause."""
 
-from jaxseed import verify
+from jaxseed import machine, verify
 
 
 def test_verify_explains_a_mismatch():
@@ -51,8 +51,13 @@ def test_verify_names_another_thread_pool_or_versions():
     cores = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "cores": 16}}, *metrics)
     assert not any(line.startswith("likely cause") for line in cores)
     base["config"] = {"portable": True}
-    pool = verify.compare({**base, "cpu": cpu}, {**base, "thread_pool": 16, "cpu": cpu}, *metrics)
+    portable = {**base, "xla_flags": " ".join([machine.PORTABLE_YNN_FUSIONS, *machine.PORTABLE_FLAGS]), "cpu": cpu}
+    pool = verify.compare(portable, {**portable, "thread_pool": 16}, *metrics)
     assert "thread_pool: recorded 8, here 16" in pool and not any(line.startswith("likely cause") for line in pool)
+    assert "any thread pool" in verify.expectation(portable)
+    # --portable under YNNPACK fusions of a user's choice (its reductions on): the pool is named again
+    racy = verify.compare({**portable, "xla_flags": ""}, {**portable, "xla_flags": "", "thread_pool": 16}, *metrics)
+    assert any(line.startswith("likely cause: another XLA CPU thread pool") for line in racy)
     other = verify.compare({**base, "cpu": cpu}, {**base, "cpu": {**cpu, "model": "B", "cores": 16}}, *metrics)
     assert any(line.startswith("likely cause: another CPU, although the run was --portable") for line in other)
     versions = verify.compare({**base, "cpu": cpu}, {**base, "cpu": cpu, "versions": {"jax": "0.2"}}, *metrics)

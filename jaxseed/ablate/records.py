@@ -52,11 +52,12 @@ MAX_RECORDS_BYTES = 4 << 30
 
 
 def _machine_difference(recorded: list[dict], portable: bool) -> str | None:
-    """The first recorded run whose XLA CPU thread pool or CPU (neither for ``portable``) is not this process's."""
+    """The first recorded run whose XLA CPU thread pool (unless ``machine.pool_free``) or CPU (unless
+    ``portable``) is not this process's."""
     here, pool = machine.cpu(), machine.thread_pool()
     for run in recorded:
         cpu = run.get("cpu") if isinstance(run.get("cpu"), dict) else {"model": run.get("cpu")}
-        if not portable and run.get("thread_pool") != pool:
+        if not machine.pool_free(portable, run.get("xla_flags")) and run.get("thread_pool") != pool:
             return f"XLA CPU thread pool: {run.get('thread_pool')!r} there, {pool!r} here"
         if not portable and not machine.same_cpu(cpu, here):
             return f"CPU: {cpu.get('model')!r} there, {here['model']!r} here, and the study is not --portable"

@@ -124,10 +124,9 @@ def run_sweep(sweep: Sweep, study: rundir.RunFolder, quiet: bool, shard: tuple[i
     hours = expected_hours(config, sweep.strategy, sweep.header["backend"], runs,
                            config.num_kept(dataset.num_train) or dataset.num_train)
     if hours is not None and hours >= 1:  # said even when --quiet: a command of hours should not start unseen
-        # --portable's bits do not depend on the pool: shards of one thread per core finish sooner (docs/studies.md)
-        cores = machine.usable_cores()
-        per_core = (f"; on {cores} cores, {cores} shards of --cpu-threads 1 at once give the same bits sooner"
-                    if config.portable and sweep.header["backend"] == "cpu" and cores > 1 and config.cpu_threads != 1
+        per_core = ("; shards of --cpu-threads 1 at once, one per core, give the same bits sooner (on 2 cores 1.4x: "
+                    "docs/studies.md)" if machine.pool_free(config.portable, machine.xla_flags()) and shard[1] == 1
+                    and sweep.header["backend"] == "cpu" and machine.usable_cores() > 1 and config.cpu_threads != 1
                     else "")
         print(f"{PROG}: {runs} runs to train, expected to take up to ~{hours:.1f} h here (scaled from "
               f"{STRATEGIES_FILE_NAME}); --shard I/N splits them over processes or hosts{per_core}, and a stopped "

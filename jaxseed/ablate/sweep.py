@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import jax
 
-from jaxseed import cli, entry, manifest, objective, rundir, streams
+from jaxseed import cli, entry, machine, manifest, objective, rundir, streams
 from jaxseed.ablate.strategy import choose_strategy
 from jaxseed.config import Config
 from jaxseed.errors import UserError
@@ -126,10 +126,12 @@ def plan_difference(recorded: dict, header: dict, drawn: tuple[str, ...]) -> str
 
 def arithmetic_difference(recorded: dict, header: dict, environment: bool) -> str | None:
     """The first difference in how two studies compute: their ARITHMETIC settings (less ``cpu_threads``
-    for ``--portable``, whose bits do not depend on the pool: ``tests/test_portable.py``), and with
-    ``environment`` the ENVIRONMENT they recorded."""
+    where both compute the same bits on any pool: ``machine.pool_free``), and with ``environment`` the
+    ENVIRONMENT they recorded."""
     config = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
-    names = [name for name in ARITHMETIC if not (name == "cpu_threads" and header["config"]["portable"])]
+    pool_free = all(isinstance(study.get("config"), dict) and machine.pool_free(
+        study["config"].get("portable") is True, study.get("xla_flags")) for study in (recorded, header))
+    names = [name for name in ARITHMETIC if not (name == "cpu_threads" and pool_free)]
     return _first([*((_flag(name), config.get(name), header["config"][name]) for name in names),
                    *((name, recorded.get(name), header.get(name)) for name in ENVIRONMENT if environment)])
 

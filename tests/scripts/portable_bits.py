@@ -5,7 +5,7 @@
     python tests/scripts/portable_bits.py run FOLDER       # compile and run them on this CPU
 
 Equal lines from ``run`` under ``qemu-x86_64 -cpu MODEL`` (with JAXSEED_COMPILATION_CACHE=) and
-from ``export`` mean equal bits on both CPUs. The programs: a jitted training step of each
+from ``export`` mean equal bits on both CPUs; the last line is the thread pool in force (``--cpu-threads``). The programs: a jitted training step of each
 built-in model (its gradients, AdamW, augmentation, dropout or latent draws), called twice from
 the model's initial state, then its evaluation; and ops a user's objective may add. Tracing is
 Python and gives the same program on any CPU; what depends on the CPU is what XLA compiles and
@@ -128,6 +128,7 @@ def main() -> None:
     if args.command == "export":
         streams.pinned_generator(export)(args.folder, args.batch_size)
     print("\n".join(run(args.folder)))
+    print(f"XLA CPU thread pool {machine.thread_pool()}")
 
 
 if __name__ == "__main__":
