@@ -85,8 +85,8 @@ def test_a_portable_step_and_evaluation_give_the_same_bits_on_an_emulated_haswel
 def test_portable_bits_do_not_depend_on_the_thread_pool(tmp_path):
     """The steps and evaluations above, at the default batch of 128, with 1, 2 (the export's) and 4
     threads in XLA CPU's pool: the same bits, so a --portable study's shards may each take their own
-    --cpu-threads (docs/studies.md). Without --portable, Eigen's convolutions split their sums by
-    thread, and the CNN's bits follow the pool."""
+    --cpu-threads (docs/studies.md). Without --portable (XLA's own convolutions), a run's bits follow
+    the pool (docs/promises.md)."""
     batch = ["--batch-size", "128"]
     native = bits("export", tmp_path, options=batch)
     assert len(native) == 4 and native[-1] == "XLA CPU thread pool 2"

@@ -129,8 +129,8 @@ def arithmetic_difference(recorded: dict, header: dict, environment: bool) -> st
     where both compute the same bits on any pool: ``machine.pool_free``), and with ``environment`` the
     ENVIRONMENT they recorded."""
     config = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
-    pool_free = all(isinstance(study.get("config"), dict) and machine.pool_free(
-        study["config"].get("portable") is True, study.get("xla_flags")) for study in (recorded, header))
+    pool_free = (machine.pool_free(config.get("portable") is True, recorded.get("xla_flags"))
+                 and machine.pool_free(header["config"]["portable"], header.get("xla_flags")))
     names = [name for name in ARITHMETIC if not (name == "cpu_threads" and pool_free)]
     return _first([*((_flag(name), config.get(name), header["config"][name]) for name in names),
                    *((name, recorded.get(name), header.get(name)) for name in ENVIRONMENT if environment)])

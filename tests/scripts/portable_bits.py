@@ -5,9 +5,10 @@
     python tests/scripts/portable_bits.py run FOLDER       # compile and run them on this CPU
 
 Equal lines from ``run`` under ``qemu-x86_64 -cpu MODEL`` (with JAXSEED_COMPILATION_CACHE=) and
-from ``export`` mean equal bits on both CPUs; the last line is the thread pool in force (``--cpu-threads``). The programs: a jitted training step of each
-built-in model (its gradients, AdamW, augmentation, dropout or latent draws), called twice from
-the model's initial state, then its evaluation; and ops a user's objective may add. Tracing is
+from ``export`` mean equal bits on both CPUs; the last line is the thread pool in force
+(``--cpu-threads``). The programs: a jitted training step of each built-in model (its gradients,
+AdamW, augmentation, dropout or latent draws), called twice from the model's initial state, then its
+evaluation; and ops a user's objective may add. Tracing is
 Python and gives the same program on any CPU; what depends on the CPU is what XLA compiles and
 the kernels its libraries pick, so only that runs under emulation (about 20 times slower there;
 tracing, initialisation and the eager draws that make the inputs took ~90 s of the check's 306 s).
